@@ -1,0 +1,419 @@
+//! The command line, parsed once into typed arguments (clap).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bdense",
+    version,
+    about = "Distill diffusion models with B-DENSE (dense multi-branch trajectory alignment) from a Parquet trajectory store",
+    after_help = "Start with `bdense demo --preset quick`, or see README.md."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Inspect, verify and clean a trajectory store.
+    #[command(subcommand)]
+    Store(StoreCommand),
+    /// Run a teacher over the fine sigma grid and store every state.
+    Generate(GenerateArgs),
+    /// Query a store with SQL (DataFusion).
+    Sql(SqlArgs),
+    /// Preview or write the branch targets of a student (N timestamps, K branches).
+    Targets(TargetsArgs),
+    /// Neural teachers.
+    #[command(subcommand)]
+    Teacher(TeacherCommand),
+    /// Train a B-DENSE or SFD student from a store.
+    Train(TrainArgs),
+    /// Sample with a trained student (endpoint branch only).
+    Sample(SampleArgs),
+    /// Measure students on held-out seeds: teacher fidelity, FD-cls, label statistics.
+    Eval(EvalArgs),
+    /// Tables and plots comparing evaluated runs (Markdown and self-contained HTML).
+    Report(ReportArgs),
+    /// The main job: teacher, store, SFD and B-DENSE students, evaluation and report.
+    Demo(DemoArgs),
+    /// Benchmarks, each next to a baseline measured in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// List the datasets of a store.
+    #[command(after_help = "Example: bdense store ls runs/store")]
+    Ls(StoreDirArgs),
+    /// Dims, dtype, grid, counts, bytes and provenance of a dataset.
+    #[command(after_help = "Example: bdense store info runs/store/fmnist")]
+    Info(DatasetArgs),
+    /// Re-hash and re-read every file; one line per problem, non-zero exit if any.
+    #[command(after_help = "Example: bdense store verify runs/store/fmnist")]
+    Verify(DatasetArgs),
+    /// Remove files the committed manifest does not name.
+    #[command(after_help = "Example: bdense store gc runs/store/fmnist --dry-run")]
+    Gc(GcArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StoreDirArgs {
+    /// The store directory.
+    pub store: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DatasetArgs {
+    /// The dataset directory, STORE/NAME.
+    pub dataset: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// The dataset directory, STORE/NAME.
+    pub dataset: PathBuf,
+    /// Only list what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example: bdense generate runs/store/fmnist --dataset fashion-mnist --teacher gmm --solver dpmpp3m --grid 49 --count 2000")]
+pub struct GenerateArgs {
+    /// The dataset to write, STORE/NAME.
+    pub dataset: PathBuf,
+    /// Training images the teacher is fitted to or was trained on: fashion-mnist, procedural, idx:DIR.
+    #[arg(long = "dataset", id = "source", default_value = "fashion-mnist")]
+    pub source: String,
+    /// gaussian, gaussian-diag, gmm, gmm-cond or unet:DIR.
+    #[arg(long, default_value = "gmm")]
+    pub teacher: String,
+    /// euler, heun, dpmpp2m or dpmpp3m.
+    #[arg(long, default_value = "dpmpp3m")]
+    pub solver: String,
+    /// Points on the polynomial sigma grid (G).
+    #[arg(long, default_value_t = 49)]
+    pub grid: usize,
+    #[arg(long, default_value_t = 0.002)]
+    pub sigma_min: f64,
+    #[arg(long, default_value_t = 80.0)]
+    pub sigma_max: f64,
+    #[arg(long, default_value_t = 7.0)]
+    pub rho: f64,
+    /// Also store the sigma = 0 state (the solver's final denoise) as the last step.
+    #[arg(long)]
+    pub append_zero: bool,
+    /// Trajectories in the dataset.
+    #[arg(long, default_value_t = 2000)]
+    pub count: u64,
+    /// Trajectories per teacher batch (does not change the result).
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Trajectories per shard (one Parquet file per step and shard).
+    #[arg(long, default_value_t = 256)]
+    pub rows_per_shard: u32,
+    /// Base seed: trajectory i's noise depends only on (seed, i).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write only shards s with s % n == i, as "i/n" (several machines fill one dataset).
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// Continue an interrupted generation from its manifest.
+    #[arg(long)]
+    pub resume: bool,
+    /// Storage type of the states: f32 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Also store the teacher's denoised output D(x; sigma) at each state.
+    #[arg(long)]
+    pub denoised: bool,
+    /// cpu, or with the tch feature tch-cpu / cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Fit analytic teachers on the first N training images only.
+    #[arg(long)]
+    pub fit_limit: Option<usize>,
+    /// Fault injection for crash tests: exit abruptly after this many shards.
+    #[arg(long, hide = true)]
+    pub abort_after_shards: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example: bdense sql runs/store \"SELECT step, avg(l2(x)) FROM fmnist GROUP BY step ORDER BY step\"")]
+pub struct SqlArgs {
+    /// The store directory (every dataset in it is a table).
+    pub store: PathBuf,
+    /// One SQL statement.
+    pub query: String,
+    /// table, csv, json or parquet.
+    #[arg(long, default_value = "table")]
+    pub format: String,
+    /// Write the result to FILE instead of stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Allow statements that write or create (COPY, CREATE, INSERT...).
+    #[arg(long)]
+    pub allow_writes: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example: bdense targets runs/store/fmnist --n 4 --k 4 --preview")]
+pub struct TargetsArgs {
+    /// The dataset, STORE/NAME.
+    pub dataset: PathBuf,
+    /// Student timestamps.
+    #[arg(long)]
+    pub n: usize,
+    /// Branches per interval.
+    #[arg(long, default_value_t = 1)]
+    pub k: usize,
+    /// Analytical first step.
+    #[arg(long)]
+    pub afs: bool,
+    /// Include each interval's teacher start state.
+    #[arg(long)]
+    pub teacher_forcing: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Show the step/sigma layout and the first batch's shapes.
+    #[arg(long)]
+    pub preview: bool,
+    /// Write one epoch of targets as Parquet.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TeacherCommand {
+    /// Train a U-Net teacher with the EDM loss.
+    #[command(after_help = "Example: bdense teacher train --dataset fashion-mnist --out runs/teacher --steps 2000 --batch 64")]
+    Train(TeacherTrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TeacherTrainArgs {
+    #[arg(long, default_value = "fashion-mnist")]
+    pub dataset: String,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 2000)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    /// U-Net base channels.
+    #[arg(long, default_value_t = 32)]
+    pub base: usize,
+    /// Class-conditional (labels join the noise embedding).
+    #[arg(long)]
+    pub conditional: bool,
+    /// Train on the first N images only.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_every: u64,
+    /// Continue from the newest checkpoint in --out.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  bdense train runs/store/fmnist --method bdense --n 4 --k 4 --steps 300 --batch 32 --init scratch --out runs/bdense-n4\n  bdense train --resume runs/bdense-n4 --steps 600")]
+pub struct TrainArgs {
+    /// The dataset, STORE/NAME (not with --resume).
+    pub dataset: Option<PathBuf>,
+    /// bdense or sfd.
+    #[arg(long, default_value = "bdense")]
+    pub method: String,
+    #[arg(long, default_value_t = 4)]
+    pub n: usize,
+    /// Branches per interval (sfd always uses 1).
+    #[arg(long, default_value_t = 4)]
+    pub k: usize,
+    /// Batch iterations in total (default 1000; with --resume, a new total).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// teacher:DIR (copy a U-Net teacher) or scratch.
+    #[arg(long, default_value = "scratch")]
+    pub init: String,
+    /// The run directory to create (never overwritten).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this directory (optionally to a new --steps total).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// constant, step-half or cosine.
+    #[arg(long, default_value = "constant")]
+    pub lr_schedule: String,
+    /// l1 or l2.
+    #[arg(long, default_value = "l1")]
+    pub distance: String,
+    /// uniform, linear or comma-separated w1,...,wK.
+    #[arg(long, default_value = "uniform")]
+    pub weights: String,
+    #[arg(long)]
+    pub afs: bool,
+    #[arg(long)]
+    pub teacher_forcing: bool,
+    /// One optimiser step per trajectory batch instead of per interval.
+    #[arg(long)]
+    pub step_per_trajectory: bool,
+    #[arg(long, default_value_t = 0.999)]
+    pub ema: f64,
+    /// Global gradient-norm clip (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f64,
+    /// U-Net base channels (scratch init).
+    #[arg(long, default_value_t = 32)]
+    pub base: usize,
+    #[arg(long, default_value_t = 250)]
+    pub checkpoint_every: u64,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example: bdense sample runs/bdense-n4 --count 64 --seed 0 --out runs/bdense-n4/samples")]
+pub struct SampleArgs {
+    /// The run directory.
+    pub run: PathBuf,
+    /// Network evaluations; must be the run's (N - 1, or N - 2 with AFS).
+    #[arg(long)]
+    pub nfe: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    pub count: usize,
+    /// Noise seed (trajectory seeds follow the store's policy from this base).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub seed: u64,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also run the teacher from the same noise, for comparison.
+    #[arg(long)]
+    pub teacher: bool,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example: bdense eval runs/demo/runs/bdense-n4-s0 runs/demo/runs/sfd-n4-s0")]
+pub struct EvalArgs {
+    /// Run directories.
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Only accept runs whose NFE is in this list (e.g. 2,3,4).
+    #[arg(long, value_delimiter = ',')]
+    pub nfe: Option<Vec<usize>>,
+    /// Held-out teacher trajectories (default: STORE/NAME-heldout, generated if missing).
+    #[arg(long)]
+    pub heldout: Option<PathBuf>,
+    /// Held-out trajectories to generate when missing.
+    #[arg(long, default_value_t = 512)]
+    pub count: u64,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example: bdense report runs/demo/runs/* --out runs/demo/report")]
+pub struct ReportArgs {
+    /// Evaluated run directories.
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example: bdense demo --preset quick")]
+pub struct DemoArgs {
+    /// quick (about 2 minutes) or default (about 15 minutes on 2 cores).
+    #[arg(long, default_value = "default")]
+    pub preset: String,
+    /// Where the store, runs and report go.
+    #[arg(long, default_value = "runs/demo")]
+    pub out: PathBuf,
+    /// Images: fashion-mnist (default), procedural or idx:DIR.
+    #[arg(long, default_value = "fashion-mnist")]
+    pub dataset: String,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Store write/read throughput and size against one flat raw f32 file.
+    Store(BenchStoreArgs),
+    /// Branch-target throughput against raw-file reads with the same access pattern.
+    Targets(BenchTargetsArgs),
+    /// Student training throughput: sfd against bdense, streamed against in-memory batches.
+    Train(BenchTrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchStoreArgs {
+    /// Scratch directory (removed afterwards).
+    #[arg(long, default_value = "runs/bench-store")]
+    pub dir: PathBuf,
+    #[arg(long, default_value_t = 2000)]
+    pub count: u64,
+    #[arg(long, default_value_t = 49)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 784)]
+    pub dim: usize,
+    /// Take the states from this dataset instead of synthetic Gaussian trajectories.
+    #[arg(long)]
+    pub from: Option<PathBuf>,
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchTargetsArgs {
+    /// The dataset, STORE/NAME.
+    pub dataset: PathBuf,
+    #[arg(long, default_value_t = 4)]
+    pub n: usize,
+    #[arg(long, default_value_t = 4)]
+    pub k: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 2)]
+    pub repeats: usize,
+    /// Scratch directory for the raw baseline file.
+    #[arg(long, default_value = "runs/bench-targets")]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchTrainArgs {
+    /// The dataset, STORE/NAME.
+    pub dataset: PathBuf,
+    #[arg(long, default_value_t = 4)]
+    pub n: usize,
+    #[arg(long, default_value_t = 4)]
+    pub k: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 10)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 16)]
+    pub base: usize,
+}

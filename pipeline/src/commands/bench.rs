@@ -1,0 +1,347 @@
+//! `bdense bench store | targets | train`: throughput next to a baseline measured in the same
+//! run, printed as ratios (docs/perf.md records the results and these commands).
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use bdense_queries::{TargetSpec, TargetStream};
+use bdense_store::synthetic::{SyntheticSpec, gaussian_shard};
+use bdense_store::{Dataset, DatasetWriter, Dims, Dtype, ShardData, WriteOptions};
+use bdense_trainer::log::CsvLog;
+use bdense_trainer::student::{self, BatchSource, Init, StudentConfig, StudentState, TrainBatch};
+
+use crate::cli::{BenchStoreArgs, BenchTargetsArgs, BenchTrainArgs};
+use crate::commands::train::{StreamSource, to_train_batch};
+use crate::progress::bytes;
+
+/// States `[steps][count][dim]` plus per-trajectory seeds, from a dataset or synthetic.
+struct States {
+    steps: usize,
+    count: usize,
+    dim: usize,
+    values: Vec<f32>,
+    sigmas: Vec<f64>,
+    seeds: Vec<u64>,
+}
+
+fn states(args: &BenchStoreArgs) -> anyhow::Result<States> {
+    if let Some(from) = &args.from {
+        let ds = Dataset::open(from)?;
+        let m = ds.manifest();
+        let (steps, dim) = (m.steps(), ds.dim());
+        let count = (m.trajectories() as usize).min(args.count as usize);
+        let mut values = vec![0f32; steps * count * dim];
+        let mut seeds = vec![0u64; count];
+        for shard in ds.shards() {
+            for step in 0..steps as u16 {
+                let b = ds.read_step_columns(shard, step, Some(&["traj_id", "seed", "x"]), None)?;
+                for (r, &id) in b.traj_ids().iter().enumerate().filter(|(_, id)| (**id as usize) < count) {
+                    let at = (step as usize * count + id as usize) * dim;
+                    values[at..at + dim].copy_from_slice(&b.x()[r * dim..(r + 1) * dim]);
+                    seeds[id as usize] = b.seeds()[r];
+                }
+            }
+        }
+        return Ok(States { steps, count, dim, values, sigmas: m.grid.sigmas.clone(), seeds });
+    }
+    let spec = synthetic_spec(args, Dtype::F32, args.count as u32);
+    let s = gaussian_shard(&spec, 0);
+    Ok(States { steps: args.steps, count: args.count as usize, dim: args.dim, values: s.states, sigmas: spec.sigmas, seeds: s.seeds })
+}
+
+fn synthetic_spec(args: &BenchStoreArgs, dtype: Dtype, rows_per_shard: u32) -> SyntheticSpec {
+    SyntheticSpec {
+        name: "bench".into(),
+        dims: Dims { c: 1, h: 1, w: args.dim as u32 },
+        count: args.count,
+        sigmas: bdense_trainer::schedule::polynomial_sigmas(args.steps, 0.002, 80.0, 7.0),
+        rows_per_shard,
+        dtype,
+        base_seed: 0,
+        classes: 0,
+        with_denoised: false,
+    }
+}
+
+/// The 13 evenly spaced steps a (N, K) = (4, 4) student reads from a 49-point grid.
+fn chosen_steps(steps: usize) -> Vec<usize> {
+    (0..13).map(|i| i * (steps - 1) / 12).collect()
+}
+
+fn best<T>(repeats: usize, mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<(f64, T)> {
+    let mut out = None;
+    let mut best = f64::MAX;
+    for _ in 0..repeats.max(1) {
+        let t = Instant::now();
+        let v = f()?;
+        best = best.min(t.elapsed().as_secs_f64());
+        out = Some(v);
+    }
+    Ok((best, out.expect("at least one repeat")))
+}
+
+pub fn store(args: &BenchStoreArgs) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    let s = states(args)?;
+    let raw_bytes = (s.values.len() * 4) as u64;
+    let chosen = chosen_steps(s.steps);
+    let read_bytes = (chosen.len() * s.count * s.dim * 4) as f64;
+    println!(
+        "store benchmark: {} trajectories x {} steps x {} f32 = {} raw ({}); best of {}",
+        s.count,
+        s.steps,
+        s.dim,
+        bytes(raw_bytes),
+        args.from.as_ref().map_or("synthetic Gaussian trajectories".to_string(), |p| p.display().to_string()),
+        args.repeats
+    );
+    // Baseline: the same bytes as one flat f32 file, written and synced, then the 13 steps read.
+    let raw = args.dir.join("raw.f32");
+    let (raw_write, _) = best(args.repeats, || {
+        let mut f = std::io::BufWriter::with_capacity(1 << 22, std::fs::File::create(&raw)?);
+        for v in s.values.chunks(1 << 20) {
+            f.write_all(bytemuck_f32(v))?;
+        }
+        let f = f.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        Ok(())
+    })?;
+    let (raw_read, _) = best(args.repeats, || {
+        let mut f = std::fs::File::open(&raw)?;
+        let mut buf = vec![0u8; s.count * s.dim * 4];
+        let mut sum = 0f64;
+        for &step in &chosen {
+            f.seek(SeekFrom::Start((step * s.count * s.dim * 4) as u64))?;
+            f.read_exact(&mut buf)?;
+            sum += f32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as f64;
+        }
+        Ok(sum)
+    })?;
+    std::fs::remove_file(&raw).ok();
+    println!("{:<28} {:>10} {:>10} {:>10} {:>10} {:>12}", "variant", "write MB/s", "x raw", "read MB/s", "x raw", "disk/raw");
+    println!("{:<28} {:>10.0} {:>10.2} {:>10.0} {:>10.2} {:>12.3}", "raw f32 file (baseline)", raw_bytes as f64 / raw_write / 1e6, 1.0, read_bytes / raw_read / 1e6, 1.0, 1.0);
+    let variants: [(&str, Dtype, Option<i32>, bool); 5] = [
+        ("f32 zstd-1 + byte-split", Dtype::F32, Some(1), true),
+        ("f32 zstd-1 plain", Dtype::F32, Some(1), false),
+        ("f32 zstd-3 + byte-split", Dtype::F32, Some(3), true),
+        ("f32 uncompressed", Dtype::F32, None, false),
+        ("f16 zstd-1 + byte-split", Dtype::F16, Some(1), true),
+    ];
+    for (name, dtype, zstd, bss) in variants {
+        let dir = args.dir.join("ds");
+        let options = WriteOptions { zstd_level: zstd, byte_stream_split: bss, ..WriteOptions::default() };
+        let rows_per_shard = 256u32;
+        let (write_s, on_disk) = best(args.repeats, || {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir)?;
+            }
+            write_dataset(&dir, &s, dtype, rows_per_shard, options.clone())
+        })?;
+        let ds = Dataset::open(&dir)?;
+        let (read_s, _) = best(args.repeats, || {
+            let mut sum = 0f64;
+            for shard in ds.shards() {
+                for &step in &chosen {
+                    let b = ds.read_step_columns(shard, step as u16, Some(&["x"]), None)?;
+                    sum += b.x()[0] as f64;
+                }
+            }
+            Ok(sum)
+        })?;
+        println!(
+            "{name:<28} {:>10.0} {:>10.2} {:>10.0} {:>10.2} {:>12.3}",
+            raw_bytes as f64 / write_s / 1e6,
+            raw_write / write_s,
+            read_bytes / read_s / 1e6,
+            raw_read / read_s,
+            on_disk as f64 / raw_bytes as f64
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+    println!("bench store done: throughput in MB of raw f32 per second; x raw = speed relative to the flat-file baseline");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bytemuck_f32(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and any byte pattern is a valid u8; the slice stays borrowed.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
+/// Writes `s` as a store dataset; returns its bytes on disk.
+fn write_dataset(dir: &Path, s: &States, dtype: Dtype, rows_per_shard: u32, options: WriteOptions) -> anyhow::Result<u64> {
+    let spec = SyntheticSpec {
+        name: "bench".into(),
+        dims: Dims { c: 1, h: 1, w: s.dim as u32 },
+        count: s.count as u64,
+        sigmas: s.sigmas.clone(),
+        rows_per_shard,
+        dtype,
+        base_seed: 0,
+        classes: 0,
+        with_denoised: false,
+    };
+    let mut w = DatasetWriter::create(dir, spec.dataset_spec(), options)?;
+    let mut shard_states = Vec::new();
+    for index in w.manifest().missing_shards() {
+        let ids = w.manifest().planned_range(index);
+        let rows = ids.clone().count();
+        shard_states.clear();
+        for step in 0..s.steps {
+            let at = (step * s.count + ids.start as usize) * s.dim;
+            shard_states.extend_from_slice(&s.values[at..at + rows * s.dim]);
+        }
+        w.write_shard(&ShardData { index, seeds: &s.seeds[ids.start as usize..ids.end as usize], labels: None, states: &shard_states, denoised: None })?;
+    }
+    Ok(w.manifest().bytes())
+}
+
+pub fn targets(args: &BenchTargetsArgs) -> anyhow::Result<ExitCode> {
+    let ds = Dataset::open(&args.dataset)?;
+    let m = ds.manifest().clone();
+    let (count, dim) = (m.trajectories() as usize, ds.dim());
+    let mut spec = TargetSpec::new(args.n, args.k, args.batch, 0);
+    spec.epochs = Some(1);
+    let layout = bdense_queries::StudentLayout::new(&m.grid.sigmas, m.grid.points(), args.n, args.k, false)?;
+    let steps = layout.steps();
+    let per_traj = (steps.len() * dim * 4) as f64;
+    // The stream, one epoch; keep the order for the baseline.
+    let (stream_s, order) = best(args.repeats, || {
+        let mut order = Vec::with_capacity(count);
+        let mut check = 0f64;
+        for b in TargetStream::open(ds.clone(), &spec, 0)? {
+            let b = b?;
+            order.push(b.traj_ids().to_vec());
+            check += b.targets()[0] as f64;
+        }
+        let _ = check;
+        Ok(order)
+    })?;
+    // Baseline: the same states from one raw f32 file `[steps][count][dim]`, read with the
+    // same access pattern (per batch, per trajectory, each selected step).
+    std::fs::create_dir_all(&args.dir)?;
+    let raw = args.dir.join("raw.f32");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&raw)?);
+        for step in 0..m.steps() as u16 {
+            let mut rows = vec![0f32; count * dim];
+            for shard in ds.shards() {
+                let b = ds.read_step_columns(shard, step, Some(&["traj_id", "x"]), None)?;
+                for (r, &id) in b.traj_ids().iter().enumerate() {
+                    rows[id as usize * dim..(id as usize + 1) * dim].copy_from_slice(&b.x()[r * dim..(r + 1) * dim]);
+                }
+            }
+            f.write_all(bytemuck_f32(&rows))?;
+        }
+    }
+    let (raw_s, _) = best(args.repeats, || {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(&raw)?;
+        let mut check = 0f64;
+        for batch in &order {
+            let mut out = vec![0u8; batch.len() * steps.len() * dim * 4];
+            for (r, &id) in batch.iter().enumerate() {
+                for (j, &step) in steps.iter().enumerate() {
+                    let at = ((r * steps.len() + j) * dim * 4, (step as usize * count + id as usize) * dim * 4);
+                    f.read_exact_at(&mut out[at.0..at.0 + dim * 4], at.1 as u64)?;
+                }
+            }
+            check += out[0] as f64;
+        }
+        Ok(check)
+    })?;
+    std::fs::remove_file(&raw).ok();
+    let report = |name: &str, secs: f64| {
+        println!("{name:<44} {:>10.0} traj/s {:>8.3} GB/s  {:>6.2}x raw", count as f64 / secs, count as f64 * per_traj / secs / 1e9, raw_s / secs);
+    };
+    println!("branch targets N={} K={} ({} steps per trajectory), {count} trajectories x {dim} values, batch {}, best of {}:", args.n, args.k, steps.len(), args.batch, args.repeats);
+    report("raw f32 file, same access pattern (ceiling)", raw_s);
+    report("bdense TargetStream (DataFusion, Parquet)", stream_s);
+    println!("bench targets done; the pyarrow + numpy peer: pipeline/bench/targets_pyarrow.sh {} {} {} {}", args.dataset.display(), args.n, args.k, args.batch);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Batches held in memory, handed out like a stream.
+struct MemorySource {
+    batches: Vec<TrainBatch>,
+    at: usize,
+}
+
+impl BatchSource for MemorySource {
+    fn next_batch(&mut self) -> bdense_trainer::Result<TrainBatch> {
+        let b = self.batches[self.at % self.batches.len()].clone();
+        self.at += 1;
+        Ok(b)
+    }
+
+    fn position(&self) -> u64 {
+        self.at as u64
+    }
+}
+
+struct Timed {
+    compute: f64,
+    wait: f64,
+    steps: u64,
+}
+
+fn time_training(config: &StudentConfig, dims: [usize; 3], source: &mut dyn BatchSource, dir: &Path) -> anyhow::Result<Timed> {
+    let device = bdense_trainer::backend::cpu();
+    let state = StudentState::fresh(config, dims[0], &device)?;
+    std::fs::create_dir_all(dir)?;
+    let mut log = CsvLog::open(&dir.join("log.csv"), &["step"], 0)?;
+    let mut t = Timed { compute: 0.0, wait: 0.0, steps: 0 };
+    student::train(config, state, source, dir, &mut log, &mut |r| {
+        if r.step > 1 {
+            // The first step warms caches and allocators; it is not counted.
+            t.compute += r.compute_s;
+            t.wait += r.wait_s;
+            t.steps += 1;
+        }
+    })?;
+    std::fs::remove_dir_all(dir).ok();
+    Ok(t)
+}
+
+pub fn train(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
+    let ds = Dataset::open(&args.dataset)?;
+    let m = ds.manifest().clone();
+    let dims = [m.dims.c as usize, m.dims.h as usize, m.dims.w as usize];
+    println!("student training throughput, N={} batch {} on {}, U-Net base {}, {} timed steps after one warm-up:", args.n, args.batch, args.dataset.display(), args.base, args.steps - 1);
+    let mut per_traj = Vec::new();
+    for (method, k) in [(bdense_trainer::method::Method::Sfd, 1), (bdense_trainer::method::Method::Bdense, args.k)] {
+        let config = StudentConfig {
+            method: bdense_trainer::method::MethodConfig::new(method, k),
+            n: args.n,
+            steps: args.steps,
+            batch: args.batch,
+            seed: 0,
+            optim: Default::default(),
+            net: bdense_trainer::unet::UNetConfig::new().with_base(args.base).with_in_channels(dims[0]),
+            init: Init::Scratch,
+            checkpoint_every: u64::MAX,
+        };
+        let spec = TargetSpec::new(args.n, k, args.batch, 0);
+        let mut stream = TargetStream::open(ds.clone(), &spec, 0)?;
+        let batches: Vec<TrainBatch> = (0..args.steps)
+            .map(|_| stream.next_batch().context("stream ended")?.map(|b| to_train_batch(&b, dims)).map_err(anyhow::Error::from))
+            .collect::<anyhow::Result<_>>()?;
+        drop(stream);
+        let memory = time_training(&config, dims, &mut MemorySource { batches, at: 0 }, &args.dataset.with_file_name(".bench-train-mem"))?;
+        let mut streamed_source = StreamSource::new(TargetStream::open(ds.clone(), &spec, 0)?, dims);
+        let streamed = time_training(&config, dims, &mut streamed_source, &args.dataset.with_file_name(".bench-train-stream"))?;
+        let traj_s = (memory.steps as f64 * args.batch as f64) / memory.compute;
+        per_traj.push(1.0 / traj_s);
+        let streamed_total = streamed.compute + streamed.wait;
+        println!(
+            "  {method:<7} K={k}: {traj_s:>7.1} traj/s in memory; streamed: {:>7.1} traj/s, waiting on the stream {:.1}% of step time ({:+.1}% vs in-memory)",
+            (streamed.steps as f64 * args.batch as f64) / streamed_total,
+            100.0 * streamed.wait / streamed_total,
+            100.0 * (streamed_total / memory.compute - 1.0)
+        );
+    }
+    println!("bench train done: bdense K={} costs {:.2}x sfd per trajectory", args.k, per_traj[1] / per_traj[0]);
+    Ok(ExitCode::SUCCESS)
+}

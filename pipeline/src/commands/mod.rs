@@ -1,0 +1,13 @@
+//! One module per subcommand.
+
+pub mod bench;
+pub mod demo;
+pub mod eval;
+pub mod generate;
+pub mod report;
+pub mod sample;
+pub mod sql;
+pub mod store;
+pub mod targets;
+pub mod teacher;
+pub mod train;

@@ -1,0 +1,84 @@
+//! `bdense sample RUN`: images from a student (endpoint branch only), optionally next to the
+//! teacher's from the same noise; a PNG grid plus the raw arrays as .npy.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use bdense_store::Dataset;
+use bdense_trainer::checkpoint;
+use bdense_trainer::edm::EdmNet;
+use bdense_trainer::sample::sample;
+use bdense_trainer::solvers::{self, Solver};
+use burn::prelude::*;
+
+use crate::cli::SampleArgs;
+use crate::commands::train::RunRecord;
+use crate::generation::{labels_for, start_noise};
+use crate::images;
+use crate::teacher_source;
+
+/// The run's EMA student from its newest checkpoint, on `device` (no autodiff).
+pub fn load_student(run: &Path, record: &RunRecord, device: &Device) -> anyhow::Result<EdmNet> {
+    let ckpt = checkpoint::latest(run)?.with_context(|| format!("{}: no checkpoint yet (train first)", run.display()))?;
+    let meta: checkpoint::Meta<serde_json::Value> = serde_json::from_slice(&std::fs::read(ckpt.join("meta.json"))?)
+        .with_context(|| format!("{}: unreadable checkpoint meta", ckpt.display()))?;
+    let net = record.config.net.clone();
+    let template = EdmNet::new(&net, record.dims[0], device, 0);
+    Ok(checkpoint::load_module(template, &ckpt.join("ema.bpk"), &meta.ema_hash)?)
+}
+
+pub fn run(args: &SampleArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let record = RunRecord::load(&args.run)?;
+    if let Some(nfe) = args.nfe
+        && nfe != record.layout.nfe
+    {
+        bail!(
+            "--nfe {nfe}: this run's student takes NFE {} (N = {}{}); train another N for another NFE",
+            record.layout.nfe,
+            record.layout.n,
+            if record.layout.afs { " with AFS" } else { "" }
+        );
+    }
+    let device = bdense_trainer::backend::parse_device(&args.device).map_err(anyhow::Error::msg)?;
+    let net = load_student(&args.run, &record, &device)?;
+    let [c, h, w] = record.dims;
+    let (_, noise) = start_noise(args.seed, 0..args.count as u64, c * h * w, record.layout.sigmas[0]);
+    let x = Tensor::<4>::from_data(TensorData::new(noise.clone(), [args.count, c, h, w]), &device);
+    let dataset = Dataset::open(&record.dataset)?;
+    let teacher = if args.teacher { Some(teacher_source::from_manifest(dataset.manifest(), &device)?) } else { None };
+    let labels = teacher
+        .as_ref()
+        .and_then(|(t, _)| labels_for(t.teacher.as_ref(), args.seed, 0..args.count as u64))
+        .map(|l| Tensor::<1, Int>::from_data(TensorData::new(l.iter().map(|&v| v as i64).collect(), [args.count]), &device));
+    let states = sample(&net, x.clone(), &record.layout.sigmas, record.layout.afs, labels.as_ref());
+    let student = solvers::host(states.last().expect("final state"));
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    images::write_npy(&args.out.join("student.npy"), &student, &[args.count, c, h, w])?;
+    let mut rows = vec![student];
+    if let Some((t, solver)) = &teacher {
+        let sigmas = &dataset.manifest().grid.sigmas;
+        let out = run_teacher(t.teacher.as_ref(), *solver, x, sigmas, labels.as_ref());
+        images::write_npy(&args.out.join("teacher.npy"), &out, &[args.count, c, h, w])?;
+        rows.push(out);
+    }
+    let png = args.out.join("grid.png");
+    images::write_grid(&png, &rows, args.count, [c, h, w])?;
+    println!(
+        "sampled {} images with the {} student (NFE {}) into {} ({}{}) in {:.1}s",
+        args.count,
+        record.config.method.method,
+        record.layout.nfe,
+        args.out.display(),
+        png.display(),
+        if teacher.is_some() { ", student row above teacher row" } else { "" },
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_teacher(teacher: &dyn bdense_trainer::solvers::Denoiser, solver: Solver, x: Tensor<4>, sigmas: &[f64], labels: Option<&Tensor<1, Int>>) -> Vec<f32> {
+    solvers::host(&solver.run(teacher, x, sigmas, labels, &mut |_, _, _| {}))
+}

@@ -1,0 +1,100 @@
+//! `bdense store ls | info | verify | gc`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use bdense_store::{Dataset, gc::collect_garbage, verify::verify as verify_dataset};
+
+use crate::cli::{DatasetArgs, GcArgs, StoreDirArgs};
+use crate::progress::bytes;
+
+pub fn ls(args: &StoreDirArgs) -> anyhow::Result<ExitCode> {
+    let names = bdense_store::list_datasets(&args.store)?;
+    let mut total = 0;
+    for name in &names {
+        let ds = Dataset::open(&args.store.join(name))?;
+        let m = ds.manifest();
+        total += m.bytes();
+        println!(
+            "{name:<24} {:>7}/{:<7} traj  {:>3} steps  {}  {}  teacher={} solver={}  {}",
+            m.trajectories(),
+            m.planned_count,
+            m.steps(),
+            m.dims,
+            m.dtype,
+            m.teacher.kind,
+            m.teacher.solver,
+            bytes(m.bytes())
+        );
+    }
+    println!("{} datasets in {}, {}", names.len(), args.store.display(), bytes(total));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn info(args: &DatasetArgs) -> anyhow::Result<ExitCode> {
+    let ds = Dataset::open(&args.dataset)?;
+    let m = ds.manifest();
+    let t = &m.teacher;
+    let per_traj = m.bytes() as f64 / m.trajectories().max(1) as f64;
+    let raw = (m.steps() * m.dims.len() * 4) as f64;
+    println!("dataset      {}", args.dataset.display());
+    println!("format       v{}", m.format_version);
+    println!("dims         {} (C x H x W = {} values)", m.dims, m.dims.len());
+    println!("dtype        {}{}", m.dtype, if m.has_denoised { ", with denoised" } else { "" });
+    println!(
+        "grid         {} steps: {} points, sigma {} .. {}, rho {}{}",
+        m.steps(),
+        m.grid.points(),
+        m.grid.sigma_max,
+        m.grid.sigma_min,
+        m.grid.rho,
+        if m.grid.appends_zero { ", then sigma = 0" } else { "" }
+    );
+    println!("trajectories {} of {} planned, {} shards of {}", m.trajectories(), m.planned_count, m.shards.len(), m.rows_per_shard);
+    println!("bytes        {} on disk, {} per trajectory ({:.2}x of raw f32)", bytes(m.bytes()), bytes(per_traj as u64), per_traj / raw);
+    println!("teacher      {} (checkpoint {})", t.kind, t.checkpoint_hash.as_deref().unwrap_or("-"));
+    println!("solver       {} (order {})", t.solver, t.order);
+    for (k, v) in &t.params {
+        println!("  {k:<11} {v}");
+    }
+    println!("seeds        base {} ({})", m.seeds.base_seed, m.seeds.scheme);
+    println!("snapshot     {}", m.snapshot_hash());
+    if !m.missing_shards().is_empty() {
+        println!("incomplete   {} shards missing (generate --resume fills them)", m.missing_shards().len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn verify(args: &DatasetArgs) -> anyhow::Result<ExitCode> {
+    let ds = Dataset::open(&args.dataset)?;
+    let report = verify_dataset(&ds)?;
+    for p in &report.problems {
+        println!("{p}");
+    }
+    let status = if report.ok() { "ok" } else { "FAILED" };
+    println!(
+        "verify {status}: {} files, {} rows, {} checked, {} problems in {}",
+        report.files_checked,
+        report.rows_checked,
+        bytes(report.bytes_checked),
+        report.problems.len(),
+        args.dataset.display()
+    );
+    Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+pub fn gc(args: &GcArgs) -> anyhow::Result<ExitCode> {
+    let report = collect_garbage(&args.dataset, args.dry_run)
+        .with_context(|| format!("collecting garbage in {}", args.dataset.display()))?;
+    for p in &report.removed {
+        println!("{} {}", if args.dry_run { "would remove" } else { "removed" }, p.display());
+    }
+    println!(
+        "gc {}: {} files, {} in {}",
+        if args.dry_run { "dry run" } else { "done" },
+        report.removed.len(),
+        bytes(report.bytes),
+        args.dataset.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,267 @@
+//! `bdense train`: a B-DENSE or SFD student from a store, reproducible and resumable.
+//!
+//! ```text
+//! RUN/run.json        config, dataset and its snapshot hash, layout, seeds, backend, versions
+//! RUN/log.csv         step, loss, lr, grad_norm, branch_1..branch_K
+//! RUN/checkpoints/    model, EMA, optimiser, stream position (every --checkpoint-every)
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use bdense_queries::{StudentLayout, TargetSpec, TargetStream};
+use bdense_store::Dataset;
+use bdense_trainer::log::CsvLog;
+use bdense_trainer::method::{Method, MethodConfig, StepPer};
+use bdense_trainer::optim::OptimConfig;
+use bdense_trainer::student::{self, BatchSource, Init, StudentConfig, StudentState, TrainBatch};
+use bdense_trainer::teachers::unet::UnetTeacher;
+use bdense_trainer::unet::UNetConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::cli::TrainArgs;
+use crate::progress::bar;
+
+pub const RUN_FORMAT: &str = "bdense-run-v1";
+
+/// `run.json`: everything needed to reproduce or resume a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub format: String,
+    pub config: StudentConfig,
+    pub dataset: PathBuf,
+    pub dataset_name: String,
+    pub dataset_snapshot: String,
+    pub dims: [usize; 3],
+    pub layout: StudentLayoutRecord,
+    pub device: String,
+    pub bdense_version: String,
+    pub git_revision: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StudentLayoutRecord {
+    pub n: usize,
+    pub k: usize,
+    pub afs: bool,
+    pub timestamps: Vec<u16>,
+    pub sigmas: Vec<f64>,
+    pub nfe: usize,
+}
+
+impl RunRecord {
+    pub fn load(run: &Path) -> anyhow::Result<RunRecord> {
+        let path = run.join("run.json");
+        let text = std::fs::read(&path).with_context(|| format!("{}: not a bdense run directory", run.display()))?;
+        let record: RunRecord = serde_json::from_slice(&text).with_context(|| format!("{}: not a valid run.json", path.display()))?;
+        if record.format != RUN_FORMAT {
+            bail!("{}: format {:?}, this bdense reads {RUN_FORMAT:?}", path.display(), record.format);
+        }
+        Ok(record)
+    }
+
+    fn save(&self, run: &Path) -> anyhow::Result<()> {
+        let path = run.join("run.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", path.display()))
+    }
+
+    pub fn target_spec(&self) -> TargetSpec {
+        let c = &self.config;
+        let mut spec = TargetSpec::new(c.n, c.method.k, c.batch, c.seed);
+        spec.afs = c.method.afs;
+        spec.teacher_forcing = c.method.teacher_forcing;
+        spec
+    }
+}
+
+/// The query stream as the trainer's batch source.
+pub struct StreamSource {
+    stream: TargetStream,
+    dims: [usize; 3],
+}
+
+impl StreamSource {
+    pub fn new(stream: TargetStream, dims: [usize; 3]) -> StreamSource {
+        StreamSource { stream, dims }
+    }
+
+    pub fn open(record: &RunRecord, position: u64) -> anyhow::Result<StreamSource> {
+        let dataset = Dataset::open(&record.dataset)?;
+        if dataset.manifest().snapshot_hash() != record.dataset_snapshot {
+            bail!(
+                "{}: the dataset changed since this run started (snapshot {} vs {}); resume needs the same data",
+                record.dataset.display(),
+                dataset.manifest().snapshot_hash(),
+                record.dataset_snapshot
+            );
+        }
+        Ok(StreamSource { stream: TargetStream::open(dataset, &record.target_spec(), position)?, dims: record.dims })
+    }
+}
+
+impl BatchSource for StreamSource {
+    fn next_batch(&mut self) -> bdense_trainer::Result<TrainBatch> {
+        let batch = self
+            .stream
+            .next_batch()
+            .unwrap_or_else(|| Err(bdense_queries::QueryError::Layout("the target stream ended".into())))
+            .map_err(|e| bdense_trainer::TrainerError::Config(format!("target stream: {e}")))?;
+        Ok(to_train_batch(&batch, self.dims))
+    }
+
+    fn position(&self) -> u64 {
+        self.stream.position()
+    }
+}
+
+pub fn to_train_batch(batch: &bdense_queries::TargetBatch, dims: [usize; 3]) -> TrainBatch {
+    let l = &batch.layout;
+    TrainBatch {
+        dims,
+        traj_ids: batch.traj_ids().to_vec(),
+        start: batch.start().to_vec(),
+        targets: batch.targets().to_vec(),
+        interval_starts: batch.interval_starts().map(<[f32]>::to_vec),
+        sigmas: l.sigmas.clone(),
+        target_sigmas: l.target_sigmas.clone(),
+        labels: batch.labels(),
+    }
+}
+
+pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let (run_dir, record, resume) = match (&args.resume, &args.dataset, &args.out) {
+        (Some(run), None, None) => {
+            let mut record = RunRecord::load(run)?;
+            if let Some(steps) = args.steps {
+                record.config.steps = steps;
+            }
+            (run.clone(), record, true)
+        }
+        (None, Some(dataset), Some(out)) => (out.clone(), new_record(args, dataset)?, false),
+        (Some(_), _, _) => bail!("--resume RUN takes no dataset or --out"),
+        _ => bail!("give STORE/NAME and --out RUN, or --resume RUN"),
+    };
+    let device = bdense_trainer::backend::parse_device(&record.device).map_err(anyhow::Error::msg)?;
+    let channels = record.dims[0];
+    let (state, position) = if resume {
+        let (state, loop_state) = StudentState::resume(&record.config, channels, &device, &run_dir)?;
+        (state, loop_state.source_position)
+    } else {
+        if run_dir.exists() && std::fs::read_dir(&run_dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+            bail!("{} already exists and is not empty: a run never overwrites another run's directory", run_dir.display());
+        }
+        std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        record.save(&run_dir)?;
+        (StudentState::fresh(&record.config, channels, &device)?, 0)
+    };
+    record.save(&run_dir)?;
+    let start_step = state.step;
+    let mut source = StreamSource::open(&record, position)?;
+    let header = student::log_header(record.config.method.k);
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut log = CsvLog::open(&run_dir.join("log.csv"), &header, start_step)?;
+    let progress = bar(record.config.steps, "steps");
+    progress.set_position(start_step);
+    let abort_after = args_abort_after();
+    let (mut wait, mut compute) = (0.0, 0.0);
+    let state = student::train(&record.config, state, &mut source, &run_dir, &mut log, &mut |r| {
+        progress.set_position(r.step);
+        let branches: Vec<String> = r.per_branch.iter().map(|v| format!("{v:.4}")).collect();
+        progress.set_message(format!("loss {:.4} [{}]", r.loss, branches.join(" ")));
+        wait += r.wait_s;
+        compute += r.compute_s;
+        if abort_after == Some(r.step) {
+            // Crash simulation for tests.
+            std::process::abort();
+        }
+    })?;
+    progress.finish_and_clear();
+    let trained = state.step - start_step;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "trained {} student (N={}, K={}, NFE {}) steps {}..{} in {secs:.1}s ({:.1} traj/s, stream wait {:.1}% of step time), loss {:.4}, run {}",
+        record.config.method.method,
+        record.config.n,
+        record.config.method.k,
+        record.layout.nfe,
+        start_step,
+        state.step,
+        (trained as f64 * record.config.batch as f64) / secs,
+        100.0 * wait / (wait + compute).max(1e-9),
+        state.last_loss,
+        run_dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Hidden crash-test hook: `BDENSE_ABORT_AFTER_STEP=n` aborts right after step n.
+fn args_abort_after() -> Option<u64> {
+    std::env::var("BDENSE_ABORT_AFTER_STEP").ok().and_then(|v| v.parse().ok())
+}
+
+fn new_record(args: &TrainArgs, dataset_path: &Path) -> anyhow::Result<RunRecord> {
+    let dataset = Dataset::open(dataset_path)?;
+    let m = dataset.manifest();
+    let method: Method = args.method.parse().map_err(anyhow::Error::msg).context("--method")?;
+    let mut mc = MethodConfig::new(method, args.k);
+    mc.distance = args.distance.parse().map_err(anyhow::Error::msg).context("--distance")?;
+    mc.weights = args.weights.parse().map_err(anyhow::Error::msg).context("--weights")?;
+    mc.afs = args.afs;
+    mc.teacher_forcing = args.teacher_forcing;
+    mc.step_per = if args.step_per_trajectory { StepPer::Trajectory } else { StepPer::Interval };
+    mc.branch_weights().map_err(anyhow::Error::msg).context("--weights")?;
+    let layout = StudentLayout::new(&m.grid.sigmas, m.grid.points(), args.n, mc.k, args.afs)?;
+    let classes = m.teacher.params.get("num_classes").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+    let (init, net) = match args.init.as_str() {
+        "scratch" => {
+            let net = UNetConfig::new().with_base(args.base).with_in_channels(m.dims.c as usize).with_num_classes(classes);
+            (Init::Scratch, net)
+        }
+        other => match other.strip_prefix("teacher:") {
+            // The student is the teacher's architecture, whatever --base says.
+            Some(dir) => (Init::Teacher(dir.into()), UnetTeacher::card(Path::new(dir))?.net),
+            None => bail!("--init {other:?}: expected scratch or teacher:DIR"),
+        },
+    };
+    let out_channels = mc.k * m.dims.c as usize;
+    let config = StudentConfig {
+        method: mc,
+        n: args.n,
+        steps: args.steps.unwrap_or(1000),
+        batch: args.batch,
+        seed: args.seed,
+        optim: OptimConfig {
+            lr: args.lr,
+            schedule: args.lr_schedule.parse().map_err(anyhow::Error::msg).context("--lr-schedule")?,
+            grad_clip: (args.grad_clip > 0.0).then_some(args.grad_clip),
+            ema_decay: args.ema,
+            ..OptimConfig::default()
+        },
+        net: net.with_out_channels(out_channels),
+        init,
+        checkpoint_every: args.checkpoint_every.max(1),
+    };
+    bdense_trainer::backend::parse_device(&args.device).map_err(anyhow::Error::msg).context("--device")?;
+    Ok(RunRecord {
+        format: RUN_FORMAT.into(),
+        config,
+        dataset: std::path::absolute(dataset_path).unwrap_or_else(|_| dataset_path.to_path_buf()),
+        dataset_name: m.name.clone(),
+        dataset_snapshot: m.snapshot_hash(),
+        dims: [m.dims.c as usize, m.dims.h as usize, m.dims.w as usize],
+        layout: StudentLayoutRecord {
+            n: layout.n,
+            k: layout.k,
+            afs: layout.afs,
+            timestamps: layout.timestamps.clone(),
+            sigmas: layout.sigmas.clone(),
+            nfe: layout.nfe(),
+        },
+        device: args.device.clone(),
+        bdense_version: env!("CARGO_PKG_VERSION").into(),
+        git_revision: option_env!("BDENSE_GIT_REVISION").unwrap_or("unknown").into(),
+    })
+}

@@ -1,0 +1,284 @@
+//! Evaluating a student on held-out teacher trajectories: fidelity to the teacher at every
+//! timestamp (and, for B-DENSE, every branch), FD-cls against real test images, and the
+//! classifier's label entropy/coverage. Results go to `RUN/eval.json` and `RUN/eval.parquet`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use bdense_queries::{TargetSpec, TargetStream};
+use bdense_store::{Dataset, DatasetSpec, DatasetWriter, SeedPolicy, ShardData, WriteOptions};
+use bdense_trainer::classifier::{self, Classifier, ClassifierCard};
+use bdense_trainer::data::{DatasetSource, Split};
+use bdense_trainer::method::afs_derivative;
+use bdense_trainer::metrics::{self, Gaussian};
+use bdense_trainer::precond::sigma_batch;
+use bdense_trainer::solvers::{euler_step, host, to_d};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::commands::sample::load_student;
+use crate::commands::train::RunRecord;
+use crate::generation::teacher_trajectories;
+use crate::teacher_source;
+
+/// Held-out trajectories use this offset on the base seed, so they never share noise with a
+/// training dataset generated from the same base seed.
+pub const HELDOUT_SEED_OFFSET: u64 = 0x5EED_0FF5;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalResult {
+    pub run: String,
+    pub method: String,
+    pub n: usize,
+    pub k: usize,
+    pub nfe: usize,
+    pub afs: bool,
+    pub seed: u64,
+    pub steps: u64,
+    pub heldout: String,
+    pub samples: usize,
+    pub rmse: f64,
+    pub psnr: f64,
+    /// RMSE to the teacher at each student timestamp (index 0 is the shared start: 0).
+    pub rmse_per_timestamp: Vec<f64>,
+    pub sigmas: Vec<f64>,
+    /// `[interval][branch]`: RMSE of each branch's own Euler step to its teacher target.
+    pub rmse_per_branch: Vec<Vec<f64>>,
+    pub fd_cls: f64,
+    /// The teacher's own FD-cls on the same held-out noise: the floor students approach.
+    pub teacher_fd_cls: f64,
+    pub label_entropy: f64,
+    pub label_coverage: f64,
+    pub classifier_accuracy: f64,
+    /// Reserved for Inception FID (the libtorch build); `None` here.
+    pub fid_inception: Option<f64>,
+}
+
+/// `STORE/NAME-heldout`, generated from the dataset's own teacher when missing.
+pub fn heldout_dataset(dataset: &Dataset, count: u64, device: &Device) -> anyhow::Result<Dataset> {
+    let dir = heldout_dir(dataset.dir());
+    if let Ok(existing) = Dataset::open(&dir) {
+        check_heldout(dataset, &existing)?;
+        if existing.manifest().trajectories() >= count.min(existing.manifest().planned_count) && existing.manifest().missing_shards().is_empty() {
+            return Ok(existing);
+        }
+    }
+    let m = dataset.manifest();
+    let (built, solver) = teacher_source::from_manifest(m, device)?;
+    let spec = DatasetSpec {
+        name: format!("{}-heldout", m.name),
+        seeds: SeedPolicy { base_seed: m.seeds.base_seed.wrapping_add(HELDOUT_SEED_OFFSET), scheme: m.seeds.scheme.clone() },
+        planned_count: count,
+        has_denoised: false,
+        dims: m.dims,
+        dtype: m.dtype,
+        grid: m.grid.clone(),
+        teacher: m.teacher.clone(),
+        rows_per_shard: m.rows_per_shard,
+    };
+    let mut writer = match DatasetWriter::open(&dir, WriteOptions::default()) {
+        Ok(w) => w,
+        Err(_) => DatasetWriter::create(&dir, spec.clone(), WriteOptions::default())?,
+    };
+    for index in writer.manifest().missing_shards() {
+        let ids = writer.manifest().planned_range(index);
+        let t = teacher_trajectories(built.teacher.as_ref(), solver, &m.grid.sigmas, ids, spec.seeds.base_seed, 128, false, device, &mut |_| {});
+        writer.write_shard(&ShardData { index, seeds: &t.seeds, labels: t.labels.as_deref(), states: &t.states, denoised: None })?;
+    }
+    Ok(Dataset::open(&dir)?)
+}
+
+pub fn heldout_dir(dataset_dir: &Path) -> PathBuf {
+    let name = dataset_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dataset_dir.with_file_name(format!("{name}-heldout"))
+}
+
+fn check_heldout(train: &Dataset, heldout: &Dataset) -> anyhow::Result<()> {
+    let (a, b) = (train.manifest(), heldout.manifest());
+    if a.grid.sigmas != b.grid.sigmas || a.teacher.checkpoint_hash != b.teacher.checkpoint_hash || a.teacher.solver != b.teacher.solver {
+        bail!("{}: held-out data must come from the same teacher, solver and grid as {}", heldout.dir().display(), train.dir().display());
+    }
+    if a.seeds.base_seed == b.seeds.base_seed {
+        bail!("{}: held-out data shares the training base seed, so its trajectories are not held out", heldout.dir().display());
+    }
+    Ok(())
+}
+
+/// The project's classifier for the dataset the store's teacher was fitted on, trained on first use.
+pub fn classifier_for(store: &Path, source: &DatasetSource, device: &Device) -> anyhow::Result<(Classifier, ClassifierCard)> {
+    let dir = store.join(".classifiers").join(source.to_string().replace(['/', ':'], "_"));
+    if dir.join("classifier.json").exists() {
+        return Ok(classifier::load_classifier(&dir, device)?);
+    }
+    let (train, test) = (source.load(Split::Train)?, source.load(Split::Test)?);
+    eprintln!("training the FD-cls classifier on {source} (once, stored in {})", dir.display());
+    Ok(classifier::train_classifier(&train, &test, 800, 64, 0, &dir, device)?)
+}
+
+/// Reference statistics of real test images in the classifier's feature space.
+pub fn real_features(model: &Classifier, source: &DatasetSource, device: &Device) -> anyhow::Result<Gaussian> {
+    let test = source.load(Split::Test)?;
+    let (feats, _) = classifier::features_and_predictions(model, &test.images, [test.channels, test.height, test.width], device);
+    Ok(Gaussian::fit(&feats, model_features(model)))
+}
+
+fn model_features(_model: &Classifier) -> usize {
+    64
+}
+
+/// Everything measured for one run.
+pub struct Evaluation {
+    pub result: EvalResult,
+    /// Student and teacher endpoints for the first few held-out trajectories.
+    pub student_samples: Vec<f32>,
+    pub teacher_samples: Vec<f32>,
+}
+
+pub struct EvalContext {
+    pub classifier: Classifier,
+    pub card: ClassifierCard,
+    pub real: Gaussian,
+    pub device: Device,
+}
+
+/// Evaluates one run on `heldout`.
+pub fn evaluate(run: &Path, record: &RunRecord, heldout: &Dataset, ctx: &EvalContext, keep: usize) -> anyhow::Result<Evaluation> {
+    let device = &ctx.device;
+    let net = load_student(run, record, device)?;
+    let mut spec = TargetSpec::new(record.config.n, record.config.method.k, 128, 0);
+    spec.afs = record.config.method.afs;
+    spec.epochs = Some(1);
+    spec.shuffle_buffer = 0;
+    let mut stream = TargetStream::open(heldout.clone(), &spec, 0)?;
+    let layout = Arc::new(stream.layout().clone());
+    let [c, h, w] = record.dims;
+    let d = c * h * w;
+    let (intervals, k) = (layout.intervals(), layout.k);
+    let mut sq_ts = vec![0f64; layout.n];
+    let mut sq_branch = vec![vec![0f64; k]; intervals];
+    let (mut student_end, mut teacher_end) = (Vec::new(), Vec::new());
+    let mut count = 0usize;
+    while let Some(batch) = stream.next_batch() {
+        let batch = batch?;
+        let b = batch.len();
+        let targets = batch.targets();
+        let target = |i: usize, j: usize, r: usize| &targets[((r * intervals + i) * k + j) * d..((r * intervals + i) * k + j + 1) * d];
+        let mut x = Tensor::<4>::from_data(TensorData::new(batch.start().to_vec(), [b, c, h, w]), device);
+        for i in 0..intervals {
+            let (s, s_next) = (layout.sigmas[i], layout.sigmas[i + 1]);
+            let (branches, d_end) = if layout.afs && i == 0 {
+                (None, afs_derivative(x.clone(), s))
+            } else {
+                let all = net.denoise_branches(x.clone(), sigma_batch(s, b, device), None);
+                let d_end = to_d(x.clone(), all.last().expect("a branch").clone(), s);
+                (Some(all), d_end)
+            };
+            if let Some(all) = branches {
+                for (j, dk) in all.into_iter().enumerate() {
+                    let xk = host(&euler_step(x.clone(), to_d(x.clone(), dk, s), s, layout.target_sigmas[i][j]));
+                    for r in 0..b {
+                        sq_branch[i][j] += sq_err(&xk[r * d..(r + 1) * d], target(i, j, r));
+                    }
+                }
+            }
+            x = euler_step(x, d_end, s, s_next);
+            let xs = host(&x);
+            for r in 0..b {
+                sq_ts[i + 1] += sq_err(&xs[r * d..(r + 1) * d], target(i, k - 1, r));
+            }
+            if i + 1 == intervals {
+                student_end.extend_from_slice(&xs);
+                (0..b).for_each(|r| teacher_end.extend_from_slice(target(i, k - 1, r)));
+            }
+        }
+        count += b;
+    }
+    if count == 0 {
+        bail!("{}: held-out dataset is empty", heldout.dir().display());
+    }
+    let per_value = |sq: f64| (sq / (count * d) as f64).sqrt();
+    let rmse_per_timestamp: Vec<f64> = sq_ts.iter().map(|&s| per_value(s)).collect();
+    let rmse = *rmse_per_timestamp.last().expect("timestamps");
+    let shape = [c, h, w];
+    let (feats, preds) = classifier::features_and_predictions(&ctx.classifier, &student_end, shape, device);
+    let (teacher_feats, _) = classifier::features_and_predictions(&ctx.classifier, &teacher_end, shape, device);
+    let f = model_features(&ctx.classifier);
+    let (entropy, coverage) = metrics::label_entropy_coverage(&preds, ctx.card.config.classes);
+    let result = EvalResult {
+        run: run.display().to_string(),
+        method: record.config.method.method.to_string(),
+        n: layout.n,
+        k,
+        nfe: layout.nfe(),
+        afs: layout.afs,
+        seed: record.config.seed,
+        steps: record.config.steps,
+        heldout: heldout.dir().display().to_string(),
+        samples: count,
+        rmse,
+        psnr: 10.0 * (4.0 / (rmse * rmse)).log10(),
+        rmse_per_timestamp,
+        sigmas: layout.sigmas.clone(),
+        rmse_per_branch: sq_branch.iter().map(|row| row.iter().map(|&s| if s == 0.0 { f64::NAN } else { per_value(s) }).collect()).collect(),
+        fd_cls: metrics::frechet_distance(&Gaussian::fit(&feats, f), &ctx.real),
+        teacher_fd_cls: metrics::frechet_distance(&Gaussian::fit(&teacher_feats, f), &ctx.real),
+        label_entropy: entropy,
+        label_coverage: coverage,
+        classifier_accuracy: ctx.card.test_accuracy,
+        fid_inception: None,
+    };
+    let keep = keep.min(count) * d;
+    Ok(Evaluation { result, student_samples: student_end[..keep].to_vec(), teacher_samples: teacher_end[..keep].to_vec() })
+}
+
+fn sq_err(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum()
+}
+
+/// Writes `RUN/eval.json`, `RUN/eval.parquet` (one row per metric, for `bdense sql`) and the
+/// kept samples as .npy.
+pub fn save(run: &Path, e: &Evaluation, dims: [usize; 3]) -> anyhow::Result<()> {
+    let r = &e.result;
+    std::fs::write(run.join("eval.json"), serde_json::to_vec_pretty(r)?).with_context(|| format!("writing {}/eval.json", run.display()))?;
+    let n = e.student_samples.len() / dims.iter().product::<usize>();
+    let shape = [n, dims[0], dims[1], dims[2]];
+    crate::images::write_npy(&run.join("eval_student.npy"), &e.student_samples, &shape)?;
+    crate::images::write_npy(&run.join("eval_teacher.npy"), &e.teacher_samples, &shape)?;
+    write_parquet(&run.join("eval.parquet"), r)
+}
+
+fn write_parquet(path: &Path, r: &EvalResult) -> anyhow::Result<()> {
+    use bdense_queries::datafusion::arrow::array::{ArrayRef, Float64Array, Int32Array, RecordBatch, StringArray};
+    let mut rows: Vec<(String, i32, i32, f64)> = vec![
+        ("rmse".into(), -1, -1, r.rmse),
+        ("psnr".into(), -1, -1, r.psnr),
+        ("fd_cls".into(), -1, -1, r.fd_cls),
+        ("teacher_fd_cls".into(), -1, -1, r.teacher_fd_cls),
+        ("label_entropy".into(), -1, -1, r.label_entropy),
+        ("label_coverage".into(), -1, -1, r.label_coverage),
+    ];
+    rows.extend(r.rmse_per_timestamp.iter().enumerate().map(|(i, &v)| ("rmse_timestamp".to_string(), i as i32, -1, v)));
+    for (i, row) in r.rmse_per_branch.iter().enumerate() {
+        rows.extend(row.iter().enumerate().map(|(j, &v)| ("rmse_branch".to_string(), i as i32, j as i32 + 1, v)));
+    }
+    let repeat = |v: &str| -> ArrayRef { Arc::new(StringArray::from(vec![v; rows.len()])) };
+    let int = |v: i32| -> ArrayRef { Arc::new(Int32Array::from(vec![v; rows.len()])) };
+    let batch = RecordBatch::try_from_iter(vec![
+        ("run", repeat(&r.run)),
+        ("method", repeat(&r.method)),
+        ("n", int(r.n as i32)),
+        ("k", int(r.k as i32)),
+        ("nfe", int(r.nfe as i32)),
+        ("seed", int(r.seed as i32)),
+        ("metric", Arc::new(StringArray::from(rows.iter().map(|x| x.0.clone()).collect::<Vec<_>>())) as ArrayRef),
+        ("interval", Arc::new(Int32Array::from(rows.iter().map(|x| x.1).collect::<Vec<_>>())) as ArrayRef),
+        ("branch", Arc::new(Int32Array::from(rows.iter().map(|x| x.2).collect::<Vec<_>>())) as ArrayRef),
+        ("value", Arc::new(Float64Array::from(rows.iter().map(|x| x.3).collect::<Vec<_>>())) as ArrayRef),
+    ])?;
+    let file = std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?;
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None)?;
+    w.write(&batch)?;
+    w.close()?;
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! A DataFusion session over a store: one table per dataset, plus `manifest` (one row per
+//! dataset) and `grid` (dataset, step, sigma), with the vector UDFs registered.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bdense_store::Dataset;
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, UInt16Array, UInt32Array, UInt64Array,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
+
+use crate::error::{QueryError, Result};
+use crate::table::StepTable;
+use crate::udf;
+
+pub const MANIFEST_TABLE: &str = "manifest";
+pub const GRID_TABLE: &str = "grid";
+
+pub struct StoreSession {
+    ctx: SessionContext,
+    store: PathBuf,
+    datasets: BTreeMap<String, Dataset>,
+}
+
+impl StoreSession {
+    /// Opens every dataset in `store` (each at its committed snapshot).
+    pub fn open(store: &Path) -> Result<StoreSession> {
+        let mut datasets = BTreeMap::new();
+        for name in bdense_store::list_datasets(store)? {
+            datasets.insert(name.clone(), Dataset::open(&store.join(&name))?);
+        }
+        Self::with_datasets(store, datasets)
+    }
+
+    /// A session holding just `dataset`.
+    pub fn for_dataset(dataset: Dataset) -> Result<StoreSession> {
+        let name = dataset_name(&dataset);
+        let store = dataset.dir().parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::with_datasets(&store, BTreeMap::from([(name, dataset)]))
+    }
+
+    fn with_datasets(store: &Path, datasets: BTreeMap<String, Dataset>) -> Result<StoreSession> {
+        let config = SessionConfig::new()
+            .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .with_information_schema(true);
+        let ctx = SessionContext::new_with_config(config);
+        udf::register_all(&ctx);
+        for (name, ds) in &datasets {
+            if name == MANIFEST_TABLE || name == GRID_TABLE {
+                return Err(QueryError::Dataset {
+                    dataset: ds.dir().display().to_string(),
+                    detail: format!("a dataset may not be called {name:?} (a reserved table name)"),
+                });
+            }
+            ctx.register_table(name.as_str(), Arc::new(StepTable::new(ds)))?;
+        }
+        ctx.register_table(MANIFEST_TABLE, Arc::new(manifest_table(&datasets)?))?;
+        ctx.register_table(GRID_TABLE, Arc::new(grid_table(&datasets)?))?;
+        Ok(StoreSession {
+            ctx,
+            store: store.to_path_buf(),
+            datasets,
+        })
+    }
+
+    pub fn ctx(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    pub fn store(&self) -> &Path {
+        &self.store
+    }
+
+    pub fn dataset(&self, name: &str) -> Option<&Dataset> {
+        self.datasets.get(name)
+    }
+
+    /// Every table a query may name.
+    pub fn table_names(&self) -> Vec<String> {
+        self.datasets
+            .keys()
+            .cloned()
+            .chain([MANIFEST_TABLE.to_string(), GRID_TABLE.to_string()])
+            .collect()
+    }
+
+    /// Plans `query`. Statements that write or create anything are refused unless
+    /// `allow_writes`; an unknown table is reported with the list of tables.
+    pub async fn sql(&self, query: &str, allow_writes: bool) -> Result<DataFrame> {
+        let options = SQLOptions::new()
+            .with_allow_ddl(allow_writes)
+            .with_allow_dml(allow_writes)
+            .with_allow_statements(allow_writes);
+        self.ctx
+            .sql_with_options(query, options)
+            .await
+            .map_err(|e| self.explain_error(e, allow_writes))
+    }
+
+    fn explain_error(&self, e: datafusion::error::DataFusionError, allow_writes: bool) -> QueryError {
+        let root = e.find_root().strip_backtrace();
+        if root.contains("not found") && root.contains("table") {
+            let tables = self.table_names().join(", ");
+            return QueryError::Refused(format!("{root}; tables in {}: {tables}", self.store.display()));
+        }
+        if !allow_writes && (root.contains("not supported: ") && (root.contains("DDL") || root.contains("DML") || root.contains("Statement"))) {
+            return QueryError::Refused(format!(
+                "{root}: `bdense sql` is read-only; pass --allow-writes to run statements that write or create"
+            ));
+        }
+        if let datafusion::error::DataFusionError::SQL(parse, _) = e.find_root() {
+            return QueryError::Refused(format!("SQL parse error: {parse}"));
+        }
+        QueryError::DataFusion(e)
+    }
+}
+
+/// The table name of a dataset: its directory name.
+pub fn dataset_name(ds: &Dataset) -> String {
+    ds.dir()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| ds.manifest().name.clone())
+}
+
+fn manifest_table(datasets: &BTreeMap<String, Dataset>) -> Result<MemTable> {
+    let ms: Vec<(&String, &bdense_store::Manifest)> = datasets.iter().map(|(n, d)| (n, d.manifest())).collect();
+    let strings = |f: &dyn Fn(&bdense_store::Manifest) -> String| -> ArrayRef {
+        Arc::new(ms.iter().map(|(_, m)| Some(f(m))).collect::<StringArray>())
+    };
+    let u32s = |f: &dyn Fn(&bdense_store::Manifest) -> u32| -> ArrayRef {
+        Arc::new(ms.iter().map(|(_, m)| f(m)).collect::<UInt32Array>())
+    };
+    let u64s = |f: &dyn Fn(&bdense_store::Manifest) -> u64| -> ArrayRef {
+        Arc::new(ms.iter().map(|(_, m)| f(m)).collect::<UInt64Array>())
+    };
+    let f64s = |f: &dyn Fn(&bdense_store::Manifest) -> f64| -> ArrayRef {
+        Arc::new(ms.iter().map(|(_, m)| f(m)).collect::<Float64Array>())
+    };
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        ("dataset", Arc::new(ms.iter().map(|(n, _)| Some(n.as_str())).collect::<StringArray>())),
+        ("c", u32s(&|m| m.dims.c)),
+        ("h", u32s(&|m| m.dims.h)),
+        ("w", u32s(&|m| m.dims.w)),
+        ("dtype", strings(&|m| m.dtype.to_string())),
+        ("steps", u32s(&|m| m.steps() as u32)),
+        ("grid_points", u32s(&|m| m.grid.points() as u32)),
+        ("sigma_max", f64s(&|m| m.grid.sigma_max)),
+        ("sigma_min", f64s(&|m| m.grid.sigma_min)),
+        ("rho", f64s(&|m| m.grid.rho)),
+        ("appends_zero", Arc::new(ms.iter().map(|(_, m)| Some(m.grid.appends_zero)).collect::<BooleanArray>())),
+        ("teacher", strings(&|m| m.teacher.kind.clone())),
+        ("solver", strings(&|m| m.teacher.solver.clone())),
+        ("solver_order", u32s(&|m| m.teacher.order)),
+        ("checkpoint_hash", strings(&|m| m.teacher.checkpoint_hash.clone().unwrap_or_default())),
+        ("base_seed", u64s(&|m| m.seeds.base_seed)),
+        ("has_denoised", Arc::new(ms.iter().map(|(_, m)| Some(m.has_denoised)).collect::<BooleanArray>())),
+        ("trajectories", u64s(&|m| m.trajectories())),
+        ("planned", u64s(&|m| m.planned_count)),
+        ("shards", u32s(&|m| m.shards.len() as u32)),
+        ("bytes", u64s(&|m| m.bytes())),
+        ("snapshot", strings(&|m| m.snapshot_hash())),
+    ];
+    mem_table(columns)
+}
+
+fn grid_table(datasets: &BTreeMap<String, Dataset>) -> Result<MemTable> {
+    let rows: Vec<(&str, u16, f64)> = datasets
+        .iter()
+        .flat_map(|(n, d)| {
+            d.manifest()
+                .grid
+                .sigmas
+                .iter()
+                .enumerate()
+                .map(move |(i, &s)| (n.as_str(), i as u16, s))
+        })
+        .collect();
+    mem_table(vec![
+        ("dataset", Arc::new(rows.iter().map(|r| Some(r.0)).collect::<StringArray>())),
+        ("step", Arc::new(rows.iter().map(|r| r.1).collect::<UInt16Array>())),
+        ("sigma", Arc::new(rows.iter().map(|r| r.2).collect::<Float64Array>())),
+    ])
+}
+
+fn mem_table(columns: Vec<(&str, ArrayRef)>) -> Result<MemTable> {
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|(n, a)| Field::new(*n, a.data_type().clone(), matches!(a.data_type(), DataType::Utf8)))
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(schema.clone(), columns.into_iter().map(|(_, a)| a).collect())?;
+    Ok(MemTable::try_new(schema, vec![vec![batch]])?)
+}
+
+/// A multi-threaded runtime sized to the machine, for callers outside async code.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}

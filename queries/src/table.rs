@@ -1,0 +1,149 @@
+//! A dataset as a DataFusion table: exactly the files its committed manifest names (never
+//! stray files), with `step` and `shard` as partition columns so filters on them prune files
+//! before any is opened.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bdense_store::Dataset;
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{DFSchema, Result, ScalarValue, project_schema};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::listing::helpers::{expr_applicable_for_cols, filter_partitioned_file};
+use datafusion::datasource::object_store::ObjectStoreUrl;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+
+pub const STEP: &str = "step";
+pub const SHARD: &str = "shard";
+const PARTITION_COLS: [&str; 2] = [STEP, SHARD];
+
+#[derive(Debug)]
+struct StepFile {
+    path: String,
+    bytes: u64,
+    step: u16,
+    shard: u32,
+}
+
+#[derive(Debug)]
+pub struct StepTable {
+    schema: TableSchema,
+    files: Vec<StepFile>,
+}
+
+impl StepTable {
+    pub fn new(dataset: &Dataset) -> StepTable {
+        let partition: Vec<FieldRef> = vec![
+            Arc::new(Field::new(STEP, DataType::UInt16, false)),
+            Arc::new(Field::new(SHARD, DataType::UInt32, false)),
+        ];
+        let files = dataset
+            .shards()
+            .iter()
+            .flat_map(|shard| {
+                shard.files.iter().map(move |f| StepFile {
+                    path: absolute(&dataset.file_path(f)),
+                    bytes: f.bytes,
+                    step: f.step,
+                    shard: shard.index,
+                })
+            })
+            .collect();
+        StepTable {
+            schema: TableSchema::builder(dataset.schema()).with_table_partition_cols(partition).build(),
+            files,
+        }
+    }
+
+    fn partition_schema() -> Result<DFSchema> {
+        DFSchema::from_unqualified_fields(
+            vec![
+                Field::new(STEP, DataType::UInt16, true),
+                Field::new(SHARD, DataType::UInt32, true),
+            ]
+            .into(),
+            Default::default(),
+        )
+    }
+}
+
+fn absolute(path: &std::path::Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[async_trait]
+impl TableProvider for StepTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(self.schema.table_schema())
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if expr_applicable_for_cols(&PARTITION_COLS, f) {
+                    // Guaranteed by pruning files in `scan`.
+                    TableProviderFilterPushDown::Exact
+                } else {
+                    TableProviderFilterPushDown::Inexact
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let partition_filters: Vec<Expr> = filters
+            .iter()
+            .filter(|f| expr_applicable_for_cols(&PARTITION_COLS, f))
+            .cloned()
+            .collect();
+        let partition_schema = Self::partition_schema()?;
+        let mut kept = Vec::new();
+        for f in &self.files {
+            let pf = PartitionedFile::new(f.path.clone(), f.bytes).with_partition_values(vec![
+                ScalarValue::UInt16(Some(f.step)),
+                ScalarValue::UInt32(Some(f.shard)),
+            ]);
+            if let Some(pf) = filter_partitioned_file(pf, &partition_filters, &partition_schema)? {
+                kept.push(pf);
+            }
+        }
+        if kept.is_empty() {
+            return Ok(Arc::new(EmptyExec::new(project_schema(&self.schema(), projection)?)));
+        }
+        let groups = state.config().target_partitions().clamp(1, kept.len());
+        let mut grouped: Vec<Vec<PartitionedFile>> = vec![Vec::new(); groups];
+        for (i, pf) in kept.into_iter().enumerate() {
+            grouped[i % groups].push(pf);
+        }
+        let source = Arc::new(
+            ParquetSource::new(self.schema.clone())
+                .with_table_parquet_options(state.table_options().parquet.clone()),
+        );
+        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
+            .with_file_groups(grouped.into_iter().map(FileGroup::new).collect())
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+}

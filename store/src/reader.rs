@@ -1,0 +1,307 @@
+//! Reads a committed snapshot: only files the manifest names, checked against its schema.
+
+use std::borrow::Cow;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, AsArray, FixedSizeListArray, RecordBatch};
+use arrow::datatypes::{Float16Type, Float32Type, Int32Type, SchemaRef, UInt64Type};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::error::{Result, StoreError};
+use crate::manifest::{FileEntry, Manifest, ShardEntry};
+use crate::schema;
+
+/// A state vector column as f32: borrowed straight from the Arrow buffer when stored as f32,
+/// converted when stored as f16.
+pub type StateView<'a> = Cow<'a, [f32]>;
+
+/// An open dataset: its directory and the manifest snapshot read at open time.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    dir: PathBuf,
+    manifest: Manifest,
+    schema: SchemaRef,
+}
+
+impl Dataset {
+    pub fn open(dir: &Path) -> Result<Dataset> {
+        let manifest = Manifest::load(dir)?;
+        let schema = schema::manifest_schema(&manifest);
+        Ok(Dataset {
+            dir: dir.to_path_buf(),
+            manifest,
+            schema,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Schema of every step file (without the `step` partition column).
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    pub fn shards(&self) -> &[ShardEntry] {
+        &self.manifest.shards
+    }
+
+    pub fn dim(&self) -> usize {
+        self.manifest.dims.len()
+    }
+
+    pub fn file_path(&self, file: &FileEntry) -> PathBuf {
+        self.dir.join(&file.path)
+    }
+
+    /// The manifest entry of `shard`'s file for `step`; an error if the manifest lacks it.
+    pub fn file<'a>(&self, shard: &'a ShardEntry, step: u16) -> Result<&'a FileEntry> {
+        shard.file(step).ok_or_else(|| {
+            StoreError::invalid(
+                &self.dir,
+                format!("shard {} has no file for step {step}", shard.index),
+            )
+        })
+    }
+
+    /// All columns of `shard` at `step`, as one record batch.
+    pub fn read_step(&self, shard: &ShardEntry, step: u16) -> Result<StepBatch> {
+        self.read_step_columns(shard, step, None, None)
+    }
+
+    /// Selected columns (`None`: all) and row groups (`None`: all) of one step file.
+    pub fn read_step_columns(
+        &self,
+        shard: &ShardEntry,
+        step: u16,
+        columns: Option<&[&str]>,
+        row_groups: Option<Vec<usize>>,
+    ) -> Result<StepBatch> {
+        let path = self.file_path(self.file(shard, step)?);
+        let builder = self.open_file(&path)?;
+        let rows = match &row_groups {
+            Some(groups) => groups
+                .iter()
+                .map(|&g| builder.metadata().row_group(g).num_rows() as usize)
+                .sum(),
+            None => shard.rows as usize,
+        };
+        let mut builder = builder.with_batch_size(rows.max(1));
+        if let Some(cols) = columns {
+            let indices = cols
+                .iter()
+                .map(|c| {
+                    self.schema
+                        .index_of(c)
+                        .map_err(|_| StoreError::schema(&path, format!("no column {c}")))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
+            builder = builder.with_projection(mask);
+        }
+        if let Some(groups) = row_groups {
+            builder = builder.with_row_groups(groups);
+        }
+        let reader = builder.build().map_err(|e| StoreError::parquet(&path, e))?;
+        let mut batches = reader
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|source| StoreError::Arrow {
+                path: path.clone(),
+                source,
+            })?;
+        let batch = match batches.len() {
+            1 => batches.pop().expect("one batch"),
+            _ => {
+                let schema = batches
+                    .first()
+                    .map(|b| b.schema())
+                    .unwrap_or_else(|| self.schema.clone());
+                arrow::compute::concat_batches(&schema, &batches).map_err(|source| {
+                    StoreError::Arrow {
+                        path: path.clone(),
+                        source,
+                    }
+                })?
+            }
+        };
+        if batch.num_rows() != rows {
+            return Err(StoreError::invalid(
+                &path,
+                format!("holds {} rows, the manifest says {rows}", batch.num_rows()),
+            ));
+        }
+        Ok(StepBatch {
+            path,
+            step,
+            batch,
+            dim: self.dim(),
+        })
+    }
+
+    /// Opens a step file for reading and checks that it is one of ours.
+    pub fn open_file(&self, path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
+        let file = File::open(path).map_err(|e| StoreError::io(path, e))?;
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| StoreError::parquet(path, e))?;
+        if let Some(problem) = schema::schema_mismatch(&self.schema, builder.schema()) {
+            return Err(StoreError::schema(path, problem));
+        }
+        Ok(builder)
+    }
+
+    /// Row-group sizes of `shard`'s file for `step` (every step file of a shard has the same).
+    pub fn row_groups(&self, shard: &ShardEntry, step: u16) -> Result<Vec<usize>> {
+        let path = self.file_path(self.file(shard, step)?);
+        let builder = self.open_file(&path)?;
+        Ok(builder
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|g| g.num_rows() as usize)
+            .collect())
+    }
+
+    /// Every stored state of one trajectory.
+    pub fn read_trajectory(&self, traj_id: u64) -> Result<Trajectory> {
+        let shard = self
+            .shards()
+            .iter()
+            .find(|s| s.id_range().contains(&traj_id))
+            .ok_or_else(|| {
+                StoreError::invalid(&self.dir, format!("no committed trajectory {traj_id}"))
+            })?;
+        let row = (traj_id - shard.first_id) as usize;
+        let (group, row_in_group) = locate_row(&self.row_groups(shard, 0)?, row);
+        let dim = self.dim();
+        let steps = self.manifest.steps();
+        let mut states = Vec::with_capacity(steps * dim);
+        let mut denoised = self.manifest.has_denoised.then(Vec::new);
+        let mut first = None;
+        for step in 0..steps as u16 {
+            let b = self.read_step_columns(shard, step, None, Some(vec![group]))?;
+            if b.traj_ids()[row_in_group] != traj_id {
+                return Err(StoreError::invalid(
+                    &b.path,
+                    format!("row {row} holds trajectory {} instead of {traj_id}", b.traj_ids()[row_in_group]),
+                ));
+            }
+            states.extend_from_slice(&b.x()[row_in_group * dim..(row_in_group + 1) * dim]);
+            if let (Some(d), Some(col)) = (denoised.as_mut(), b.denoised()) {
+                d.extend_from_slice(&col[row_in_group * dim..(row_in_group + 1) * dim]);
+            }
+            first.get_or_insert((b.seeds()[row_in_group], b.label(row_in_group)));
+        }
+        let (seed, label) = first.expect("a dataset has at least two steps");
+        Ok(Trajectory {
+            traj_id,
+            seed,
+            label,
+            sigmas: self.manifest.grid.sigmas.clone(),
+            states,
+            denoised,
+        })
+    }
+}
+
+/// (row group, row within it) of `row`, given the row groups' sizes.
+fn locate_row(groups: &[usize], mut row: usize) -> (usize, usize) {
+    for (g, &n) in groups.iter().enumerate() {
+        if row < n {
+            return (g, row);
+        }
+        row -= n;
+    }
+    (groups.len(), row)
+}
+
+/// One step of one shard, decoded.
+#[derive(Debug, Clone)]
+pub struct StepBatch {
+    pub path: PathBuf,
+    pub step: u16,
+    pub batch: RecordBatch,
+    dim: usize,
+}
+
+impl StepBatch {
+    pub fn rows(&self) -> usize {
+        self.batch.num_rows()
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    fn column(&self, name: &str) -> Option<&dyn Array> {
+        self.batch.column_by_name(name).map(|c| c.as_ref())
+    }
+
+    pub fn traj_ids(&self) -> &[u64] {
+        self.column(schema::TRAJ_ID)
+            .map(|c| c.as_primitive::<UInt64Type>().values().as_ref())
+            .unwrap_or(&[])
+    }
+
+    pub fn seeds(&self) -> &[u64] {
+        self.column(schema::SEED)
+            .map(|c| c.as_primitive::<UInt64Type>().values().as_ref())
+            .unwrap_or(&[])
+    }
+
+    pub fn sigmas(&self) -> &[f32] {
+        self.column(schema::SIGMA)
+            .map(|c| c.as_primitive::<Float32Type>().values().as_ref())
+            .unwrap_or(&[])
+    }
+
+    pub fn label(&self, row: usize) -> Option<i32> {
+        let col = self.column(schema::LABEL)?.as_primitive::<Int32Type>();
+        col.is_valid(row).then(|| col.value(row))
+    }
+
+    /// The states, `rows x dim` values, row-major.
+    pub fn x(&self) -> StateView<'_> {
+        self.vectors(schema::X).unwrap_or(Cow::Borrowed(&[]))
+    }
+
+    pub fn denoised(&self) -> Option<StateView<'_>> {
+        self.vectors(schema::DENOISED)
+    }
+
+    fn vectors(&self, name: &str) -> Option<StateView<'_>> {
+        let list = self.column(name)?.as_fixed_size_list();
+        Some(list_values(list))
+    }
+}
+
+/// The flat f32 values of a FixedSizeList column, zero-copy when the items are f32.
+pub fn list_values(list: &FixedSizeListArray) -> StateView<'_> {
+    let dim = list.value_length() as usize;
+    let range = list.offset() * dim..(list.offset() + list.len()) * dim;
+    let values = list.values();
+    if let Some(f) = values.as_primitive_opt::<Float32Type>() {
+        Cow::Borrowed(&f.values()[range])
+    } else {
+        let h = values.as_primitive::<Float16Type>();
+        Cow::Owned(h.values()[range].iter().map(|v| v.to_f32()).collect())
+    }
+}
+
+/// One trajectory, every step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trajectory {
+    pub traj_id: u64,
+    pub seed: u64,
+    pub label: Option<i32>,
+    pub sigmas: Vec<f64>,
+    /// `steps x dim`, step-major.
+    pub states: Vec<f32>,
+    pub denoised: Option<Vec<f32>>,
+}

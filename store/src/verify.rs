@@ -1,0 +1,179 @@
+//! `verify`: re-reads every committed file and reports each problem on its own line.
+
+use std::path::PathBuf;
+
+use crate::error::Result;
+use crate::manifest::ShardEntry;
+use crate::reader::{Dataset, StepBatch};
+use crate::writer::hash_file;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.message)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub files_checked: usize,
+    pub rows_checked: u64,
+    pub bytes_checked: u64,
+    pub problems: Vec<Problem>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Checks every file the manifest names: size and hash, schema, ids sorted and equal across
+/// steps, seeds and labels equal across steps, sigma equal to the grid, all values finite.
+/// `Err` only when the manifest itself cannot be read; everything else is a [`Problem`].
+pub fn verify(dataset: &Dataset) -> Result<Report> {
+    let mut report = Report::default();
+    let m = dataset.manifest();
+    for shard in &m.shards {
+        let expected = m.planned_range(shard.index);
+        if shard.id_range() != expected {
+            report.problems.push(Problem {
+                path: dataset.dir().join(crate::manifest::MANIFEST_FILE),
+                message: format!(
+                    "shard {} covers ids {:?}, expected {:?}",
+                    shard.index,
+                    shard.id_range(),
+                    expected
+                ),
+            });
+        }
+        verify_shard(dataset, shard, &mut report);
+    }
+    Ok(report)
+}
+
+fn verify_shard(dataset: &Dataset, shard: &ShardEntry, report: &mut Report) {
+    let m = dataset.manifest();
+    let mut reference: Option<StepBatch> = None;
+    for step in 0..m.steps() as u16 {
+        let Some(entry) = shard.file(step) else {
+            report.problems.push(Problem {
+                path: dataset.dir().join(format!("step={step:04}")),
+                message: format!("shard {} has no file for step {step}", shard.index),
+            });
+            continue;
+        };
+        let path = dataset.file_path(entry);
+        let mut problem = |message: String| {
+            report.problems.push(Problem {
+                path: path.clone(),
+                message,
+            })
+        };
+        match hash_file(&path) {
+            Err(e) => {
+                problem(format!("cannot read: {}", root_message(&e)));
+                continue;
+            }
+            Ok((bytes, hash)) => {
+                if bytes != entry.bytes {
+                    problem(format!("size {bytes} bytes, manifest says {}", entry.bytes));
+                } else if hash != entry.xxh3 {
+                    problem(format!("content hash {hash}, manifest says {}", entry.xxh3));
+                }
+            }
+        }
+        let batch = match dataset.read_step(shard, step) {
+            Ok(b) => b,
+            Err(e) => {
+                problem(root_message(&e));
+                continue;
+            }
+        };
+        report.files_checked += 1;
+        report.rows_checked += batch.rows() as u64;
+        report.bytes_checked += entry.bytes;
+        for message in check_batch(&batch, shard, m.grid.sigmas[step as usize] as f32, reference.as_ref()) {
+            problem(message);
+        }
+        reference.get_or_insert(batch);
+    }
+}
+
+/// The problems of one decoded step file, compared with the shard's first step.
+fn check_batch(
+    batch: &StepBatch,
+    shard: &ShardEntry,
+    sigma: f32,
+    reference: Option<&StepBatch>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let ids = batch.traj_ids();
+    if let Some(i) = ids.windows(2).position(|w| w[1] <= w[0]) {
+        out.push(format!(
+            "trajectory ids not strictly increasing at row {}: {} then {}",
+            i + 1,
+            ids[i],
+            ids[i + 1]
+        ));
+    } else if ids.first() != Some(&shard.first_id) || !shard.id_range().eq(ids.iter().copied()) {
+        out.push(format!(
+            "holds trajectory ids {:?}..={:?}, expected {:?}",
+            ids.first(),
+            ids.last(),
+            shard.id_range()
+        ));
+    }
+    if let Some(r) = reference {
+        if r.traj_ids() != ids {
+            out.push(format!("trajectory ids differ from step {}", r.step));
+        }
+        if let Some(row) = (0..ids.len().min(r.rows())).find(|&i| r.seeds()[i] != batch.seeds()[i]) {
+            out.push(format!("seed of row {row} differs from step {}", r.step));
+        }
+        if let Some(row) = (0..ids.len().min(r.rows())).find(|&i| r.label(i) != batch.label(i)) {
+            out.push(format!("label of row {row} differs from step {}", r.step));
+        }
+    }
+    if let Some(row) = batch.sigmas().iter().position(|&s| s != sigma) {
+        out.push(format!(
+            "sigma {} in row {row}, the grid says {sigma}",
+            batch.sigmas()[row]
+        ));
+    }
+    let dim = batch.dim();
+    for (name, values) in [("x", Some(batch.x())), ("denoised", batch.denoised())] {
+        let Some(values) = values else { continue };
+        let bad: Vec<usize> = values
+            .chunks(dim)
+            .enumerate()
+            .filter(|(_, v)| v.iter().any(|x| !x.is_finite()))
+            .map(|(row, _)| row)
+            .collect();
+        if let Some(&row) = bad.first() {
+            out.push(format!(
+                "{name} holds NaN or Inf in {} rows (first: row {row}, trajectory {})",
+                bad.len(),
+                ids.get(row).copied().unwrap_or_default()
+            ));
+        }
+    }
+    out
+}
+
+/// The innermost message of an error chain, for one-line reports that already name the path.
+fn root_message(e: &crate::StoreError) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg = s.to_string();
+        source = s.source();
+    }
+    // Variants already carry the path; avoid printing it twice.
+    msg
+}

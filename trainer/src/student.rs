@@ -1,0 +1,286 @@
+//! The student training loop: one loop for every method (the method is data, see
+//! [`crate::method`]), fed by any [`BatchSource`], checkpointed so that a resumed run is
+//! bit-identical to an uninterrupted one on the CPU.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint;
+use crate::edm::EdmNet;
+use crate::error::{Result, TrainerError};
+use crate::method::{MethodConfig, StepPer, afs_derivative, interval_loss};
+use crate::optim::{OptimConfig, clip_global_norm, ema_update};
+use crate::solvers::euler_step;
+use crate::unet::UNetConfig;
+
+/// A batch of trajectories as the trainer sees it: host buffers, no Parquet.
+#[derive(Debug, Clone)]
+pub struct TrainBatch {
+    /// `[C, H, W]`.
+    pub dims: [usize; 3],
+    pub traj_ids: Vec<u64>,
+    /// `[B, D]`: the teacher's state at the first student timestamp.
+    pub start: Vec<f32>,
+    /// `[B, N-1, K, D]`: the teacher's state at each branch's target.
+    pub targets: Vec<f32>,
+    /// `[B, N-1, D]` when teacher forcing: the teacher's state at each interval start.
+    pub interval_starts: Option<Vec<f32>>,
+    /// Student timestamps (N).
+    pub sigmas: Vec<f64>,
+    /// `[N-1][K]`.
+    pub target_sigmas: Vec<Vec<f64>>,
+    pub labels: Option<Vec<i32>>,
+}
+
+impl TrainBatch {
+    pub fn len(&self) -> usize {
+        self.traj_ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.traj_ids.is_empty()
+    }
+
+    fn dim(&self) -> usize {
+        self.dims.iter().product()
+    }
+}
+
+/// Where batches come from. `position` counts batches handed out since the stream began, so
+/// a checkpoint can record it and a resumed run can reopen the source there.
+pub trait BatchSource {
+    fn next_batch(&mut self) -> Result<TrainBatch>;
+    fn position(&self) -> u64;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Init {
+    /// Random weights (for analytic teachers, which have no network to copy).
+    Scratch,
+    /// Copy every weight of the U-Net teacher in DIR; its output layer into each branch.
+    Teacher(PathBuf),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StudentConfig {
+    pub method: MethodConfig,
+    pub n: usize,
+    /// Batch iterations (each one trains every interval of a batch of trajectories).
+    pub steps: u64,
+    pub batch: usize,
+    pub seed: u64,
+    pub optim: OptimConfig,
+    pub net: UNetConfig,
+    pub init: Init,
+    pub checkpoint_every: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoopState {
+    /// Batches taken from the source when the checkpoint was written.
+    pub source_position: u64,
+    pub last_loss: f64,
+}
+
+/// One batch iteration's numbers.
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    pub step: u64,
+    pub total: u64,
+    pub loss: f64,
+    /// Mean distance of each branch over the batch's trained intervals.
+    pub per_branch: Vec<f64>,
+    pub lr: f64,
+    pub grad_norm: f64,
+    /// Seconds waiting for the batch source / computing.
+    pub wait_s: f64,
+    pub compute_s: f64,
+}
+
+/// The live model, its EMA and the optimiser, at some step.
+pub struct StudentState {
+    pub model: EdmNet,
+    pub ema: EdmNet,
+    pub optim: burn::optim::ModuleOptimizer,
+    pub step: u64,
+    pub last_loss: f64,
+}
+
+impl StudentState {
+    /// A fresh student per `config.init` on `device` (autodiff is added here).
+    pub fn fresh(config: &StudentConfig, channels: usize, device: &Device) -> Result<StudentState> {
+        let k = config.method.k;
+        let autodiff = device.clone().autodiff();
+        let model = match &config.init {
+            Init::Scratch => EdmNet::new(&config.net.clone().with_out_channels(k * channels), channels, &autodiff, config.seed),
+            Init::Teacher(dir) => crate::teachers::unet::UnetTeacher::load(dir, &autodiff)?.net.widen(k),
+        };
+        let ema = model.valid();
+        Ok(StudentState {
+            model,
+            ema,
+            optim: config.optim.build(),
+            step: 0,
+            last_loss: f64::NAN,
+        })
+    }
+
+    /// Restores the newest checkpoint of `run`; returns it with the saved loop state.
+    pub fn resume(config: &StudentConfig, channels: usize, device: &Device, run: &Path) -> Result<(StudentState, LoopState)> {
+        let ckpt = checkpoint::latest(run)?
+            .ok_or_else(|| TrainerError::checkpoint(run, "no checkpoint to resume from"))?;
+        let template = StudentState::fresh(&StudentConfig { init: Init::Scratch, ..config.clone() }, channels, device)?;
+        let r = checkpoint::load::<LoopState>(&ckpt, "student", template.model, template.ema, template.optim)?;
+        let state = StudentState {
+            model: r.model,
+            ema: r.ema,
+            optim: r.optim,
+            step: r.meta.step,
+            last_loss: r.meta.state.last_loss,
+        };
+        Ok((state, r.meta.state))
+    }
+}
+
+/// Trains until `config.steps`, checkpointing into `run`, and returns the final state.
+pub fn train(
+    config: &StudentConfig,
+    mut state: StudentState,
+    source: &mut dyn BatchSource,
+    run: &Path,
+    log: &mut crate::log::CsvLog,
+    on_step: &mut dyn FnMut(&StepReport),
+) -> Result<StudentState> {
+    let weights = config.method.branch_weights().map_err(TrainerError::Config)?;
+    let device = state.model.devices().first().cloned().expect("model lives on a device");
+    let mut waited = Instant::now();
+    while state.step < config.steps {
+        let batch = source.next_batch()?;
+        let wait_s = waited.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let lr = config.optim.lr_at(state.step, config.steps);
+        let (loss, per_branch, grad_norm) = train_batch(config, &mut state, &batch, &weights, lr, &device)?;
+        state.step += 1;
+        state.last_loss = loss;
+        let report = StepReport {
+            step: state.step,
+            total: config.steps,
+            loss,
+            per_branch,
+            lr,
+            grad_norm,
+            wait_s,
+            compute_s: started.elapsed().as_secs_f64(),
+        };
+        let mut row = vec![report.step as f64, loss, lr, grad_norm];
+        row.extend(&report.per_branch);
+        log.row(&row)?;
+        on_step(&report);
+        if state.step % config.checkpoint_every == 0 || state.step == config.steps {
+            log.flush()?;
+            let loop_state = LoopState {
+                source_position: source.position(),
+                last_loss: loss,
+            };
+            checkpoint::save(run, "student", state.step, &state.model, &state.ema, &state.optim, &loop_state)?;
+        }
+        waited = Instant::now();
+    }
+    Ok(state)
+}
+
+/// Trains every interval of one batch; returns (loss, per-branch distances, grad norm).
+fn train_batch(
+    config: &StudentConfig,
+    state: &mut StudentState,
+    batch: &TrainBatch,
+    weights: &[f64],
+    lr: f64,
+    device: &Device,
+) -> Result<(f64, Vec<f64>, f64)> {
+    let m = &config.method;
+    let (b, [c, h, w], d) = (batch.len(), batch.dims, batch.dim());
+    let intervals = batch.sigmas.len() - 1;
+    let k = m.k;
+    if batch.target_sigmas.iter().any(|t| t.len() != k) {
+        return Err(TrainerError::Config(format!(
+            "batch has {} targets per interval, the student has K = {k} branches",
+            batch.target_sigmas[0].len()
+        )));
+    }
+    let targets: Tensor<3> = Tensor::from_data(TensorData::new(batch.targets.clone(), [b, intervals * k, d]), device);
+    let target = |i: usize, j: usize| targets.clone().narrow(1, i * k + j, 1).reshape([b, c, h, w]);
+    let labels = batch
+        .labels
+        .as_ref()
+        .filter(|_| config.net.num_classes > 0)
+        .map(|l| Tensor::<1, Int>::from_data(TensorData::new(l.iter().map(|&v| v as i64).collect(), [b]), device));
+    let teacher_start = |i: usize| -> Option<Tensor<4>> {
+        let starts = batch.interval_starts.as_ref()?;
+        let all: Tensor<3> = Tensor::from_data(TensorData::new(starts.clone(), [b, intervals, d]), device);
+        Some(all.narrow(1, i, 1).reshape([b, c, h, w]))
+    };
+    let mut x: Tensor<4> = Tensor::from_data(TensorData::new(batch.start.clone(), [b, c, h, w]), device);
+    let (mut total, mut per_branch, mut trained, mut norm) = (0.0, vec![0.0; k], 0usize, 0.0f64);
+    let mut pending: Option<Tensor<1>> = None;
+    for i in 0..intervals {
+        let s = batch.sigmas[i];
+        if m.teacher_forcing && i > 0 {
+            x = teacher_start(i).unwrap_or_else(|| target(i - 1, k - 1));
+        }
+        if m.afs && i == 0 {
+            // The analytical first step has nothing to train.
+            x = euler_step(x.clone(), afs_derivative(x, s), s, batch.sigmas[1]).detach();
+            continue;
+        }
+        let ts: Vec<Tensor<4>> = (0..k).map(|j| target(i, j)).collect();
+        let out = interval_loss(&state.model, x, s, &ts, &batch.target_sigmas[i], weights, m.distance, labels.as_ref());
+        total += out.loss.clone().inner().into_scalar::<f64>();
+        per_branch.iter_mut().zip(&out.per_branch).for_each(|(a, v)| *a += v);
+        trained += 1;
+        x = out.endpoint;
+        match m.step_per {
+            StepPer::Interval => norm = norm.max(optimise(config, state, out.loss, lr)),
+            StepPer::Trajectory => {
+                pending = Some(match pending.take() {
+                    Some(p) => p + out.loss,
+                    None => out.loss,
+                })
+            }
+        }
+    }
+    if let Some(loss) = pending {
+        norm = optimise(config, state, loss, lr);
+    }
+    if !total.is_finite() {
+        return Err(TrainerError::Diverged {
+            step: state.step,
+            detail: format!("loss {total}"),
+        });
+    }
+    let n = trained.max(1) as f64;
+    Ok((total / n, per_branch.into_iter().map(|v| v / n).collect(), norm))
+}
+
+/// One optimiser step on `loss`, with clipping and the EMA update; returns the grad norm.
+fn optimise(config: &StudentConfig, state: &mut StudentState, loss: Tensor<1>, lr: f64) -> f64 {
+    let mut grads = GradientsParams::from_grads(loss.backward(), &state.model);
+    let norm = config
+        .optim
+        .grad_clip
+        .map_or(f64::NAN, |max| clip_global_norm(&state.model, &mut grads, max));
+    state.model = state.optim.step(lr, state.model.clone(), grads);
+    state.ema = ema_update(state.ema.clone(), &state.model, config.optim.ema_decay);
+    norm
+}
+
+/// The log's header for K branches.
+pub fn log_header(k: usize) -> Vec<String> {
+    let mut h: Vec<String> = ["step", "loss", "lr", "grad_norm"].iter().map(|s| s.to_string()).collect();
+    h.extend((1..=k).map(|i| format!("branch_{i}")));
+    h
+}

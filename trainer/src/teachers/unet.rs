@@ -1,0 +1,259 @@
+//! The neural teacher: a U-Net with EDM preconditioning, trained with EDM's loss
+//! (log-normal sigma, weight lambda(sigma)) by `bdense teacher train`.
+//!
+//! ```text
+//! DIR/config.json       training configuration
+//! DIR/teacher.json      what a generator needs: net config, dims, weights hash, final loss
+//! DIR/model.bpk         EMA weights (what the teacher runs with)
+//! DIR/log.csv           step, loss, lr, grad_norm
+//! DIR/checkpoints/...   resumable training state
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint;
+use crate::data::{DatasetSource, ImageSet, Split};
+use crate::edm::EdmNet;
+use crate::error::{Result, TrainerError, read_json, write_json};
+use crate::optim::{OptimConfig, clip_global_norm, ema_update, weights_hash};
+use crate::precond::EdmPrecond;
+use crate::rng::{Stream, StreamState};
+use crate::solvers::Denoiser;
+use crate::teachers::{Teacher, TeacherInfo};
+use crate::unet::UNetConfig;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TeacherTrainConfig {
+    pub dataset: DatasetSource,
+    pub net: UNetConfig,
+    pub steps: u64,
+    pub batch: usize,
+    pub seed: u64,
+    pub optim: OptimConfig,
+    /// EDM's log-normal training distribution of sigma.
+    pub p_mean: f64,
+    pub p_std: f64,
+    pub checkpoint_every: u64,
+    /// Train on the first `limit` images only (quick runs).
+    pub limit: Option<usize>,
+}
+
+impl TeacherTrainConfig {
+    pub fn new(dataset: DatasetSource, steps: u64, batch: usize, seed: u64) -> Self {
+        TeacherTrainConfig {
+            dataset,
+            net: UNetConfig::new(),
+            steps,
+            batch,
+            seed,
+            optim: OptimConfig {
+                lr: 2e-3,
+                ..OptimConfig::default()
+            },
+            p_mean: -1.2,
+            p_std: 1.2,
+            checkpoint_every: 500,
+            limit: None,
+        }
+    }
+}
+
+/// `teacher.json`: a trained teacher's identity card.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TeacherCard {
+    pub format: String,
+    pub net: UNetConfig,
+    pub dims: [usize; 3],
+    pub weights_hash: String,
+    pub steps: u64,
+    pub final_loss: f64,
+    pub dataset: String,
+}
+
+const CARD_FORMAT: &str = "bdense-unet-teacher-v1";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LoopState {
+    rng: StreamState,
+    last_loss: f64,
+}
+
+/// One training step's numbers, for progress reporting.
+#[derive(Debug, Clone, Copy)]
+pub struct StepReport {
+    pub step: u64,
+    pub total: u64,
+    pub loss: f64,
+    pub lr: f64,
+}
+
+/// Trains (or, with `resume`, continues training) a U-Net teacher into `dir`.
+pub fn train_teacher(
+    config: &TeacherTrainConfig,
+    dir: &Path,
+    device: &Device,
+    resume: bool,
+    on_step: &mut dyn FnMut(StepReport),
+) -> Result<TeacherCard> {
+    let mut train = config.dataset.load(Split::Train)?;
+    if let Some(n) = config.limit {
+        train = train.take(n);
+    }
+    let net_config = config
+        .net
+        .clone()
+        .with_in_channels(train.channels)
+        .with_out_channels(train.channels);
+    let autodiff = device.clone().autodiff();
+    let fresh = EdmNet::new(&net_config, train.channels, &autodiff, config.seed);
+    let fresh_ema = EdmNet::new(&net_config, train.channels, &device.clone().inner(), config.seed);
+    let (mut model, mut ema, mut optim, mut step, mut rng, mut last_loss) = match checkpoint::latest(dir)? {
+        Some(ckpt) if resume => {
+            let r = checkpoint::load::<LoopState>(&ckpt, "teacher", fresh, fresh_ema, config.optim.build())?;
+            let s = r.meta.state;
+            (r.model, r.ema, r.optim, r.meta.step, Stream::restore(&s.rng), s.last_loss)
+        }
+        _ if resume => {
+            return Err(TrainerError::checkpoint(dir, "no checkpoint to resume from"));
+        }
+        _ => {
+            std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
+            write_json(&dir.join("config.json"), config)?;
+            (fresh, fresh_ema, config.optim.build(), 0, Stream::new(config.seed), f64::NAN)
+        }
+    };
+    let mut log = crate::log::CsvLog::open(&dir.join("log.csv"), &["step", "loss", "lr", "grad_norm"], step)?;
+    while step < config.steps {
+        let batch = edm_batch(&train, config, &mut rng, &autodiff);
+        let loss = edm_loss(&model, &batch);
+        let value = loss.clone().into_scalar::<f64>();
+        if !value.is_finite() {
+            return Err(TrainerError::Diverged { step, detail: format!("loss {value}") });
+        }
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        let norm = config.optim.grad_clip.map_or(f64::NAN, |max| clip_global_norm(&model, &mut grads, max));
+        let lr = config.optim.lr_at(step, config.steps);
+        model = optim.step(lr, model, grads);
+        ema = ema_update(ema, &model, config.optim.ema_decay);
+        step += 1;
+        last_loss = value;
+        log.row(&[step as f64, value, lr, norm])?;
+        on_step(StepReport { step, total: config.steps, loss: value, lr });
+        if step % config.checkpoint_every == 0 || step == config.steps {
+            let state = LoopState { rng: rng.state(config.seed), last_loss };
+            checkpoint::save(dir, "teacher", step, &model, &ema, &optim, &state)?;
+        }
+    }
+    let model_path = dir.join("model.bpk");
+    ema.clone()
+        .save_file(&model_path)
+        .map_err(|e| TrainerError::checkpoint(&model_path, e))?;
+    let card = TeacherCard {
+        format: CARD_FORMAT.into(),
+        net: net_config,
+        dims: [train.channels, train.height, train.width],
+        weights_hash: weights_hash(&ema),
+        steps: step,
+        final_loss: last_loss,
+        dataset: config.dataset.to_string(),
+    };
+    write_json(&dir.join("teacher.json"), &card)?;
+    Ok(card)
+}
+
+/// A batch for EDM's loss: clean images, unit noise, log-normal sigmas, labels for
+/// conditional nets. Every draw comes from the checkpointed stream, so a resumed run sees the
+/// same batches.
+pub struct EdmBatch {
+    pub clean: Tensor<4>,
+    pub noise: Tensor<4>,
+    pub sigma: Tensor<1>,
+    pub labels: Option<Tensor<1, Int>>,
+}
+
+fn edm_batch(train: &ImageSet, config: &TeacherTrainConfig, rng: &mut Stream, device: &Device) -> EdmBatch {
+    let (b, d) = (config.batch, train.dim());
+    let mut pixels = Vec::with_capacity(b * d);
+    let mut labels = Vec::with_capacity(b);
+    for _ in 0..b {
+        let i = rng.index(train.len());
+        pixels.extend_from_slice(train.image(i));
+        labels.push(train.labels[i] as i64);
+    }
+    let sigmas: Vec<f32> = (0..b)
+        .map(|_| (rng.normal() as f64 * config.p_std + config.p_mean).exp() as f32)
+        .collect();
+    let shape = [b, train.channels, train.height, train.width];
+    let noise = rng.normals(b * d);
+    EdmBatch {
+        clean: Tensor::from_data(TensorData::new(pixels, shape), device),
+        noise: Tensor::from_data(TensorData::new(noise, shape), device),
+        sigma: Tensor::from_data(TensorData::new(sigmas, [b]), device),
+        labels: (config.net.num_classes > 0).then(|| Tensor::from_data(TensorData::new(labels, [b]), device)),
+    }
+}
+
+/// EDM's loss `E[lambda(sigma) |D(y + sigma n; sigma) - y|^2]` for clean `y`, unit noise `n`.
+pub fn edm_loss(model: &EdmNet, batch: &EdmBatch) -> Tensor<1> {
+    let [b, _, _, _] = batch.clean.dims();
+    let y = batch.clean.clone();
+    let noisy = y.clone() + batch.noise.clone() * batch.sigma.clone().reshape([b, 1, 1, 1]);
+    let weight = EdmPrecond::default().loss_weight(batch.sigma.clone());
+    let denoised = model.denoise_endpoint(noisy, batch.sigma.clone(), batch.labels.as_ref());
+    ((denoised - y).square() * weight).mean()
+}
+
+/// A trained U-Net teacher loaded for generation.
+pub struct UnetTeacher {
+    pub net: EdmNet,
+    pub card: TeacherCard,
+    pub dir: PathBuf,
+}
+
+impl UnetTeacher {
+    /// Reads `DIR/teacher.json`.
+    pub fn card(dir: &Path) -> Result<TeacherCard> {
+        let card_path = dir.join("teacher.json");
+        let card: TeacherCard = read_json(&card_path)?;
+        if card.format != CARD_FORMAT {
+            return Err(TrainerError::checkpoint(&card_path, format!("format {:?}, expected {CARD_FORMAT:?}", card.format)));
+        }
+        Ok(card)
+    }
+
+    /// Loads the teacher onto `device` (with autodiff when the device has it, as a student
+    /// initialised from it needs).
+    pub fn load(dir: &Path, device: &Device) -> Result<UnetTeacher> {
+        let card = Self::card(dir)?;
+        let template = EdmNet::new(&card.net, card.dims[0], device, 0);
+        let net = checkpoint::load_module(template, &dir.join("model.bpk"), &card.weights_hash)?;
+        Ok(UnetTeacher { net, card, dir: dir.to_path_buf() })
+    }
+}
+
+impl Denoiser for UnetTeacher {
+    fn denoise(&self, x: Tensor<4>, sigma: f64, labels: Option<&Tensor<1, Int>>) -> Tensor<4> {
+        self.net.denoise(x, sigma, labels)
+    }
+}
+
+impl Teacher for UnetTeacher {
+    fn info(&self) -> TeacherInfo {
+        TeacherInfo {
+            kind: "unet".into(),
+            checkpoint_hash: Some(self.card.weights_hash.clone()),
+            dims: self.card.dims,
+            conditional: self.card.net.num_classes > 0,
+            num_classes: self.card.net.num_classes,
+            params: vec![
+                ("dir".into(), self.dir.display().to_string()),
+                ("train_steps".into(), self.card.steps.to_string()),
+                ("final_loss".into(), format!("{:.5}", self.card.final_loss)),
+            ],
+        }
+    }
+}
