@@ -7,7 +7,7 @@ fn store(t: &bdense_tests::TestDir) {
 }
 
 fn train_args(method: &str, out: &str, steps: &str, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = ["train", "store/p", "--method", method, "--n", "4", "--k", "2", "--steps", steps, "--batch", "16", "--base", "8", "--init", "scratch", "--out", out, "--checkpoint-every", "3"]
+    let mut a: Vec<String> = ["train", "store/p", "--method", method, "--n", "4", "--k", "2", "--steps", steps, "--batch", "16", "--base", "8", "--init", "scratch", "--out", out]
         .map(String::from)
         .to_vec();
     a.extend(extra.iter().map(|s| s.to_string()));
@@ -24,10 +24,10 @@ fn weights(run: &std::path::Path) -> String {
 fn resumed_training_is_bit_identical() {
     let t = dir();
     store(&t);
-    let out = t.bdense(train_args("bdense", "whole", "6", &[])).ok();
+    let out = t.bdense(train_args("bdense", "whole", "6", &["--checkpoint-every", "3"])).ok();
     assert!(out.contains("trained bdense student (N=4, K=2, NFE 3) steps 0..6"), "{out}");
 
-    let crashed = t.bdense(train_args("bdense", "split", "6", &[])).env("BDENSE_ABORT_AFTER_STEP", "4").output();
+    let crashed = t.bdense(train_args("bdense", "split", "6", &["--checkpoint-every", "3"])).env("BDENSE_ABORT_AFTER_STEP", "4").output();
     assert!(!crashed.status.success());
     assert!(weights(&t.join("split")).starts_with("3 "), "the step-3 checkpoint survives");
     let out = t.bdense(["train", "--resume", "split"]).ok();
@@ -76,7 +76,7 @@ fn corrupt_or_foreign_checkpoints_are_named() {
     let model = ckpt.join("model.bpk");
     let mut bytes = std::fs::read(&model).unwrap();
     let n = bytes.len();
-    bytes[n - 100] ^= 0x55;
+    bytes[n / 2] ^= 0x55;
     std::fs::write(&model, bytes).unwrap();
     t.bdense(["train", "--resume", "r", "--steps", "6"]).fails_with("model.bpk");
 

@@ -19,6 +19,7 @@ use burn::tensor::module::avg_pool2d;
 use burn::tensor::ops::AvgPoolOptions;
 use serde::{Deserialize, Serialize};
 
+use crate::conv::conv_same;
 use crate::data::ImageSet;
 use crate::error::{Result, TrainerError, read_json, write_json};
 use crate::optim::{OptimConfig, weights_hash};
@@ -58,8 +59,8 @@ impl Classifier {
     /// Penultimate features `[B, F]` of images `[B, C, H, W]` in [-1, 1].
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
         let pool = |t| avg_pool2d(t, AvgPoolOptions::new([2, 2]));
-        let h = pool(relu(self.conv1.forward(x)));
-        let h = pool(relu(self.conv2.forward(h)));
+        let h = pool(relu(conv_same(&self.conv1, x)));
+        let h = pool(relu(conv_same(&self.conv2, h)));
         let [b, c, hh, ww] = h.dims();
         relu(self.fc1.forward(h.reshape([b, c * hh * ww])))
     }

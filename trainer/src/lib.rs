@@ -24,3 +24,4 @@ pub mod sample;
 pub mod student;
 pub mod metrics;
 pub mod classifier;
+pub mod conv;

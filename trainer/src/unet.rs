@@ -1,14 +1,16 @@
 //! A small U-Net for 1-channel 28x28 (or 16x16) images, the network under every neural
-//! teacher and student. Preconditioning is not here: see [`crate::precond`].
+//! teacher and student. Preconditioning is not here: see [`crate::precond`]; the layer
+//! arithmetic is in [`crate::conv`].
 
 use burn::module::{ModuleMapper, Param};
-use burn::nn::activation::SiLU;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::module::{avg_pool2d, interpolate};
-use burn::tensor::ops::{AvgPoolOptions, InterpolateMode, InterpolateOptions};
+use burn::tensor::module::avg_pool2d;
+use burn::tensor::ops::AvgPoolOptions;
 use rand::{Rng, SeedableRng};
+
+use crate::conv::{conv_same, group_norm, pixel_shuffle, pixel_unshuffle, silu, upsample2};
 
 #[derive(Config, Debug, PartialEq)]
 pub struct UNetConfig {
@@ -20,12 +22,16 @@ pub struct UNetConfig {
     #[config(default = 32)]
     pub base: usize,
     /// Channel multiplier per resolution; each level after the first halves H and W.
-    #[config(default = "vec![1, 2, 2]")]
+    #[config(default = "vec![1, 2]")]
     pub mults: Vec<usize>,
+    /// p x p pixel patches become channels before the first layer (and back after the last),
+    /// so every layer runs at H/p x W/p: the main lever on CPU cost.
+    #[config(default = 2)]
+    pub patch: usize,
     /// 0: unconditional; otherwise a class embedding joins the noise embedding.
     #[config(default = 0)]
     pub num_classes: usize,
-    #[config(default = 128)]
+    #[config(default = 64)]
     pub emb: usize,
     #[config(default = 16)]
     pub fourier: usize,
@@ -45,11 +51,12 @@ impl UNetConfig {
         let mid = ResBlockConfig::new(prev, prev, self.emb).init(device);
         let mut up = Vec::new();
         for l in (0..chans.len() - 1).rev() {
-            up.push(ResBlockConfig::new(prev + chans[l], chans[l], self.emb).init(device));
+            up.push(ResBlockConfig::new(prev, chans[l], self.emb).init(device));
             prev = chans[l];
         }
+        let p2 = self.patch * self.patch;
         let net = UNet {
-            conv_in: conv3(self.in_channels, self.base, device),
+            conv_in: conv3(self.in_channels * p2, self.base, device),
             emb_in: LinearConfig::new(2 * self.fourier, self.emb).init(device),
             emb_out: LinearConfig::new(self.emb, self.emb).init(device),
             class_emb: (self.num_classes > 0)
@@ -57,18 +64,17 @@ impl UNetConfig {
             down,
             mid,
             up,
-            norm_out: group_norm(chans[0], device),
-            conv_out: conv3(chans[0], self.out_channels, device),
+            norm_out: group_norm_layer(chans[0], device),
+            conv_out: conv3(chans[0], self.out_channels * p2, device),
             fourier: self.fourier,
+            patch: self.patch,
         };
         net.map(&mut SeededInit::new(seed, device))
     }
-
-    pub fn levels(&self) -> usize {
-        self.mults.len()
-    }
 }
 
+/// An additive-skip U-Net: per level a residual block conditioned on the noise embedding,
+/// average pooling down, nearest upsampling up, skips added.
 #[derive(Module, Debug)]
 pub struct UNet {
     conv_in: Conv2d,
@@ -79,9 +85,10 @@ pub struct UNet {
     mid: ResBlock,
     up: Vec<ResBlock>,
     norm_out: GroupNorm,
-    /// The output layer: `K x C` channels, branch k in channels `k C .. (k + 1) C`.
+    /// The output layer: `K x C x patch^2` channels, branch k's in a contiguous block.
     pub conv_out: Conv2d,
     fourier: usize,
+    patch: usize,
 }
 
 impl UNet {
@@ -89,13 +96,13 @@ impl UNet {
     ///
     /// # Shapes
     /// - `x`: `[B, C_in, H, W]` (already scaled by c_in), H and W divisible by
-    ///   `2^(levels - 1)`
+    ///   `patch * 2^(levels - 1)`
     /// - `c_noise`: `[B]`
     /// - `labels`: `[B]` when the net is class-conditional
     /// - returns `[B, C_out, H, W]`
     pub fn forward(&self, x: Tensor<4>, c_noise: Tensor<1>, labels: Option<&Tensor<1, Int>>) -> Tensor<4> {
         let emb = self.embedding(c_noise, labels); // [B, E]
-        let mut h = self.conv_in.forward(x);
+        let mut h = conv_same(&self.conv_in, pixel_unshuffle(x, self.patch));
         let mut skips = Vec::with_capacity(self.down.len());
         for (l, block) in self.down.iter().enumerate() {
             if l > 0 {
@@ -108,11 +115,10 @@ impl UNet {
         h = self.mid.forward(h, &emb);
         for block in &self.up {
             let skip = skips.pop().expect("one skip per up block");
-            let [_, _, sh, sw] = skip.dims();
-            h = interpolate(h, InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([sh, sw]));
-            h = block.forward(Tensor::cat(vec![h, skip], 1), &emb);
+            h = block.forward(upsample2(h), &emb) + skip;
         }
-        self.conv_out.forward(silu(self.norm_out.forward(h)))
+        let out = conv_same(&self.conv_out, silu(group_norm(&self.norm_out, h)));
+        pixel_shuffle(out, self.patch)
     }
 
     fn embedding(&self, c_noise: Tensor<1>, labels: Option<&Tensor<1, Int>>) -> Tensor<2> {
@@ -150,8 +156,13 @@ impl UNet {
         &self.conv_in.weight
     }
 
+    /// Output channels at full resolution (`K x C`).
     pub fn out_channels(&self) -> usize {
-        self.conv_out.weight.dims()[0]
+        self.conv_out.weight.dims()[0] / (self.patch * self.patch)
+    }
+
+    pub fn patch(&self) -> usize {
+        self.patch
     }
 }
 
@@ -166,10 +177,10 @@ impl ResBlockConfig {
     fn init(&self, device: &Device) -> ResBlock {
         let (i, o) = (self.in_channels, self.out_channels);
         ResBlock {
-            norm1: group_norm(i, device),
+            norm1: group_norm_layer(i, device),
             conv1: conv3(i, o, device),
             emb_proj: LinearConfig::new(self.emb, o).init(device),
-            norm2: group_norm(o, device),
+            norm2: group_norm_layer(o, device),
             conv2: conv3(o, o, device),
             skip: (i != o).then(|| Conv2dConfig::new([i, o], [1, 1]).init(device)),
         }
@@ -190,21 +201,17 @@ struct ResBlock {
 impl ResBlock {
     fn forward(&self, x: Tensor<4>, emb: &Tensor<2>) -> Tensor<4> {
         let [b, _, _, _] = x.dims();
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let h = conv_same(&self.conv1, silu(group_norm(&self.norm1, x.clone())));
         let shift = self.emb_proj.forward(silu(emb.clone()));
         let [_, c] = shift.dims();
         let h = h + shift.reshape([b, c, 1, 1]);
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = conv_same(&self.conv2, silu(group_norm(&self.norm2, h)));
         let x = match &self.skip {
-            Some(conv) => conv.forward(x),
+            Some(conv) => conv_same(conv, x),
             None => x,
         };
         x + h
     }
-}
-
-fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    SiLU::new().forward(x)
 }
 
 fn conv3(i: usize, o: usize, device: &Device) -> Conv2d {
@@ -213,7 +220,7 @@ fn conv3(i: usize, o: usize, device: &Device) -> Conv2d {
         .init(device)
 }
 
-fn group_norm(channels: usize, device: &Device) -> GroupNorm {
+fn group_norm_layer(channels: usize, device: &Device) -> GroupNorm {
     let groups = [8, 4, 2, 1].into_iter().find(|g| channels % g == 0).unwrap_or(1);
     GroupNormConfig::new(groups, channels).init(device)
 }

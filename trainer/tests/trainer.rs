@@ -337,8 +337,11 @@ fn only_the_endpoint_branch_drives_sampling() {
         n.net.conv_out.weight = Param::from_tensor(Tensor::from_data(TensorData::new(values, [o, i, kh, kw]), &dev));
         sample_last(&n, x.clone(), &sigmas)
     };
-    assert_eq!(perturb(0..2), base, "non-endpoint branches changed the sample");
-    assert_ne!(perturb(2..3), base, "the endpoint branch did not change the sample");
+    // The head holds K blocks of output channels; the endpoint branch is the last block.
+    let rows = net.net.conv_out.weight.dims()[0];
+    let per_branch = rows / 3;
+    assert_eq!(perturb(0..2 * per_branch), base, "non-endpoint branches changed the sample");
+    assert_ne!(perturb(2 * per_branch..rows), base, "the endpoint branch did not change the sample");
 }
 
 fn sample_last(net: &EdmNet, x: Tensor<4>, sigmas: &[f64]) -> Vec<f32> {
