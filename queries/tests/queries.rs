@@ -1,0 +1,304 @@
+//! The query layer against direct computation: every UDF, the README's example questions,
+//! and branch targets checked value by value against the store.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use bdense_queries::datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use bdense_queries::datafusion::arrow::datatypes::{Float64Type, UInt64Type};
+use bdense_queries::session::{StoreSession, runtime};
+use bdense_queries::{StudentLayout, TargetSpec, TargetStream};
+use bdense_store::synthetic::{SyntheticSpec, gaussian_shard, write_gaussian};
+use bdense_store::{Dataset, DatasetWriter, Dims, Dtype, WriteOptions};
+
+fn sigmas(points: usize) -> Vec<f64> {
+    bdense_trainer::schedule::polynomial_sigmas(points, 0.002, 80.0, 7.0)
+}
+
+fn spec(name: &str, count: u64, points: usize, dtype: Dtype) -> SyntheticSpec {
+    SyntheticSpec {
+        name: name.into(),
+        dims: Dims { c: 1, h: 2, w: 3 },
+        count,
+        sigmas: sigmas(points),
+        rows_per_shard: 16,
+        dtype,
+        base_seed: 5,
+        classes: 3,
+        with_denoised: false,
+    }
+}
+
+fn sql(session: &StoreSession, query: &str) -> Vec<RecordBatch> {
+    runtime().block_on(async { session.sql(query, false).await.unwrap().collect().await.unwrap() })
+}
+
+fn f64_column(batches: &[RecordBatch], i: usize) -> Vec<Option<f64>> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let c = b.column(i).as_primitive::<Float64Type>();
+            (0..c.len()).map(move |r| c.is_valid(r).then(|| c.value(r)))
+        })
+        .collect()
+}
+
+fn u64_column(batches: &[RecordBatch], i: usize) -> Vec<u64> {
+    batches.iter().flat_map(|b| b.column(i).as_primitive::<UInt64Type>().values().to_vec()).collect()
+}
+
+/// `x` of every trajectory at `step`, by id, read from the store directly.
+fn states(ds: &Dataset, step: u16) -> Vec<Vec<f32>> {
+    let d = ds.dim();
+    let mut out = vec![Vec::new(); ds.manifest().trajectories() as usize];
+    for shard in ds.shards() {
+        let b = ds.read_step(shard, step).unwrap();
+        for (r, &id) in b.traj_ids().iter().enumerate() {
+            out[id as usize] = b.x()[r * d..(r + 1) * d].to_vec();
+        }
+    }
+    out
+}
+
+fn store_with(dir: &Path, dtype: Dtype, with_nan: bool) -> Dataset {
+    let s = spec("g", 40, 9, dtype);
+    let path = dir.join("g");
+    let mut w = DatasetWriter::create(&path, s.dataset_spec(), WriteOptions::default()).unwrap();
+    for index in w.manifest().missing_shards() {
+        let mut shard = gaussian_shard(&s, index);
+        if with_nan && index == 1 {
+            // Trajectory 21 holds a NaN at step 3, trajectory 17 an Inf at step 5.
+            shard.states[(3 * 16 + 5) * 6 + 2] = f32::NAN;
+            shard.states[(5 * 16 + 1) * 6] = f32::INFINITY;
+        }
+        w.write_shard(&shard.data()).unwrap();
+    }
+    Dataset::open(&path).unwrap()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    a == b || (a - b).abs() <= 1e-5 * (1.0 + b.abs()) || (a.is_nan() && b.is_nan())
+}
+
+fn check_udfs(dtype: Dtype) {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = store_with(tmp.path(), dtype, true);
+    let session = StoreSession::open(tmp.path()).unwrap();
+    let rows = sql(
+        &session,
+        "SELECT a.traj_id, l2(a.x), l2_dist(a.x, b.x), cos_sim(a.x, b.x), vmean(a.x), vstd(a.x), all_finite(a.x)
+         FROM g a JOIN g b ON a.traj_id = b.traj_id AND a.step = 3 AND b.step = 5 ORDER BY a.traj_id",
+    );
+    let (x3, x5) = (states(&ds, 3), states(&ds, 5));
+    let ids = u64_column(&rows, 0);
+    assert_eq!(ids, (0..40).collect::<Vec<_>>());
+    let (l2, dist, cos, mean, std) = (f64_column(&rows, 1), f64_column(&rows, 2), f64_column(&rows, 3), f64_column(&rows, 4), f64_column(&rows, 5));
+    let finite: Vec<bool> = rows.iter().flat_map(|b| b.column(6).as_boolean().iter().map(|v| v.unwrap()).collect::<Vec<_>>()).collect();
+    for id in 0..40 {
+        let (a, b) = (&x3[id], &x5[id]);
+        let a64: Vec<f64> = a.iter().map(|&v| v as f64).collect();
+        let b64: Vec<f64> = b.iter().map(|&v| v as f64).collect();
+        let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let m = a64.iter().sum::<f64>() / 6.0;
+        let expect = [
+            norm(&a64),
+            a64.iter().zip(&b64).map(|(p, q)| (p - q).powi(2)).sum::<f64>().sqrt(),
+            a64.iter().zip(&b64).map(|(p, q)| p * q).sum::<f64>() / (norm(&a64) * norm(&b64)),
+            m,
+            (a64.iter().map(|v| (v - m).powi(2)).sum::<f64>() / 6.0).sqrt(),
+        ];
+        let got = [l2[id].unwrap(), dist[id].unwrap(), cos[id].unwrap(), mean[id].unwrap(), std[id].unwrap()];
+        for (name, (g, e)) in ["l2", "l2_dist", "cos_sim", "vmean", "vstd"].iter().zip(got.iter().zip(expect)) {
+            assert!(close(*g, e), "{dtype} {name} of trajectory {id}: {g} vs {e}");
+        }
+        assert_eq!(finite[id], a.iter().all(|v| v.is_finite()), "all_finite of {id}");
+    }
+    assert!(l2[21].unwrap().is_nan() && !finite[21], "a NaN propagates into l2 and all_finite");
+
+    // The aggregate: the element-wise mean of the final states.
+    let rows = sql(&session, "SELECT vec_avg(x) FROM g WHERE step = 8");
+    let avg = rows[0].column(0).as_fixed_size_list();
+    let got = avg.values().as_primitive::<bdense_queries::datafusion::arrow::datatypes::Float32Type>().values();
+    let x8 = states(&ds, 8);
+    for j in 0..6 {
+        let e = x8.iter().map(|v| v[j] as f64).sum::<f64>() / 40.0;
+        assert!(close(got[j] as f64, e), "vec_avg[{j}]: {} vs {e}", got[j]);
+    }
+}
+
+#[test]
+fn vector_udfs_match_direct_computation_f32() {
+    check_udfs(Dtype::F32);
+}
+
+#[test]
+fn vector_udfs_match_direct_computation_f16() {
+    check_udfs(Dtype::F16);
+}
+
+#[test]
+fn udf_names_are_unique_and_literals_work() {
+    let names = bdense_queries::udf::names();
+    assert_eq!(names.iter().collect::<HashSet<_>>().len(), names.len(), "{names:?}");
+    let tmp = tempfile::tempdir().unwrap();
+    write_gaussian(&tmp.path().join("g"), &spec("g", 16, 5, Dtype::F32), WriteOptions::default()).unwrap();
+    let session = StoreSession::open(tmp.path()).unwrap();
+    let rows = sql(&session, "SELECT l2_dist(x, [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]) - l2(x) FROM g WHERE step = 2");
+    assert!(f64_column(&rows, 0).iter().all(|v| v.unwrap().abs() < 1e-9));
+}
+
+#[test]
+fn readme_questions_answer_what_direct_reads_give() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = store_with(tmp.path(), Dtype::F32, true);
+    let session = StoreSession::open(tmp.path()).unwrap();
+
+    // Norm of x per step.
+    let rows = sql(&session, "SELECT step, avg(l2(x)) FROM g GROUP BY step ORDER BY step");
+    let got = f64_column(&rows, 1);
+    for step in [0u16, 4, 8] {
+        let xs = states(&ds, step);
+        let finite: Vec<f64> = xs.iter().map(|v| v.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt()).collect();
+        let e = finite.iter().sum::<f64>() / finite.len() as f64;
+        assert!(close(got[step as usize].unwrap(), e) || (e.is_nan() && got[step as usize].unwrap().is_nan()), "step {step}");
+    }
+
+    // Straightness of each trajectory: endpoint displacement over path length.
+    let rows = sql(
+        &session,
+        "WITH hops AS (SELECT a.traj_id, l2_dist(a.x, b.x) AS d FROM g a JOIN g b ON a.traj_id = b.traj_id AND b.step = a.step + 1)
+         SELECT e.traj_id, l2_dist(s.x, e.x) / sum(h.d) AS straightness
+         FROM g s JOIN g e ON s.traj_id = e.traj_id AND s.step = 0 AND e.step = 8
+         JOIN hops h ON h.traj_id = s.traj_id GROUP BY e.traj_id, s.x, e.x ORDER BY e.traj_id",
+    );
+    let all: Vec<Vec<Vec<f32>>> = (0..9).map(|s| states(&ds, s)).collect();
+    let got = f64_column(&rows, 1);
+    let dist = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(p, q)| (*p as f64 - *q as f64).powi(2)).sum::<f64>().sqrt();
+    for id in [0usize, 7, 33] {
+        let path: f64 = (0..8).map(|s| dist(&all[s][id], &all[s + 1][id])).sum();
+        let e = dist(&all[0][id], &all[8][id]) / path;
+        assert!(close(got[id].unwrap(), e), "straightness of {id}: {:?} vs {e}", got[id]);
+        assert!(e > 0.0 && e <= 1.0 + 1e-9);
+    }
+
+    // Which trajectories hold NaN or Inf.
+    let rows = sql(&session, "SELECT DISTINCT traj_id FROM g WHERE NOT all_finite(x) ORDER BY traj_id");
+    assert_eq!(u64_column(&rows, 0), vec![17, 21]);
+
+    // Duplicate seeds: none in a healthy dataset.
+    let rows = sql(&session, "SELECT seed, count(*) FROM g WHERE step = 0 GROUP BY seed HAVING count(*) > 1");
+    assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
+
+    // Per-label statistics: labels are traj_id % 3.
+    let rows = sql(&session, "SELECT label, count(*) AS n, avg(vmean(x)) FROM g WHERE step = 8 GROUP BY label ORDER BY label");
+    let counts: Vec<i64> = rows.iter().flat_map(|b| b.column(1).as_primitive::<bdense_queries::datafusion::arrow::datatypes::Int64Type>().values().to_vec()).collect();
+    assert_eq!(counts, vec![14, 13, 13]);
+    let x8 = states(&ds, 8);
+    let e: f64 = (0..40).filter(|i| i % 3 == 1).map(|i| x8[i].iter().map(|&v| v as f64).sum::<f64>() / 6.0).sum::<f64>() / 13.0;
+    assert!(close(f64_column(&rows, 2)[1].unwrap(), e));
+}
+
+#[test]
+fn queries_read_only_committed_files_and_prune_steps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = write_gaussian(&tmp.path().join("g"), &spec("g", 32, 9, Dtype::F32), WriteOptions::default()).unwrap();
+    // A stray file in a partition must not show up.
+    std::fs::copy(ds.file_path(&ds.shards()[0].files[2]), tmp.path().join("g/step=0002/shard-00007.parquet")).unwrap();
+    let session = StoreSession::open(tmp.path()).unwrap();
+    let rows = sql(&session, "SELECT count(*) FROM g WHERE step = 2");
+    assert_eq!(rows[0].column(0).as_primitive::<bdense_queries::datafusion::arrow::datatypes::Int64Type>().value(0), 32);
+    // Pruning: only the files of the selected steps are scanned.
+    let plan = sql(&session, "EXPLAIN SELECT count(x) FROM g WHERE step IN (1, 7)");
+    let text = bdense_queries::datafusion::arrow::util::pretty::pretty_format_batches(&plan).unwrap().to_string();
+    assert!(text.contains("step=0001") && text.contains("step=0007"), "{text}");
+    assert!(!text.contains("step=0002") && !text.contains("step=0000"), "{text}");
+    let grid = sql(&session, "SELECT sigma FROM grid WHERE dataset = 'g' ORDER BY step");
+    assert_eq!(f64_column(&grid, 0).iter().map(|v| v.unwrap()).collect::<Vec<_>>(), sigmas(9));
+}
+
+/// Every batch of one epoch of the stream.
+fn epoch(ds: &Dataset, spec: &TargetSpec) -> Vec<bdense_queries::TargetBatch> {
+    let mut s = spec.clone();
+    s.epochs = Some(1);
+    TargetStream::open(ds.clone(), &s, 0).unwrap().map(|b| b.unwrap()).collect()
+}
+
+#[test]
+fn branch_targets_equal_the_stored_states() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 25 points: K (N-1) | 24 for all four layouts below.
+    let ds = write_gaussian(&tmp.path().join("g"), &spec("g", 70, 25, Dtype::F32), WriteOptions { row_group_rows: 8, ..WriteOptions::default() }).unwrap();
+    let all: Vec<Vec<Vec<f32>>> = (0..25).map(|s| states(&ds, s)).collect();
+    for (n, k) in [(4, 4), (3, 4), (4, 2), (4, 1)] {
+        let mut spec = TargetSpec::new(n, k, 16, 7);
+        spec.shuffle_buffer = 20;
+        spec.teacher_forcing = true;
+        let batches = epoch(&ds, &spec);
+        let layout = StudentLayout::new(&sigmas(25), 25, n, k, false).unwrap();
+        let coarse = sigmas(k * (n - 1) + 1);
+        for (i, s) in layout.timestamps.iter().enumerate() {
+            assert!((sigmas(25)[*s as usize] - coarse[i * k]).abs() < 1e-9, "timestamp {i} follows the student grid formula");
+        }
+        let mut seen = Vec::new();
+        for b in &batches {
+            assert!(b.len() <= 16);
+            let (start, targets, starts) = (b.start(), b.targets(), b.interval_starts().unwrap());
+            for (r, &id) in b.traj_ids().iter().enumerate() {
+                let id = id as usize;
+                assert_eq!(&start[r * 6..(r + 1) * 6], &all[0][id][..], "start of {id}");
+                for i in 0..n - 1 {
+                    for j in 0..k {
+                        let step = layout.targets[i][j] as usize;
+                        let at = ((r * (n - 1) + i) * k + j) * 6;
+                        assert_eq!(&targets[at..at + 6], &all[step][id][..], "(N,K)=({n},{k}) target {i},{j} of {id}");
+                    }
+                    let at = (r * (n - 1) + i) * 6;
+                    assert_eq!(&starts[at..at + 6], &all[layout.timestamps[i] as usize][id][..]);
+                }
+                seen.push(id);
+            }
+        }
+        seen.sort();
+        assert_eq!(seen, (0..70).collect::<Vec<_>>(), "(N,K)=({n},{k}): every trajectory exactly once per epoch");
+    }
+}
+
+#[test]
+fn target_order_is_reproducible_by_seed_and_resumable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = write_gaussian(&tmp.path().join("g"), &spec("g", 80, 13, Dtype::F32), WriteOptions { row_group_rows: 8, ..WriteOptions::default() }).unwrap();
+    let order = |seed: u64| -> Vec<u64> {
+        let mut s = TargetSpec::new(4, 2, 16, seed);
+        s.shuffle_buffer = 24;
+        epoch(&ds, &s).iter().flat_map(|b| b.traj_ids().to_vec()).collect()
+    };
+    assert_eq!(order(3), order(3));
+    assert_ne!(order(3), order(4));
+    assert_ne!(order(3), (0..80).collect::<Vec<_>>(), "shuffled");
+    // Batches 7.. of an infinite stream equal the same batches after reopening at 7.
+    let mut s = TargetSpec::new(4, 2, 16, 3);
+    s.shuffle_buffer = 24;
+    let mut whole = TargetStream::open(ds.clone(), &s, 0).unwrap();
+    let first: Vec<Vec<u64>> = (0..12).map(|_| whole.next_batch().unwrap().unwrap().traj_ids().to_vec()).collect();
+    let mut resumed = TargetStream::open(ds.clone(), &s, 7).unwrap();
+    let rest: Vec<Vec<u64>> = (0..5).map(|_| resumed.next_batch().unwrap().unwrap().traj_ids().to_vec()).collect();
+    assert_eq!(&first[7..], &rest[..]);
+    assert_eq!(resumed.position(), 12);
+}
+
+#[test]
+fn bad_layouts_and_datasets_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = write_gaussian(&tmp.path().join("g"), &spec("g", 32, 13, Dtype::F32), WriteOptions::default()).unwrap();
+    let err = TargetStream::open(ds.clone(), &TargetSpec::new(5, 2, 8, 0), 0).err().unwrap().to_string();
+    assert!(err.contains("K (N-1) must divide 12") && err.contains("N=4: K in {1, 2, 4}"), "{err}");
+
+    let empty_spec = spec("e", 32, 13, Dtype::F32);
+    DatasetWriter::create(&tmp.path().join("e"), empty_spec.dataset_spec(), WriteOptions::default()).unwrap();
+    let err = TargetStream::open(Dataset::open(&tmp.path().join("e")).unwrap(), &TargetSpec::new(4, 1, 8, 0), 0).err().unwrap().to_string();
+    assert!(err.contains("no committed trajectories"), "{err}");
+
+    std::fs::remove_dir_all(tmp.path().join("g/step=0008")).unwrap();
+    let err = TargetStream::open(ds, &TargetSpec::new(4, 2, 8, 0), 0).err().unwrap().to_string();
+    assert!(err.contains("step=0008/shard-00000.parquet is missing"), "{err}");
+}
