@@ -105,26 +105,50 @@ fn check_heldout(train: &Dataset, heldout: &Dataset) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The project's classifier for the dataset the store's teacher was fitted on, trained on first use.
-pub fn classifier_for(store: &Path, source: &DatasetSource, device: &Device) -> anyhow::Result<(Classifier, ClassifierCard)> {
-    let dir = store.join(".classifiers").join(source.to_string().replace(['/', ':'], "_"));
-    if dir.join("classifier.json").exists() {
-        return Ok(classifier::load_classifier(&dir, device)?);
-    }
-    let (train, test) = (source.load(Split::Train)?, source.load(Split::Test)?);
-    eprintln!("training the FD-cls classifier on {source} (once, stored in {})", dir.display());
-    Ok(classifier::train_classifier(&train, &test, 800, 64, 0, &dir, device)?)
+/// Where trained classifiers and their reference statistics are kept between runs:
+/// `$BDENSE_CACHE`, else `~/.cache/bdense`.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("BDENSE_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/bdense")))
+        .unwrap_or_else(|| PathBuf::from(".bdense-cache"))
 }
 
-/// Reference statistics of real test images in the classifier's feature space.
-pub fn real_features(model: &Classifier, source: &DatasetSource, device: &Device) -> anyhow::Result<Gaussian> {
-    let test = source.load(Split::Test)?;
-    let (feats, _) = classifier::features_and_predictions(model, &test.images, [test.channels, test.height, test.width], device);
-    Ok(Gaussian::fit(&feats, model_features(model)))
+/// Feature statistics of the real test images, stored next to the classifier.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Reference {
+    images: usize,
+    mean: Vec<f64>,
+    /// Row-major.
+    cov: Vec<f64>,
 }
 
-fn model_features(_model: &Classifier) -> usize {
-    64
+/// The project's classifier for `source` and the feature statistics of its real test images,
+/// trained and computed on first use, then loaded from the cache.
+pub fn eval_context(source: &DatasetSource, device: &Device) -> anyhow::Result<EvalContext> {
+    let dir = cache_dir().join("classifiers").join(source.to_string().replace(['/', ':'], "_"));
+    let (classifier, card) = match classifier::load_classifier(&dir, device) {
+        Ok(loaded) => loaded,
+        Err(_) => {
+            let (train, test) = (source.load(Split::Train)?, source.load(Split::Test)?);
+            eprintln!("training the FD-cls classifier on {source} (once; kept in {})", dir.display());
+            classifier::train_classifier(&train, &test, 600, 64, 0, &dir, device)?
+        }
+    };
+    let path = dir.join(format!("reference-{}.json", card.weights_hash));
+    let reference: Reference = match std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+        Some(r) => r,
+        None => {
+            let test = source.load(Split::Test)?;
+            let (feats, _) = classifier::features_and_predictions(&classifier, &test.images, [test.channels, test.height, test.width], device);
+            let (mean, cov) = Gaussian::fit(&feats, card.config.features).parts();
+            let r = Reference { images: test.len(), mean, cov };
+            std::fs::write(&path, serde_json::to_vec(&r)?).with_context(|| format!("writing {}", path.display()))?;
+            r
+        }
+    };
+    let real = Gaussian::from_parts(reference.mean, reference.cov);
+    Ok(EvalContext { classifier, card, real, device: device.clone() })
 }
 
 /// Everything measured for one run.
@@ -203,7 +227,7 @@ pub fn evaluate(run: &Path, record: &RunRecord, heldout: &Dataset, ctx: &EvalCon
     let shape = [c, h, w];
     let (feats, preds) = classifier::features_and_predictions(&ctx.classifier, &student_end, shape, device);
     let (teacher_feats, _) = classifier::features_and_predictions(&ctx.classifier, &teacher_end, shape, device);
-    let f = model_features(&ctx.classifier);
+    let f = ctx.card.config.features;
     let (entropy, coverage) = metrics::label_entropy_coverage(&preds, ctx.card.config.classes);
     let result = EvalResult {
         run: run.display().to_string(),

@@ -5,6 +5,7 @@ pub mod commands;
 pub mod evaluation;
 pub mod generation;
 pub mod images;
+pub mod parallel;
 pub mod plots;
 pub mod progress;
 pub mod teacher_source;

@@ -19,7 +19,7 @@ use burn::tensor::module::avg_pool2d;
 use burn::tensor::ops::AvgPoolOptions;
 use serde::{Deserialize, Serialize};
 
-use crate::conv::conv_same;
+use crate::conv::{conv_same, pixel_unshuffle};
 use crate::data::ImageSet;
 use crate::error::{Result, TrainerError, read_json, write_json};
 use crate::optim::{OptimConfig, weights_hash};
@@ -45,10 +45,10 @@ pub struct Classifier {
 impl ClassifierConfig {
     pub fn init(&self, device: &Device) -> Classifier {
         let conv = |i, o| Conv2dConfig::new([i, o], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(device);
-        let flat = 32 * (self.height / 4) * (self.width / 4);
+        let flat = 64 * (self.height / 4) * (self.width / 4);
         Classifier {
-            conv1: conv(self.channels, 16),
-            conv2: conv(16, 32),
+            conv1: conv(self.channels * 4, 32),
+            conv2: conv(32, 64),
             fc1: LinearConfig::new(flat, self.features).init(device),
             fc2: LinearConfig::new(self.features, self.classes).init(device),
         }
@@ -56,11 +56,11 @@ impl ClassifierConfig {
 }
 
 impl Classifier {
-    /// Penultimate features `[B, F]` of images `[B, C, H, W]` in [-1, 1].
+    /// Penultimate features `[B, F]` of images `[B, C, H, W]` in [-1, 1]: 2x2 pixel patches
+    /// as channels, conv, pool, conv, dense (H and W divisible by 4).
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
-        let pool = |t| avg_pool2d(t, AvgPoolOptions::new([2, 2]));
-        let h = pool(relu(conv_same(&self.conv1, x)));
-        let h = pool(relu(conv_same(&self.conv2, h)));
+        let h = relu(conv_same(&self.conv1, pixel_unshuffle(x, 2)));
+        let h = relu(conv_same(&self.conv2, avg_pool2d(h, AvgPoolOptions::new([2, 2]))));
         let [b, c, hh, ww] = h.dims();
         relu(self.fc1.forward(h.reshape([b, c * hh * ww])))
     }
@@ -80,7 +80,7 @@ pub struct ClassifierCard {
     pub weights_hash: String,
 }
 
-const FORMAT: &str = "bdense-classifier-v1";
+const FORMAT: &str = "bdense-classifier-v2";
 
 fn batch_tensor(set: &ImageSet, rows: &[usize], device: &Device) -> Tensor<4> {
     let mut pixels = Vec::with_capacity(rows.len() * set.dim());

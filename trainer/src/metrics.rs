@@ -24,6 +24,17 @@ pub struct Gaussian {
 }
 
 impl Gaussian {
+    /// From a mean and a row-major covariance (as stored).
+    pub fn from_parts(mean: Vec<f64>, cov: Vec<f64>) -> Gaussian {
+        let d = mean.len();
+        Gaussian { mean: DVector::from_vec(mean), cov: DMatrix::from_row_slice(d, d, &cov) }
+    }
+
+    /// The mean and the row-major covariance.
+    pub fn parts(&self) -> (Vec<f64>, Vec<f64>) {
+        (self.mean.iter().copied().collect(), self.cov.transpose().iter().copied().collect())
+    }
+
     pub fn fit(features: &[f32], d: usize) -> Gaussian {
         let n = features.len() / d;
         assert!(n >= 2, "need at least two feature vectors");

@@ -14,6 +14,7 @@ use bdense_store::Dataset;
 
 use crate::cli::{DemoArgs, EvalArgs, GenerateArgs, TrainArgs};
 use crate::commands::{eval, generate, report, train};
+use crate::parallel;
 
 /// What a preset spends.
 #[derive(Debug, Clone)]
@@ -44,16 +45,20 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let store = args.out.join("store");
     let dataset = store.join(dataset_name(&args.dataset));
     ensure_dataset(&dataset, args, &p)?;
-    let mut runs = Vec::new();
+    let mut plan = Vec::new();
     for &n in &p.ns {
         for method in ["sfd", "bdense"] {
             for &seed in &p.seeds {
-                let run = args.out.join("runs").join(format!("{method}-n{n}-s{seed}"));
-                ensure_run(&run, &dataset, method, n, seed, args, &p)?;
-                runs.push(run);
+                plan.push((args.out.join("runs").join(format!("{method}-n{n}-s{seed}")), method, n, seed));
             }
         }
     }
+    let workers = parallel::workers();
+    println!("training {} students, {workers} at a time", plan.len());
+    let trained = Instant::now();
+    parallel::map(&plan, workers, |(run, method, n, seed)| ensure_run(run, &dataset, method, *n, *seed, args, &p))?;
+    println!("trained {} students in {:.0}s", plan.len(), trained.elapsed().as_secs_f64());
+    let runs: Vec<PathBuf> = plan.into_iter().map(|(run, ..)| run).collect();
     eval::run(&EvalArgs { runs: runs.clone(), nfe: None, heldout: None, count: p.heldout, device: args.device.clone() })?;
     let loaded = report::load_runs(&runs)?;
     let (md, html, headline) = report::write_report(&loaded, &args.out.join("report"))?;
@@ -111,13 +116,14 @@ fn ensure_run(run: &PathBuf, dataset: &Path, method: &str, n: usize, seed: u64, 
         .and_then(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()))
         .is_some_and(|name| name == format!("step-{:06}", p.steps));
     if finished {
+        println!("{}: already trained, reusing it", run.display());
         return Ok(());
     }
     let resume = run.join("run.json").exists() && bdense_trainer::checkpoint::latest(run)?.is_some();
     if run.exists() && !resume {
         std::fs::remove_dir_all(run)?; // a run that died before its first checkpoint
     }
-    train::run(&TrainArgs {
+    let summary = train::train(&TrainArgs {
         dataset: (!resume).then(|| dataset.to_path_buf()),
         method: method.into(),
         n,
@@ -140,6 +146,7 @@ fn ensure_run(run: &PathBuf, dataset: &Path, method: &str, n: usize, seed: u64, 
         base: p.base,
         checkpoint_every: p.steps,
         device: args.device.clone(),
-    })?;
+    }, false)?;
+    println!("{summary}");
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `bdense eval RUN...`: teacher fidelity, FD-cls and label statistics on held-out seeds.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -9,23 +10,46 @@ use bdense_trainer::data::DatasetSource;
 
 use crate::cli::EvalArgs;
 use crate::commands::train::RunRecord;
-use crate::evaluation::{self, EvalContext};
+use crate::evaluation::{self, EvalContext, EvalResult};
+use crate::parallel;
 
 pub fn run(args: &EvalArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let device = bdense_trainer::backend::parse_device(&args.device).map_err(anyhow::Error::msg)?;
-    let mut contexts: Vec<(std::path::PathBuf, EvalContext, DatasetSource)> = Vec::new();
-    for run in &args.runs {
+    let results = evaluate_runs(&args.runs, args.nfe.as_deref(), args.heldout.as_deref(), args.count, &args.device)?;
+    for (run, r) in args.runs.iter().zip(&results) {
+        println!(
+            "{}: {} N={} K={} NFE {}: RMSE {:.4} ({:.2} dB) to the teacher, FD-cls {:.3} (teacher {:.3}), label entropy {:.3}, coverage {:.2}, on {} held-out trajectories",
+            run.display(), r.method, r.n, r.k, r.nfe, r.rmse, r.psnr, r.fd_cls, r.teacher_fd_cls, r.label_entropy + 0.0, r.label_coverage, r.samples
+        );
+    }
+    println!("evaluated {} runs in {:.1}s (results in RUN/eval.json and RUN/eval.parquet)", args.runs.len(), started.elapsed().as_secs_f64());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One run to evaluate, with everything it needs resolved.
+struct Job {
+    run: PathBuf,
+    record: RunRecord,
+    heldout: Dataset,
+    context: usize,
+}
+
+/// Evaluates `runs` (several at a time) and saves each one's results in its directory.
+pub fn evaluate_runs(runs: &[PathBuf], nfe: Option<&[usize]>, heldout: Option<&Path>, count: u64, device: &str) -> anyhow::Result<Vec<EvalResult>> {
+    let device = bdense_trainer::backend::parse_device(device).map_err(anyhow::Error::msg)?;
+    let mut contexts: Vec<(DatasetSource, EvalContext)> = Vec::new();
+    let mut jobs = Vec::with_capacity(runs.len());
+    for run in runs {
         let record = RunRecord::load(run)?;
-        if let Some(nfes) = &args.nfe
+        if let Some(nfes) = nfe
             && !nfes.contains(&record.layout.nfe)
         {
             bail!("{}: the student takes NFE {}, not one of {nfes:?}", run.display(), record.layout.nfe);
         }
         let dataset = Dataset::open(&record.dataset)?;
-        let heldout = match &args.heldout {
+        let heldout = match heldout {
             Some(dir) => Dataset::open(dir)?,
-            None => evaluation::heldout_dataset(&dataset, args.count, &device)?,
+            None => evaluation::heldout_dataset(&dataset, count, &device)?,
         };
         let source: DatasetSource = dataset
             .manifest()
@@ -35,24 +59,18 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<ExitCode> {
             .and_then(|v| v.as_str())
             .context("the dataset does not record which images its teacher was fitted on")?
             .parse()?;
-        let store = dataset.dir().parent().map(std::path::Path::to_path_buf).unwrap_or_default();
-        let ctx = match contexts.iter().position(|(s, _, src)| *s == store && *src == source) {
-            Some(i) => &contexts[i].1,
+        let context = match contexts.iter().position(|(s, _)| *s == source) {
+            Some(i) => i,
             None => {
-                let (classifier, card) = evaluation::classifier_for(&store, &source, &device)?;
-                let real = evaluation::real_features(&classifier, &source, &device)?;
-                contexts.push((store.clone(), EvalContext { classifier, card, real, device: device.clone() }, source));
-                &contexts.last().expect("just pushed").1
+                contexts.push((source.clone(), evaluation::eval_context(&source, &device)?));
+                contexts.len() - 1
             }
         };
-        let e = evaluation::evaluate(run, &record, &heldout, ctx, 16)?;
-        evaluation::save(run, &e, record.dims)?;
-        let r = &e.result;
-        println!(
-            "{}: {} N={} K={} NFE {}: RMSE {:.4} ({:.2} dB) to the teacher, FD-cls {:.3} (teacher {:.3}), label entropy {:.3}, coverage {:.2}, on {} held-out trajectories",
-            run.display(), r.method, r.n, r.k, r.nfe, r.rmse, r.psnr, r.fd_cls, r.teacher_fd_cls, r.label_entropy, r.label_coverage, r.samples
-        );
+        jobs.push(Job { run: run.clone(), record, heldout, context });
     }
-    println!("evaluated {} runs in {:.1}s (results in RUN/eval.json and RUN/eval.parquet)", args.runs.len(), started.elapsed().as_secs_f64());
-    Ok(ExitCode::SUCCESS)
+    parallel::map(&jobs, parallel::workers(), |job| {
+        let e = evaluation::evaluate(&job.run, &job.record, &job.heldout, &contexts[job.context].1, 16)?;
+        evaluation::save(&job.run, &e, job.record.dims)?;
+        Ok(e.result)
+    })
 }

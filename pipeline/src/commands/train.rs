@@ -131,6 +131,13 @@ pub fn to_train_batch(batch: &bdense_queries::TargetBatch, dims: [usize; 3]) -> 
 }
 
 pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
+    println!("{}", train(args, true)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Trains (or resumes) the run `args` describe; returns the one-line summary. `show_progress`
+/// draws a progress bar (off when several runs train side by side).
+pub fn train(args: &TrainArgs, show_progress: bool) -> anyhow::Result<String> {
     let started = Instant::now();
     let (run_dir, record, resume) = match (&args.resume, &args.dataset, &args.out) {
         (Some(run), None, None) => {
@@ -163,7 +170,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     let header = student::log_header(record.config.method.k);
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
     let mut log = CsvLog::open(&run_dir.join("log.csv"), &header, start_step)?;
-    let progress = bar(record.config.steps, "steps");
+    let progress = if show_progress { bar(record.config.steps, "steps") } else { indicatif::ProgressBar::hidden() };
     progress.set_position(start_step);
     let abort_after = args_abort_after();
     let (mut wait, mut compute) = (0.0, 0.0);
@@ -181,7 +188,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     progress.finish_and_clear();
     let trained = state.step - start_step;
     let secs = started.elapsed().as_secs_f64();
-    println!(
+    Ok(format!(
         "trained {} student (N={}, K={}, NFE {}) steps {}..{} in {secs:.1}s ({:.1} traj/s, stream wait {:.1}% of step time), loss {:.4}, run {}",
         record.config.method.method,
         record.config.n,
@@ -193,8 +200,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
         100.0 * wait / (wait + compute).max(1e-9),
         state.last_loss,
         run_dir.display()
-    );
-    Ok(ExitCode::SUCCESS)
+    ))
 }
 
 /// Hidden crash-test hook: `BDENSE_ABORT_AFTER_STEP=n` aborts right after step n.
