@@ -2,6 +2,7 @@
 
 mod generate;
 mod queries;
+mod report;
 mod store;
 mod train;
 

@@ -348,3 +348,33 @@ fn sample_last(net: &EdmNet, x: Tensor<4>, sigmas: &[f64]) -> Vec<f32> {
     host(bdense_trainer::sample::sample(net, x, sigmas, false, None).last().unwrap())
 }
 
+
+#[test]
+fn unet_teacher_learns_and_reloads_bit_identically() {
+    use bdense_trainer::data::DatasetSource;
+    use bdense_trainer::teachers::unet::{TeacherTrainConfig, UnetTeacher, train_teacher};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = TeacherTrainConfig::new(DatasetSource::Procedural { seed: 1 }, 40, 16, 3);
+    config.net = config.net.with_base(8);
+    config.limit = Some(512);
+    config.checkpoint_every = 20;
+    let mut losses = Vec::new();
+    let card = train_teacher(&config, dir.path(), &cpu(), false, &mut |r| losses.push(r.loss)).unwrap();
+    let (first, last) = (losses[..5].iter().sum::<f64>() / 5.0, losses[35..].iter().sum::<f64>() / 5.0);
+    assert!(last < 0.7 * first, "EDM loss {first:.3} -> {last:.3}");
+    let a = UnetTeacher::load(dir.path(), &cpu()).unwrap();
+    let b = UnetTeacher::load(dir.path(), &cpu()).unwrap();
+    assert_eq!(bdense_trainer::optim::weights_hash(&a.net), card.weights_hash);
+    let x = tensor((0..2 * 256).map(|i| ((i % 17) as f32 - 8.0) / 4.0).collect(), [2, 1, 16, 16], &cpu());
+    for sigma in [0.05, 2.0] {
+        assert_eq!(host(&a.denoise(x.clone(), sigma, None)), host(&b.denoise(x.clone(), sigma, None)), "reloads give bit-identical outputs");
+    }
+    // A flipped byte in the weights is caught by the recorded hash.
+    let path = dir.path().join("model.bpk");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x10;
+    std::fs::write(&path, bytes).unwrap();
+    let err = UnetTeacher::load(dir.path(), &cpu()).err().unwrap().to_string();
+    assert!(err.contains("model.bpk"), "{err}");
+}

@@ -26,6 +26,8 @@ pub struct Preset {
     pub batch: usize,
     pub base: usize,
     pub lr: f64,
+    /// EMA decay per optimiser step (short runs want a short window).
+    pub ema: f64,
     pub ns: Vec<usize>,
     pub k: usize,
     pub seeds: Vec<u64>,
@@ -33,8 +35,8 @@ pub struct Preset {
 
 pub fn preset(name: &str) -> anyhow::Result<Preset> {
     Ok(match name {
-        "quick" => Preset { count: 256, heldout: 128, fit_limit: Some(10_000), steps: 6, batch: 16, base: 8, lr: 2e-3, ns: vec![3, 4, 5], k: 4, seeds: vec![0, 1, 2] },
-        "default" => Preset { count: 2000, heldout: 512, fit_limit: None, steps: 150, batch: 32, base: 16, lr: 2e-3, ns: vec![3, 4, 5], k: 4, seeds: vec![0, 1, 2] },
+        "quick" => Preset { count: 256, heldout: 128, fit_limit: Some(10_000), steps: 6, batch: 16, base: 8, lr: 2e-3, ema: 0.9, ns: vec![3, 4, 5], k: 4, seeds: vec![0, 1, 2] },
+        "default" => Preset { count: 2000, heldout: 512, fit_limit: None, steps: 80, batch: 32, base: 16, lr: 2e-3, ema: 0.95, ns: vec![3, 4, 5], k: 4, seeds: vec![0, 1, 2] },
         other => bail!("unknown preset {other:?} (quick or default)"),
     })
 }
@@ -141,7 +143,7 @@ fn ensure_run(run: &PathBuf, dataset: &Path, method: &str, n: usize, seed: u64, 
         afs: false,
         teacher_forcing: false,
         step_per_trajectory: false,
-        ema: 0.99,
+        ema: p.ema,
         grad_clip: 1.0,
         base: p.base,
         checkpoint_every: p.steps,
