@@ -83,7 +83,9 @@ pub struct GcArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example: bdense generate runs/store/fmnist --dataset fashion-mnist --teacher gmm --solver dpmpp3m --grid 49 --count 2000")]
+#[command(
+    after_help = "Example: bdense generate runs/store/fmnist --dataset fashion-mnist --teacher gmm --solver dpmpp3m --grid 49 --count 2000"
+)]
 pub struct GenerateArgs {
     /// The dataset to write, STORE/NAME.
     pub dataset: PathBuf,
@@ -144,7 +146,9 @@ pub struct GenerateArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example: bdense sql runs/store \"SELECT step, avg(l2(x)) FROM fmnist GROUP BY step ORDER BY step\"")]
+#[command(
+    after_help = "Example: bdense sql runs/store \"SELECT step, avg(l2(x)) FROM fmnist GROUP BY step ORDER BY step\""
+)]
 pub struct SqlArgs {
     /// The store directory (every dataset in it is a table).
     pub store: PathBuf,
@@ -193,7 +197,9 @@ pub struct TargetsArgs {
 #[derive(Debug, Subcommand)]
 pub enum TeacherCommand {
     /// Train a U-Net teacher with the EDM loss.
-    #[command(after_help = "Example: bdense teacher train --dataset fashion-mnist --out runs/teacher --steps 2000 --batch 64")]
+    #[command(
+        after_help = "Example: bdense teacher train --dataset fashion-mnist --out runs/teacher --steps 2000 --batch 64"
+    )]
     Train(TeacherTrainArgs),
 }
 
@@ -230,7 +236,9 @@ pub struct TeacherTrainArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  bdense train runs/store/fmnist --method bdense --n 4 --k 4 --steps 300 --batch 32 --init scratch --out runs/bdense-n4\n  bdense train --resume runs/bdense-n4 --steps 600")]
+#[command(
+    after_help = "Examples:\n  bdense train runs/store/fmnist --method bdense --n 4 --k 4 --steps 300 --batch 32 --init scratch --out runs/bdense-n4\n  bdense train --resume runs/bdense-n4 --steps 600"
+)]
 pub struct TrainArgs {
     /// The dataset, STORE/NAME (not with --resume).
     pub dataset: Option<PathBuf>,
@@ -291,7 +299,9 @@ pub struct TrainArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example: bdense sample runs/bdense-n4 --count 64 --seed 0 --out runs/bdense-n4/samples")]
+#[command(
+    after_help = "Example: bdense sample runs/bdense-n4 --count 64 --seed 0 --out runs/bdense-n4/samples"
+)]
 pub struct SampleArgs {
     /// The run directory.
     pub run: PathBuf,

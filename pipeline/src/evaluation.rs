@@ -60,7 +60,9 @@ pub fn heldout_dataset(dataset: &Dataset, count: u64, device: &Device) -> anyhow
     let dir = heldout_dir(dataset.dir());
     if let Ok(existing) = Dataset::open(&dir) {
         check_heldout(dataset, &existing)?;
-        if existing.manifest().trajectories() >= count.min(existing.manifest().planned_count) && existing.manifest().missing_shards().is_empty() {
+        if existing.manifest().trajectories() >= count.min(existing.manifest().planned_count)
+            && existing.manifest().missing_shards().is_empty()
+        {
             return Ok(existing);
         }
     }
@@ -68,7 +70,10 @@ pub fn heldout_dataset(dataset: &Dataset, count: u64, device: &Device) -> anyhow
     let (built, solver) = teacher_source::from_manifest(m, device)?;
     let spec = DatasetSpec {
         name: format!("{}-heldout", m.name),
-        seeds: SeedPolicy { base_seed: m.seeds.base_seed.wrapping_add(HELDOUT_SEED_OFFSET), scheme: m.seeds.scheme.clone() },
+        seeds: SeedPolicy {
+            base_seed: m.seeds.base_seed.wrapping_add(HELDOUT_SEED_OFFSET),
+            scheme: m.seeds.scheme.clone(),
+        },
         planned_count: count,
         has_denoised: false,
         dims: m.dims,
@@ -83,24 +88,53 @@ pub fn heldout_dataset(dataset: &Dataset, count: u64, device: &Device) -> anyhow
     };
     for index in writer.manifest().missing_shards() {
         let ids = writer.manifest().planned_range(index);
-        let t = teacher_trajectories(built.teacher.as_ref(), solver, &m.grid.sigmas, ids, spec.seeds.base_seed, 128, false, device, &mut |_| {});
-        writer.write_shard(&ShardData { index, seeds: &t.seeds, labels: t.labels.as_deref(), states: &t.states, denoised: None })?;
+        let t = teacher_trajectories(
+            built.teacher.as_ref(),
+            solver,
+            &m.grid.sigmas,
+            ids,
+            spec.seeds.base_seed,
+            128,
+            false,
+            device,
+            &mut |_| {},
+        );
+        writer.write_shard(&ShardData {
+            index,
+            seeds: &t.seeds,
+            labels: t.labels.as_deref(),
+            states: &t.states,
+            denoised: None,
+        })?;
     }
     Ok(Dataset::open(&dir)?)
 }
 
 pub fn heldout_dir(dataset_dir: &Path) -> PathBuf {
-    let name = dataset_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dataset_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     dataset_dir.with_file_name(format!("{name}-heldout"))
 }
 
 fn check_heldout(train: &Dataset, heldout: &Dataset) -> anyhow::Result<()> {
     let (a, b) = (train.manifest(), heldout.manifest());
-    if a.grid.sigmas != b.grid.sigmas || a.teacher.checkpoint_hash != b.teacher.checkpoint_hash || a.teacher.solver != b.teacher.solver {
-        bail!("{}: held-out data must come from the same teacher, solver and grid as {}", heldout.dir().display(), train.dir().display());
+    if a.grid.sigmas != b.grid.sigmas
+        || a.teacher.checkpoint_hash != b.teacher.checkpoint_hash
+        || a.teacher.solver != b.teacher.solver
+    {
+        bail!(
+            "{}: held-out data must come from the same teacher, solver and grid as {}",
+            heldout.dir().display(),
+            train.dir().display()
+        );
     }
     if a.seeds.base_seed == b.seeds.base_seed {
-        bail!("{}: held-out data shares the training base seed, so its trajectories are not held out", heldout.dir().display());
+        bail!(
+            "{}: held-out data shares the training base seed, so its trajectories are not held out",
+            heldout.dir().display()
+        );
     }
     Ok(())
 }
@@ -126,29 +160,52 @@ struct Reference {
 /// The project's classifier for `source` and the feature statistics of its real test images,
 /// trained and computed on first use, then loaded from the cache.
 pub fn eval_context(source: &DatasetSource, device: &Device) -> anyhow::Result<EvalContext> {
-    let dir = cache_dir().join("classifiers").join(source.to_string().replace(['/', ':'], "_"));
+    let dir = cache_dir()
+        .join("classifiers")
+        .join(source.to_string().replace(['/', ':'], "_"));
     let (classifier, card) = match classifier::load_classifier(&dir, device) {
         Ok(loaded) => loaded,
         Err(_) => {
             let (train, test) = (source.load(Split::Train)?, source.load(Split::Test)?);
-            eprintln!("training the FD-cls classifier on {source} (once; kept in {})", dir.display());
+            eprintln!(
+                "training the FD-cls classifier on {source} (once; kept in {})",
+                dir.display()
+            );
             classifier::train_classifier(&train, &test, 600, 64, 0, &dir, device)?
         }
     };
     let path = dir.join(format!("reference-{}.json", card.weights_hash));
-    let reference: Reference = match std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+    let reference: Reference = match std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+    {
         Some(r) => r,
         None => {
             let test = source.load(Split::Test)?;
-            let (feats, _) = classifier::features_and_predictions(&classifier, &test.images, [test.channels, test.height, test.width], device);
+            let (feats, _) = classifier::features_and_predictions(
+                &classifier,
+                &test.images,
+                [test.channels, test.height, test.width],
+                device,
+            );
             let (mean, cov) = Gaussian::fit(&feats, card.config.features).parts();
-            let r = Reference { images: test.len(), mean, cov };
-            std::fs::write(&path, serde_json::to_vec(&r)?).with_context(|| format!("writing {}", path.display()))?;
+            let r = Reference {
+                images: test.len(),
+                mean,
+                cov,
+            };
+            std::fs::write(&path, serde_json::to_vec(&r)?)
+                .with_context(|| format!("writing {}", path.display()))?;
             r
         }
     };
     let real = Gaussian::from_parts(reference.mean, reference.cov);
-    Ok(EvalContext { classifier, card, real, device: device.clone() })
+    Ok(EvalContext {
+        classifier,
+        card,
+        real,
+        device: device.clone(),
+    })
 }
 
 /// Everything measured for one run.
@@ -167,7 +224,13 @@ pub struct EvalContext {
 }
 
 /// Evaluates one run on `heldout`.
-pub fn evaluate(run: &Path, record: &RunRecord, heldout: &Dataset, ctx: &EvalContext, keep: usize) -> anyhow::Result<Evaluation> {
+pub fn evaluate(
+    run: &Path,
+    record: &RunRecord,
+    heldout: &Dataset,
+    ctx: &EvalContext,
+    keep: usize,
+) -> anyhow::Result<Evaluation> {
     let device = &ctx.device;
     let net = load_student(run, record, device)?;
     let mut spec = TargetSpec::new(record.config.n, record.config.method.k, 128, 0);
@@ -187,8 +250,13 @@ pub fn evaluate(run: &Path, record: &RunRecord, heldout: &Dataset, ctx: &EvalCon
         let batch = batch?;
         let b = batch.len();
         let targets = batch.targets();
-        let target = |i: usize, j: usize, r: usize| &targets[((r * intervals + i) * k + j) * d..((r * intervals + i) * k + j + 1) * d];
-        let mut x = Tensor::<4>::from_data(TensorData::new(batch.start().to_vec(), [b, c, h, w]), device);
+        let target = |i: usize, j: usize, r: usize| {
+            &targets[((r * intervals + i) * k + j) * d..((r * intervals + i) * k + j + 1) * d]
+        };
+        let mut x = Tensor::<4>::from_data(
+            TensorData::new(batch.start().to_vec(), [b, c, h, w]),
+            device,
+        );
         for i in 0..intervals {
             let (s, s_next) = (layout.sigmas[i], layout.sigmas[i + 1]);
             let (branches, d_end) = if layout.afs && i == 0 {
@@ -200,7 +268,12 @@ pub fn evaluate(run: &Path, record: &RunRecord, heldout: &Dataset, ctx: &EvalCon
             };
             if let Some(all) = branches {
                 for (j, dk) in all.into_iter().enumerate() {
-                    let xk = host(&euler_step(x.clone(), to_d(x.clone(), dk, s), s, layout.target_sigmas[i][j]));
+                    let xk = host(&euler_step(
+                        x.clone(),
+                        to_d(x.clone(), dk, s),
+                        s,
+                        layout.target_sigmas[i][j],
+                    ));
                     for r in 0..b {
                         sq_branch[i][j] += sq_err(&xk[r * d..(r + 1) * d], target(i, j, r));
                     }
@@ -225,8 +298,10 @@ pub fn evaluate(run: &Path, record: &RunRecord, heldout: &Dataset, ctx: &EvalCon
     let rmse_per_timestamp: Vec<f64> = sq_ts.iter().map(|&s| per_value(s)).collect();
     let rmse = *rmse_per_timestamp.last().expect("timestamps");
     let shape = [c, h, w];
-    let (feats, preds) = classifier::features_and_predictions(&ctx.classifier, &student_end, shape, device);
-    let (teacher_feats, _) = classifier::features_and_predictions(&ctx.classifier, &teacher_end, shape, device);
+    let (feats, preds) =
+        classifier::features_and_predictions(&ctx.classifier, &student_end, shape, device);
+    let (teacher_feats, _) =
+        classifier::features_and_predictions(&ctx.classifier, &teacher_end, shape, device);
     let f = ctx.card.config.features;
     let (entropy, coverage) = metrics::label_entropy_coverage(&preds, ctx.card.config.classes);
     let result = EvalResult {
@@ -244,7 +319,14 @@ pub fn evaluate(run: &Path, record: &RunRecord, heldout: &Dataset, ctx: &EvalCon
         psnr: 10.0 * (4.0 / (rmse * rmse)).log10(),
         rmse_per_timestamp,
         sigmas: layout.sigmas.clone(),
-        rmse_per_branch: sq_branch.iter().map(|row| row.iter().map(|&s| if s == 0.0 { f64::NAN } else { per_value(s) }).collect()).collect(),
+        rmse_per_branch: sq_branch
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .map(|&s| if s == 0.0 { f64::NAN } else { per_value(s) })
+                    .collect()
+            })
+            .collect(),
         fd_cls: metrics::frechet_distance(&Gaussian::fit(&feats, f), &ctx.real),
         teacher_fd_cls: metrics::frechet_distance(&Gaussian::fit(&teacher_feats, f), &ctx.real),
         label_entropy: entropy,
@@ -253,18 +335,26 @@ pub fn evaluate(run: &Path, record: &RunRecord, heldout: &Dataset, ctx: &EvalCon
         fid_inception: None,
     };
     let keep = keep.min(count) * d;
-    Ok(Evaluation { result, student_samples: student_end[..keep].to_vec(), teacher_samples: teacher_end[..keep].to_vec() })
+    Ok(Evaluation {
+        result,
+        student_samples: student_end[..keep].to_vec(),
+        teacher_samples: teacher_end[..keep].to_vec(),
+    })
 }
 
 fn sq_err(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum()
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum()
 }
 
 /// Writes `RUN/eval.json`, `RUN/eval.parquet` (one row per metric, for `bdense sql`) and the
 /// kept samples as .npy.
 pub fn save(run: &Path, e: &Evaluation, dims: [usize; 3]) -> anyhow::Result<()> {
     let r = &e.result;
-    std::fs::write(run.join("eval.json"), serde_json::to_vec_pretty(r)?).with_context(|| format!("writing {}/eval.json", run.display()))?;
+    std::fs::write(run.join("eval.json"), serde_json::to_vec_pretty(r)?)
+        .with_context(|| format!("writing {}/eval.json", run.display()))?;
     let n = e.student_samples.len() / dims.iter().product::<usize>();
     let shape = [n, dims[0], dims[1], dims[2]];
     crate::images::write_npy(&run.join("eval_student.npy"), &e.student_samples, &shape)?;
@@ -273,7 +363,9 @@ pub fn save(run: &Path, e: &Evaluation, dims: [usize; 3]) -> anyhow::Result<()> 
 }
 
 fn write_parquet(path: &Path, r: &EvalResult) -> anyhow::Result<()> {
-    use bdense_queries::datafusion::arrow::array::{ArrayRef, Float64Array, Int32Array, RecordBatch, StringArray};
+    use bdense_queries::datafusion::arrow::array::{
+        ArrayRef, Float64Array, Int32Array, RecordBatch, StringArray,
+    };
     let mut rows: Vec<(String, i32, i32, f64)> = vec![
         ("rmse".into(), -1, -1, r.rmse),
         ("psnr".into(), -1, -1, r.psnr),
@@ -282,9 +374,18 @@ fn write_parquet(path: &Path, r: &EvalResult) -> anyhow::Result<()> {
         ("label_entropy".into(), -1, -1, r.label_entropy),
         ("label_coverage".into(), -1, -1, r.label_coverage),
     ];
-    rows.extend(r.rmse_per_timestamp.iter().enumerate().map(|(i, &v)| ("rmse_timestamp".to_string(), i as i32, -1, v)));
+    rows.extend(
+        r.rmse_per_timestamp
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| ("rmse_timestamp".to_string(), i as i32, -1, v)),
+    );
     for (i, row) in r.rmse_per_branch.iter().enumerate() {
-        rows.extend(row.iter().enumerate().map(|(j, &v)| ("rmse_branch".to_string(), i as i32, j as i32 + 1, v)));
+        rows.extend(
+            row.iter()
+                .enumerate()
+                .map(|(j, &v)| ("rmse_branch".to_string(), i as i32, j as i32 + 1, v)),
+        );
     }
     let repeat = |v: &str| -> ArrayRef { Arc::new(StringArray::from(vec![v; rows.len()])) };
     let int = |v: i32| -> ArrayRef { Arc::new(Int32Array::from(vec![v; rows.len()])) };
@@ -295,12 +396,33 @@ fn write_parquet(path: &Path, r: &EvalResult) -> anyhow::Result<()> {
         ("k", int(r.k as i32)),
         ("nfe", int(r.nfe as i32)),
         ("seed", int(r.seed as i32)),
-        ("metric", Arc::new(StringArray::from(rows.iter().map(|x| x.0.clone()).collect::<Vec<_>>())) as ArrayRef),
-        ("interval", Arc::new(Int32Array::from(rows.iter().map(|x| x.1).collect::<Vec<_>>())) as ArrayRef),
-        ("branch", Arc::new(Int32Array::from(rows.iter().map(|x| x.2).collect::<Vec<_>>())) as ArrayRef),
-        ("value", Arc::new(Float64Array::from(rows.iter().map(|x| x.3).collect::<Vec<_>>())) as ArrayRef),
+        (
+            "metric",
+            Arc::new(StringArray::from(
+                rows.iter().map(|x| x.0.clone()).collect::<Vec<_>>(),
+            )) as ArrayRef,
+        ),
+        (
+            "interval",
+            Arc::new(Int32Array::from(
+                rows.iter().map(|x| x.1).collect::<Vec<_>>(),
+            )) as ArrayRef,
+        ),
+        (
+            "branch",
+            Arc::new(Int32Array::from(
+                rows.iter().map(|x| x.2).collect::<Vec<_>>(),
+            )) as ArrayRef,
+        ),
+        (
+            "value",
+            Arc::new(Float64Array::from(
+                rows.iter().map(|x| x.3).collect::<Vec<_>>(),
+            )) as ArrayRef,
+        ),
     ])?;
-    let file = std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?;
     let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None)?;
     w.write(&batch)?;
     w.close()?;

@@ -17,7 +17,12 @@ pub struct Trajectories {
 }
 
 /// The start noise `sigma_0 * eps(seed)` of each id, `[rows, D]`.
-pub fn start_noise(base_seed: u64, ids: Range<u64>, dim: usize, sigma0: f64) -> (Vec<u64>, Vec<f32>) {
+pub fn start_noise(
+    base_seed: u64,
+    ids: Range<u64>,
+    dim: usize,
+    sigma0: f64,
+) -> (Vec<u64>, Vec<f32>) {
     let seeds: Vec<u64> = ids.map(|i| seeds::trajectory_seed(base_seed, i)).collect();
     let mut noise = vec![0f32; seeds.len() * dim];
     for (row, &seed) in seeds.iter().enumerate() {
@@ -31,8 +36,10 @@ pub fn start_noise(base_seed: u64, ids: Range<u64>, dim: usize, sigma0: f64) -> 
 /// Labels of `ids` for a class-conditional teacher, `None` otherwise.
 pub fn labels_for(teacher: &dyn Teacher, base_seed: u64, ids: Range<u64>) -> Option<Vec<i32>> {
     let info = teacher.info();
-    info.conditional
-        .then(|| ids.map(|i| seeds::trajectory_label(base_seed, i, info.num_classes as u32)).collect())
+    info.conditional.then(|| {
+        ids.map(|i| seeds::trajectory_label(base_seed, i, info.num_classes as u32))
+            .collect()
+    })
 }
 
 /// Runs the teacher over `sigmas` from each id's noise, `batch` trajectories at a time.
@@ -58,25 +65,52 @@ pub fn teacher_trajectories(
     let mut denoised = keep_denoised.then(|| vec![0f32; steps * rows * dim]);
     for first in (0..rows).step_by(batch.max(1)) {
         let b = batch.min(rows - first);
-        let x = Tensor::<4>::from_data(TensorData::new(noise[first * dim..(first + b) * dim].to_vec(), [b, c, h, w]), device);
-        let label_tensor = labels
-            .as_ref()
-            .map(|l| Tensor::<1, Int>::from_data(TensorData::new(l[first..first + b].iter().map(|&v| v as i64).collect(), [b]), device));
-        let rec = solvers::record(solver, teacher, x, sigmas, label_tensor.as_ref(), keep_denoised);
+        let x = Tensor::<4>::from_data(
+            TensorData::new(noise[first * dim..(first + b) * dim].to_vec(), [b, c, h, w]),
+            device,
+        );
+        let label_tensor = labels.as_ref().map(|l| {
+            Tensor::<1, Int>::from_data(
+                TensorData::new(l[first..first + b].iter().map(|&v| v as i64).collect(), [b]),
+                device,
+            )
+        });
+        let rec = solvers::record(
+            solver,
+            teacher,
+            x,
+            sigmas,
+            label_tensor.as_ref(),
+            keep_denoised,
+        );
         for (step, values) in rec.states.iter().enumerate() {
             let at = (step * rows + first) * dim;
             states[at..at + b * dim].copy_from_slice(values);
         }
         if let Some(out) = denoised.as_mut() {
             for (step, d) in rec.denoised.into_iter().enumerate() {
-                let values = d.unwrap_or_else(|| final_denoised(teacher, &rec.states[step], [b, c, h, w], sigmas[step], label_tensor.as_ref(), device));
+                let values = d.unwrap_or_else(|| {
+                    final_denoised(
+                        teacher,
+                        &rec.states[step],
+                        [b, c, h, w],
+                        sigmas[step],
+                        label_tensor.as_ref(),
+                        device,
+                    )
+                });
                 let at = (step * rows + first) * dim;
                 out[at..at + b * dim].copy_from_slice(&values);
             }
         }
         on_batch(b);
     }
-    Trajectories { seeds, labels, states, denoised }
+    Trajectories {
+        seeds,
+        labels,
+        states,
+        denoised,
+    }
 }
 
 /// D(x; sigma) at a state the solver did not evaluate (the last one); at sigma = 0, x itself.

@@ -17,9 +17,14 @@ pub fn workers() -> usize {
 
 /// Runs `f` on every item with up to `workers` threads; results in item order. Stops handing
 /// out new items after the first error and returns it.
-pub fn map<T: Sync, R: Send>(items: &[T], workers: usize, f: impl Fn(&T) -> anyhow::Result<R> + Sync) -> anyhow::Result<Vec<R>> {
+pub fn map<T: Sync, R: Send>(
+    items: &[T],
+    workers: usize,
+    f: impl Fn(&T) -> anyhow::Result<R> + Sync,
+) -> anyhow::Result<Vec<R>> {
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<anyhow::Result<R>>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    let results: Mutex<Vec<Option<anyhow::Result<R>>>> =
+        Mutex::new((0..items.len()).map(|_| None).collect());
     let failed = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
         for _ in 0..workers.min(items.len()).max(1) {
@@ -38,5 +43,10 @@ pub fn map<T: Sync, R: Send>(items: &[T], workers: usize, f: impl Fn(&T) -> anyh
             });
         }
     });
-    results.into_inner().expect("results lock").into_iter().flatten().collect()
+    results
+        .into_inner()
+        .expect("results lock")
+        .into_iter()
+        .flatten()
+        .collect()
 }

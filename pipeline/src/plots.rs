@@ -39,19 +39,36 @@ pub const GREEN_: RGBColor = RGBColor(44, 160, 44);
 pub const GREY_: RGBColor = RGBColor(120, 120, 120);
 
 /// A line plot of `series` into `path` (800x480 PNG); `log_y` plots log10 of y.
-pub fn line_plot(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series], log_y: bool) -> anyhow::Result<()> {
+pub fn line_plot(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    log_y: bool,
+) -> anyhow::Result<()> {
     if !font_ready() {
-        bail!("no TrueType font found for plot text (install fonts-dejavu-core); tried {FONT_PATHS:?}");
+        bail!(
+            "no TrueType font found for plot text (install fonts-dejavu-core); tried {FONT_PATHS:?}"
+        );
     }
     let (w, h) = (800u32, 480u32);
     let mut buffer = vec![0u8; (w * h * 3) as usize];
     let transform = |y: f64| if log_y { y.max(1e-12).log10() } else { y };
-    let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.iter().map(|&(x, y)| (x, transform(y)))).filter(|(_, y)| y.is_finite()).collect();
+    let all: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|&(x, y)| (x, transform(y))))
+        .filter(|(_, y)| y.is_finite())
+        .collect();
     if all.is_empty() {
         bail!("nothing to plot for {title}");
     }
-    let (x0, x1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), &(x, _)| (a.min(x), b.max(x)));
-    let (y0, y1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), &(_, y)| (a.min(y), b.max(y)));
+    let (x0, x1) = all
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &(x, _)| (a.min(x), b.max(x)));
+    let (y0, y1) = all
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &(_, y)| (a.min(y), b.max(y)));
     let pad = ((y1 - y0) * 0.05).max(1e-9);
     {
         let root = BitMapBackend::with_buffer(&mut buffer, (w, h)).into_drawing_area();
@@ -63,7 +80,11 @@ pub fn line_plot(path: &Path, title: &str, x_label: &str, y_label: &str, series:
             .y_label_area_size(70)
             .build_cartesian_2d(x0..x1.max(x0 + 1e-9), (y0 - pad)..(y1 + pad))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let y_desc = if log_y { format!("log10 {y_label}") } else { y_label.to_string() };
+        let y_desc = if log_y {
+            format!("log10 {y_label}")
+        } else {
+            y_label.to_string()
+        };
         chart
             .configure_mesh()
             .x_desc(x_label)
@@ -73,8 +94,17 @@ pub fn line_plot(path: &Path, title: &str, x_label: &str, y_label: &str, series:
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         for s in series {
             let color = s.color;
-            let points: Vec<(f64, f64)> = s.points.iter().map(|&(x, y)| (x, transform(y))).filter(|(_, y)| y.is_finite()).collect();
-            let style = ShapeStyle { color: color.to_rgba(), filled: false, stroke_width: if s.dashed { 1 } else { 2 } };
+            let points: Vec<(f64, f64)> = s
+                .points
+                .iter()
+                .map(|&(x, y)| (x, transform(y)))
+                .filter(|(_, y)| y.is_finite())
+                .collect();
+            let style = ShapeStyle {
+                color: color.to_rgba(),
+                filled: false,
+                stroke_width: if s.dashed { 1 } else { 2 },
+            };
             chart
                 .draw_series(LineSeries::new(points, style))
                 .map_err(|e| anyhow::anyhow!("{e}"))?

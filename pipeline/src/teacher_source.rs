@@ -19,8 +19,16 @@ pub struct BuiltTeacher {
 }
 
 /// Fits or loads the teacher `spec` names, on training images from `source`.
-pub fn build(spec: &str, source: &str, fit_limit: Option<usize>, device: &Device) -> anyhow::Result<BuiltTeacher> {
-    let spec: TeacherSpec = spec.parse().map_err(anyhow::Error::msg).context("--teacher")?;
+pub fn build(
+    spec: &str,
+    source: &str,
+    fit_limit: Option<usize>,
+    device: &Device,
+) -> anyhow::Result<BuiltTeacher> {
+    let spec: TeacherSpec = spec
+        .parse()
+        .map_err(anyhow::Error::msg)
+        .context("--teacher")?;
     let source: DatasetSource = source.parse().context("--dataset")?;
     let mut train = match &spec {
         // A trained U-Net carries everything it needs.
@@ -32,7 +40,13 @@ pub fn build(spec: &str, source: &str, fit_limit: Option<usize>, device: &Device
     }
     let teacher = teachers::load(&spec, &train, device)?;
     let info = teacher.info();
-    Ok(BuiltTeacher { teacher, spec, source, fit_limit, info })
+    Ok(BuiltTeacher {
+        teacher,
+        spec,
+        source,
+        fit_limit,
+        info,
+    })
 }
 
 impl BuiltTeacher {
@@ -47,7 +61,10 @@ impl BuiltTeacher {
         params.insert("teacher".into(), self.spec.to_string().into());
         params.insert("dataset".into(), self.source.to_string().into());
         params.insert("fit_limit".into(), serde_json::json!(self.fit_limit));
-        params.insert("num_classes".into(), serde_json::json!(self.info.num_classes));
+        params.insert(
+            "num_classes".into(),
+            serde_json::json!(self.info.num_classes),
+        );
         params.insert("bdense_version".into(), env!("CARGO_PKG_VERSION").into());
         Provenance {
             kind: self.info.kind.clone(),
@@ -60,13 +77,23 @@ impl BuiltTeacher {
 }
 
 /// Rebuilds the teacher a dataset was generated with, and checks it is the same one.
-pub fn from_manifest(manifest: &Manifest, device: &Device) -> anyhow::Result<(BuiltTeacher, Solver)> {
+pub fn from_manifest(
+    manifest: &Manifest,
+    device: &Device,
+) -> anyhow::Result<(BuiltTeacher, Solver)> {
     let p = &manifest.teacher.params;
     let text = |k: &str| p.get(k).and_then(|v| v.as_str()).map(str::to_string);
     let (Some(spec), Some(source)) = (text("teacher"), text("dataset")) else {
-        bail!("dataset {:?} does not record how to rebuild its teacher ({} teacher)", manifest.name, manifest.teacher.kind);
+        bail!(
+            "dataset {:?} does not record how to rebuild its teacher ({} teacher)",
+            manifest.name,
+            manifest.teacher.kind
+        );
     };
-    let fit_limit = p.get("fit_limit").and_then(|v| v.as_u64()).map(|v| v as usize);
+    let fit_limit = p
+        .get("fit_limit")
+        .and_then(|v| v.as_u64())
+        .map(|v| v as usize);
     let built = build(&spec, &source, fit_limit, device)?;
     if built.info.checkpoint_hash != manifest.teacher.checkpoint_hash {
         bail!(
@@ -75,6 +102,10 @@ pub fn from_manifest(manifest: &Manifest, device: &Device) -> anyhow::Result<(Bu
             manifest.teacher.checkpoint_hash
         );
     }
-    let solver: Solver = manifest.teacher.solver.parse().map_err(anyhow::Error::msg)?;
+    let solver: Solver = manifest
+        .teacher
+        .solver
+        .parse()
+        .map_err(anyhow::Error::msg)?;
     Ok((built, solver))
 }

@@ -28,13 +28,18 @@ impl std::str::FromStr for Format {
             "csv" => Ok(Format::Csv),
             "json" => Ok(Format::Json),
             "parquet" => Ok(Format::Parquet),
-            other => Err(format!("unknown format {other:?} (table, csv, json, parquet)")),
+            other => Err(format!(
+                "unknown format {other:?} (table, csv, json, parquet)"
+            )),
         }
     }
 }
 
 fn is_vector(t: &DataType) -> bool {
-    matches!(t, DataType::FixedSizeList(..) | DataType::List(_) | DataType::LargeList(_))
+    matches!(
+        t,
+        DataType::FixedSizeList(..) | DataType::List(_) | DataType::LargeList(_)
+    )
 }
 
 /// Vector columns as text: the first `show` entries, then how many more (`show`: None = all).
@@ -50,11 +55,17 @@ pub fn vectors_as_text(batch: &RecordBatch, show: Option<usize>) -> Result<Recor
             columns.push(column.clone());
         }
     }
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?)
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }
 
 fn vector_text(column: &dyn Array, show: Option<usize>) -> Result<StringArray> {
-    let as_list = cast(column, &DataType::List(Arc::new(Field::new_list_field(column_item(column), true))))?;
+    let as_list = cast(
+        column,
+        &DataType::List(Arc::new(Field::new_list_field(column_item(column), true))),
+    )?;
     let list = as_list.as_list::<i32>();
     let options = FormatOptions::default().with_null("NULL");
     let mut out = Vec::with_capacity(list.len());
@@ -78,23 +89,34 @@ fn vector_text(column: &dyn Array, show: Option<usize>) -> Result<StringArray> {
 
 fn column_item(column: &dyn Array) -> DataType {
     match column.data_type() {
-        DataType::FixedSizeList(f, _) | DataType::List(f) | DataType::LargeList(f) => f.data_type().clone(),
+        DataType::FixedSizeList(f, _) | DataType::List(f) | DataType::LargeList(f) => {
+            f.data_type().clone()
+        }
         other => other.clone(),
     }
 }
 
 /// Renders or writes `batches`. `out = None` writes to `stdout` (Parquet needs a file).
-pub fn write(batches: &[RecordBatch], format: Format, out: Option<&Path>, stdout: &mut dyn Write) -> Result<()> {
+pub fn write(
+    batches: &[RecordBatch],
+    format: Format,
+    out: Option<&Path>,
+    stdout: &mut dyn Write,
+) -> Result<()> {
     let name = out.map_or("stdout".to_string(), |p| p.display().to_string());
     let io = |e: std::io::Error| QueryError::Refused(format!("{name}: {e}"));
     if format == Format::Parquet {
         let Some(path) = out else {
-            return Err(QueryError::Refused("--format parquet needs --out FILE".into()));
+            return Err(QueryError::Refused(
+                "--format parquet needs --out FILE".into(),
+            ));
         };
         return write_parquet(batches, path);
     }
     let mut sink: Box<dyn Write> = match out {
-        Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?)),
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(io)?,
+        )),
         None => Box::new(&mut *stdout),
     };
     match format {
@@ -107,7 +129,9 @@ pub fn write(batches: &[RecordBatch], format: Format, out: Option<&Path>, stdout
             writeln!(sink, "{table}").map_err(io)?;
         }
         Format::Csv => {
-            let mut w = datafusion::arrow::csv::WriterBuilder::new().with_header(true).build(&mut sink);
+            let mut w = datafusion::arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut sink);
             for b in batches {
                 w.write(&vectors_as_text(b, None)?)?;
             }
@@ -127,7 +151,10 @@ pub fn write(batches: &[RecordBatch], format: Format, out: Option<&Path>, stdout
 fn write_parquet(batches: &[RecordBatch], path: &Path) -> Result<()> {
     let fail = |e: &dyn std::fmt::Display| QueryError::Refused(format!("{}: {e}", path.display()));
     let file = std::fs::File::create(path).map_err(|e| fail(&e))?;
-    let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| Arc::new(Schema::empty()));
+    let schema = batches
+        .first()
+        .map(|b| b.schema())
+        .unwrap_or_else(|| Arc::new(Schema::empty()));
     let mut w = parquet::arrow::ArrowWriter::try_new(file, schema, None).map_err(|e| fail(&e))?;
     for b in batches {
         w.write(b).map_err(|e| fail(&e))?;

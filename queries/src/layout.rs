@@ -29,7 +29,13 @@ pub struct StudentLayout {
 impl StudentLayout {
     /// The layout for (N, K) on a grid whose first `points` sigmas are the polynomial grid
     /// (an appended sigma = 0 step, if any, comes after them and is not used).
-    pub fn new(sigmas: &[f64], points: usize, n: usize, k: usize, afs: bool) -> Result<StudentLayout> {
+    pub fn new(
+        sigmas: &[f64],
+        points: usize,
+        n: usize,
+        k: usize,
+        afs: bool,
+    ) -> Result<StudentLayout> {
         let intervals = points.saturating_sub(1);
         if n < 2 || k < 1 || intervals == 0 || intervals % (k * (n - 1)) != 0 {
             return Err(QueryError::Layout(format!(
@@ -127,7 +133,9 @@ mod tests {
     #[test]
     fn unsupported_pairs_list_what_works() {
         let g = grid(49);
-        let err = StudentLayout::new(&g, 49, 6, 1, false).unwrap_err().to_string();
+        let err = StudentLayout::new(&g, 49, 6, 1, false)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("K (N-1) must divide 48"), "{err}");
         assert!(err.contains("N=5: K in {1, 2, 3, 4, 6, 12}"), "{err}");
         assert!(!err.contains("N=6:"), "{err}");

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use bdense_store::Dataset;
 use datafusion::arrow::array::{
-    ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, UInt16Array, UInt32Array, UInt64Array,
+    ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, UInt16Array, UInt32Array,
+    UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::datasource::MemTable;
@@ -39,7 +40,11 @@ impl StoreSession {
     /// A session holding just `dataset`.
     pub fn for_dataset(dataset: Dataset) -> Result<StoreSession> {
         let name = dataset_name(&dataset);
-        let store = dataset.dir().parent().map(Path::to_path_buf).unwrap_or_default();
+        let store = dataset
+            .dir()
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         Self::with_datasets(&store, BTreeMap::from([(name, dataset)]))
     }
 
@@ -101,13 +106,23 @@ impl StoreSession {
             .map_err(|e| self.explain_error(e, allow_writes))
     }
 
-    fn explain_error(&self, e: datafusion::error::DataFusionError, allow_writes: bool) -> QueryError {
+    fn explain_error(
+        &self,
+        e: datafusion::error::DataFusionError,
+        allow_writes: bool,
+    ) -> QueryError {
         let root = e.find_root().strip_backtrace();
         if root.contains("not found") && root.contains("table") {
             let tables = self.table_names().join(", ");
-            return QueryError::Refused(format!("{root}; tables in {}: {tables}", self.store.display()));
+            return QueryError::Refused(format!(
+                "{root}; tables in {}: {tables}",
+                self.store.display()
+            ));
         }
-        if !allow_writes && (root.contains("not supported: ") && (root.contains("DDL") || root.contains("DML") || root.contains("Statement"))) {
+        if !allow_writes
+            && (root.contains("not supported: ")
+                && (root.contains("DDL") || root.contains("DML") || root.contains("Statement")))
+        {
             return QueryError::Refused(format!(
                 "{root}: `bdense sql` is read-only; pass --allow-writes to run statements that write or create"
             ));
@@ -128,7 +143,8 @@ pub fn dataset_name(ds: &Dataset) -> String {
 }
 
 fn manifest_table(datasets: &BTreeMap<String, Dataset>) -> Result<MemTable> {
-    let ms: Vec<(&String, &bdense_store::Manifest)> = datasets.iter().map(|(n, d)| (n, d.manifest())).collect();
+    let ms: Vec<(&String, &bdense_store::Manifest)> =
+        datasets.iter().map(|(n, d)| (n, d.manifest())).collect();
     let strings = |f: &dyn Fn(&bdense_store::Manifest) -> String| -> ArrayRef {
         Arc::new(ms.iter().map(|(_, m)| Some(f(m))).collect::<StringArray>())
     };
@@ -142,7 +158,14 @@ fn manifest_table(datasets: &BTreeMap<String, Dataset>) -> Result<MemTable> {
         Arc::new(ms.iter().map(|(_, m)| f(m)).collect::<Float64Array>())
     };
     let columns: Vec<(&str, ArrayRef)> = vec![
-        ("dataset", Arc::new(ms.iter().map(|(n, _)| Some(n.as_str())).collect::<StringArray>())),
+        (
+            "dataset",
+            Arc::new(
+                ms.iter()
+                    .map(|(n, _)| Some(n.as_str()))
+                    .collect::<StringArray>(),
+            ),
+        ),
         ("c", u32s(&|m| m.dims.c)),
         ("h", u32s(&|m| m.dims.h)),
         ("w", u32s(&|m| m.dims.w)),
@@ -152,13 +175,30 @@ fn manifest_table(datasets: &BTreeMap<String, Dataset>) -> Result<MemTable> {
         ("sigma_max", f64s(&|m| m.grid.sigma_max)),
         ("sigma_min", f64s(&|m| m.grid.sigma_min)),
         ("rho", f64s(&|m| m.grid.rho)),
-        ("appends_zero", Arc::new(ms.iter().map(|(_, m)| Some(m.grid.appends_zero)).collect::<BooleanArray>())),
+        (
+            "appends_zero",
+            Arc::new(
+                ms.iter()
+                    .map(|(_, m)| Some(m.grid.appends_zero))
+                    .collect::<BooleanArray>(),
+            ),
+        ),
         ("teacher", strings(&|m| m.teacher.kind.clone())),
         ("solver", strings(&|m| m.teacher.solver.clone())),
         ("solver_order", u32s(&|m| m.teacher.order)),
-        ("checkpoint_hash", strings(&|m| m.teacher.checkpoint_hash.clone().unwrap_or_default())),
+        (
+            "checkpoint_hash",
+            strings(&|m| m.teacher.checkpoint_hash.clone().unwrap_or_default()),
+        ),
         ("base_seed", u64s(&|m| m.seeds.base_seed)),
-        ("has_denoised", Arc::new(ms.iter().map(|(_, m)| Some(m.has_denoised)).collect::<BooleanArray>())),
+        (
+            "has_denoised",
+            Arc::new(
+                ms.iter()
+                    .map(|(_, m)| Some(m.has_denoised))
+                    .collect::<BooleanArray>(),
+            ),
+        ),
         ("trajectories", u64s(&|m| m.trajectories())),
         ("planned", u64s(&|m| m.planned_count)),
         ("shards", u32s(&|m| m.shards.len() as u32)),
@@ -181,19 +221,37 @@ fn grid_table(datasets: &BTreeMap<String, Dataset>) -> Result<MemTable> {
         })
         .collect();
     mem_table(vec![
-        ("dataset", Arc::new(rows.iter().map(|r| Some(r.0)).collect::<StringArray>())),
-        ("step", Arc::new(rows.iter().map(|r| r.1).collect::<UInt16Array>())),
-        ("sigma", Arc::new(rows.iter().map(|r| r.2).collect::<Float64Array>())),
+        (
+            "dataset",
+            Arc::new(rows.iter().map(|r| Some(r.0)).collect::<StringArray>()),
+        ),
+        (
+            "step",
+            Arc::new(rows.iter().map(|r| r.1).collect::<UInt16Array>()),
+        ),
+        (
+            "sigma",
+            Arc::new(rows.iter().map(|r| r.2).collect::<Float64Array>()),
+        ),
     ])
 }
 
 fn mem_table(columns: Vec<(&str, ArrayRef)>) -> Result<MemTable> {
     let fields: Vec<Field> = columns
         .iter()
-        .map(|(n, a)| Field::new(*n, a.data_type().clone(), matches!(a.data_type(), DataType::Utf8)))
+        .map(|(n, a)| {
+            Field::new(
+                *n,
+                a.data_type().clone(),
+                matches!(a.data_type(), DataType::Utf8),
+            )
+        })
         .collect();
     let schema = Arc::new(Schema::new(fields));
-    let batch = RecordBatch::try_new(schema.clone(), columns.into_iter().map(|(_, a)| a).collect())?;
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )?;
     Ok(MemTable::try_new(schema, vec![vec![batch]])?)
 }
 

@@ -56,7 +56,9 @@ impl StepTable {
             })
             .collect();
         StepTable {
-            schema: TableSchema::builder(dataset.schema()).with_table_partition_cols(partition).build(),
+            schema: TableSchema::builder(dataset.schema())
+                .with_table_partition_cols(partition)
+                .build(),
             files,
         }
     }
@@ -90,7 +92,10 @@ impl TableProvider for StepTable {
         TableType::Base
     }
 
-    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
         Ok(filters
             .iter()
             .map(|f| {
@@ -128,7 +133,10 @@ impl TableProvider for StepTable {
             }
         }
         if kept.is_empty() {
-            return Ok(Arc::new(EmptyExec::new(project_schema(&self.schema(), projection)?)));
+            return Ok(Arc::new(EmptyExec::new(project_schema(
+                &self.schema(),
+                projection,
+            )?)));
         }
         let groups = state.config().target_partitions().clamp(1, kept.len());
         let mut grouped: Vec<Vec<PartitionedFile>> = vec![Vec::new(); groups];

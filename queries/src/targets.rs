@@ -15,9 +15,12 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use bdense_store::{Dataset, ShardEntry, schema as cols};
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, Int32Array, RecordBatch, UInt64Array,
+    Array, ArrayRef, AsArray, FixedSizeListArray, Float32Array, Int32Array, RecordBatch,
+    UInt64Array,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Float16Type, Float32Type, Schema, SchemaRef, UInt16Type, UInt64Type};
+use datafusion::arrow::datatypes::{
+    DataType, Field, Float16Type, Float32Type, Schema, SchemaRef, UInt16Type, UInt64Type,
+};
 use datafusion::prelude::{SessionContext, col, lit};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -87,16 +90,23 @@ impl TargetBatch {
     }
 
     fn column(&self, name: &str) -> &dyn Array {
-        self.batch.column_by_name(name).expect("target batch column").as_ref()
+        self.batch
+            .column_by_name(name)
+            .expect("target batch column")
+            .as_ref()
     }
 
     pub fn traj_ids(&self) -> &[u64] {
-        self.column(cols::TRAJ_ID).as_primitive::<UInt64Type>().values()
+        self.column(cols::TRAJ_ID)
+            .as_primitive::<UInt64Type>()
+            .values()
     }
 
     /// Labels, when the dataset has them.
     pub fn labels(&self) -> Option<Vec<i32>> {
-        let l = self.column(cols::LABEL).as_primitive::<datafusion::arrow::datatypes::Int32Type>();
+        let l = self
+            .column(cols::LABEL)
+            .as_primitive::<datafusion::arrow::datatypes::Int32Type>();
         (l.null_count() == 0).then(|| l.values().to_vec())
     }
 
@@ -112,7 +122,9 @@ impl TargetBatch {
 
     /// `[B, N-1, D]`: the teacher's state at each interval's start (teacher forcing).
     pub fn interval_starts(&self) -> Option<&[f32]> {
-        self.batch.column_by_name(INTERVAL_STARTS).map(|c| flat_f32(c.as_ref()))
+        self.batch
+            .column_by_name(INTERVAL_STARTS)
+            .map(|c| flat_f32(c.as_ref()))
     }
 }
 
@@ -125,8 +137,16 @@ fn flat_f32(a: &dyn Array) -> &[f32] {
 }
 
 pub fn target_schema(layout: &StudentLayout, dim: usize, teacher_forcing: bool) -> SchemaRef {
-    let vector = DataType::FixedSizeList(Arc::new(Field::new_list_field(DataType::Float32, false)), dim as i32);
-    let vectors = |n: usize| DataType::FixedSizeList(Arc::new(Field::new_list_field(vector.clone(), false)), n as i32);
+    let vector = DataType::FixedSizeList(
+        Arc::new(Field::new_list_field(DataType::Float32, false)),
+        dim as i32,
+    );
+    let vectors = |n: usize| {
+        DataType::FixedSizeList(
+            Arc::new(Field::new_list_field(vector.clone(), false)),
+            n as i32,
+        )
+    };
     let mut fields = vec![
         Field::new(cols::TRAJ_ID, DataType::UInt64, false),
         Field::new(cols::SEED, DataType::UInt64, false),
@@ -135,7 +155,11 @@ pub fn target_schema(layout: &StudentLayout, dim: usize, teacher_forcing: bool) 
         Field::new(TARGETS, vectors(layout.intervals() * layout.k), false),
     ];
     if teacher_forcing {
-        fields.push(Field::new(INTERVAL_STARTS, vectors(layout.intervals()), false));
+        fields.push(Field::new(
+            INTERVAL_STARTS,
+            vectors(layout.intervals()),
+            false,
+        ));
     }
     Arc::new(Schema::new(fields))
 }
@@ -210,7 +234,13 @@ impl TargetStream {
         if spec.batch == 0 {
             return Err(QueryError::Layout("batch size must be positive".into()));
         }
-        let layout = Arc::new(StudentLayout::new(&m.grid.sigmas, m.grid.points(), spec.n, spec.k, spec.afs)?);
+        let layout = Arc::new(StudentLayout::new(
+            &m.grid.sigmas,
+            m.grid.points(),
+            spec.n,
+            spec.k,
+            spec.afs,
+        )?);
         let steps = layout.steps();
         let mut plans = Vec::with_capacity(m.shards.len());
         for shard in &m.shards {
@@ -322,7 +352,10 @@ struct Producer {
 
 impl Producer {
     fn run(self, start_batch: u64, tx: SyncSender<Result<TargetBatch>>) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         let mut epoch = start_batch / self.batches_per_epoch;
         let mut skip = (start_batch % self.batches_per_epoch) as usize * self.spec.batch;
         while self.spec.epochs.is_none_or(|e| epoch < e) {
@@ -341,12 +374,19 @@ impl Producer {
 
     /// Sends one epoch's batches after skipping `skip` trajectories; false when the consumer
     /// has hung up.
-    async fn run_epoch(&self, epoch: u64, skip: usize, tx: &SyncSender<Result<TargetBatch>>) -> Result<bool> {
+    async fn run_epoch(
+        &self,
+        epoch: u64,
+        skip: usize,
+        tx: &SyncSender<Result<TargetBatch>>,
+    ) -> Result<bool> {
         let order = epoch_order(&self.plans, self.spec.seed, epoch, self.spec.shuffle_buffer);
         let shard_of = |id: u64| {
             self.plans
                 .iter()
-                .position(|p| id >= p.first_id && id < p.first_id + p.row_groups.iter().sum::<usize>() as u64)
+                .position(|p| {
+                    id >= p.first_id && id < p.first_id + p.row_groups.iter().sum::<usize>() as u64
+                })
                 .expect("ids come from the plan")
         };
         let mut loaded: HashMap<usize, LoadedShard> = HashMap::new();
@@ -356,7 +396,10 @@ impl Producer {
             *left.entry(shard_of(id)).or_default() += 1;
         }
         let first_index = epoch * self.batches_per_epoch + (skip / self.spec.batch) as u64;
-        for (i, chunk) in order[skip.min(order.len())..].chunks(self.spec.batch).enumerate() {
+        for (i, chunk) in order[skip.min(order.len())..]
+            .chunks(self.spec.batch)
+            .enumerate()
+        {
             let mut picks = Vec::with_capacity(chunk.len());
             for &id in chunk {
                 let s = shard_of(id);
@@ -405,11 +448,24 @@ impl Producer {
             let ids = batch.column(0).as_primitive::<UInt64Type>();
             let step_col = batch.column(1).as_primitive::<UInt16Type>();
             let seed_col = batch.column(2).as_primitive::<UInt64Type>();
-            let label_col = batch.column(3).as_primitive::<datafusion::arrow::datatypes::Int32Type>();
+            let label_col = batch
+                .column(3)
+                .as_primitive::<datafusion::arrow::datatypes::Int32Type>();
             for r in 0..batch.num_rows() {
-                let row = ids.value(r).checked_sub(plan.first_id).map(|v| v as usize).filter(|&v| v < rows);
+                let row = ids
+                    .value(r)
+                    .checked_sub(plan.first_id)
+                    .map(|v| v as usize)
+                    .filter(|&v| v < rows);
                 let (Some(row), Some(&slot)) = (row, slot_of.get(&step_col.value(r))) else {
-                    return Err(self.corrupt(plan, format!("unexpected row (trajectory {}, step {})", ids.value(r), step_col.value(r))));
+                    return Err(self.corrupt(
+                        plan,
+                        format!(
+                            "unexpected row (trajectory {}, step {})",
+                            ids.value(r),
+                            step_col.value(r)
+                        ),
+                    ));
                 };
                 cells[slot * rows + row] = (b as u32, r as u32);
                 if slot == 0 {
@@ -422,7 +478,11 @@ impl Producer {
             let (slot, row) = (missing / rows, missing % rows);
             return Err(self.corrupt(
                 plan,
-                format!("trajectory {} has no state at step {}", plan.first_id + row as u64, steps[slot]),
+                format!(
+                    "trajectory {} has no state at step {}",
+                    plan.first_id + row as u64,
+                    steps[slot]
+                ),
             ));
         }
         Ok(LoadedShard {
@@ -454,12 +514,23 @@ impl Producer {
     ) -> Result<TargetBatch> {
         let layout = &self.layout;
         let slots = layout.steps().len();
-        let dim = loaded.values().next().map(|s| vector_len(&s.batches[0])).unwrap_or(0);
+        let dim = loaded
+            .values()
+            .next()
+            .map(|s| vector_len(&s.batches[0]))
+            .unwrap_or(0);
         let b = picks.len();
         let mut start = Vec::with_capacity(b * dim);
         let mut targets = Vec::with_capacity(b * (slots - 1) * dim);
-        let mut interval_starts = self.spec.teacher_forcing.then(|| Vec::with_capacity(b * layout.intervals() * dim));
-        let (mut ids, mut seeds, mut labels) = (Vec::with_capacity(b), Vec::with_capacity(b), Vec::with_capacity(b));
+        let mut interval_starts = self
+            .spec
+            .teacher_forcing
+            .then(|| Vec::with_capacity(b * layout.intervals() * dim));
+        let (mut ids, mut seeds, mut labels) = (
+            Vec::with_capacity(b),
+            Vec::with_capacity(b),
+            Vec::with_capacity(b),
+        );
         for &(s, id) in picks {
             let shard = &loaded[&s];
             let row = (id - shard.first_id) as usize;
@@ -512,19 +583,26 @@ fn extend_vector(batch: &RecordBatch, r: usize, out: &mut Vec<f32>) {
             let v = &values.as_primitive::<Float16Type>().values()[r * n..(r + 1) * n];
             out.extend(v.iter().map(|h| h.to_f32()));
         }
-        _ => out.extend_from_slice(&values.as_primitive::<Float32Type>().values()[r * n..(r + 1) * n]),
+        _ => out
+            .extend_from_slice(&values.as_primitive::<Float32Type>().values()[r * n..(r + 1) * n]),
     }
 }
 
 /// `values` as `[rows][dim]` vectors, or as `[rows][per_row][dim]` when `per_row` is given.
 fn vectors(values: Vec<f32>, dim: usize, per_row: Option<usize>) -> ArrayRef {
     let item = Arc::new(Field::new_list_field(DataType::Float32, false));
-    let inner = FixedSizeListArray::new(item, dim as i32, Arc::new(Float32Array::from(values)), None);
+    let inner =
+        FixedSizeListArray::new(item, dim as i32, Arc::new(Float32Array::from(values)), None);
     match per_row {
         None => Arc::new(inner),
         Some(n) => {
             let field = Arc::new(Field::new_list_field(inner.data_type().clone(), false));
-            Arc::new(FixedSizeListArray::new(field, n as i32, Arc::new(inner), None))
+            Arc::new(FixedSizeListArray::new(
+                field,
+                n as i32,
+                Arc::new(inner),
+                None,
+            ))
         }
     }
 }

@@ -7,15 +7,17 @@ use std::sync::Arc;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, FixedSizeListArray, Float32Array, Float64Array,
 };
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float16Type, Float32Type, Float64Type, UInt64Type};
+use datafusion::arrow::datatypes::{
+    DataType, Field, FieldRef, Float16Type, Float32Type, Float64Type, UInt64Type,
+};
 use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
-use datafusion::prelude::SessionContext;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::format_state_name;
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
-    Signature, Volatility,
+    Accumulator, AggregateUDF, AggregateUDFImpl, ColumnarValue, ScalarFunctionArgs, ScalarUDF,
+    ScalarUDFImpl, Signature, Volatility,
 };
+use datafusion::prelude::SessionContext;
 
 /// How a scalar vector function reduces its argument(s).
 #[derive(Debug, Clone, Copy)]
@@ -35,11 +37,18 @@ impl Kernel {
 }
 
 fn l2(x: &[f32]) -> f64 {
-    x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt()
+    x.iter()
+        .map(|&v| (v as f64) * (v as f64))
+        .sum::<f64>()
+        .sqrt()
 }
 
 fn l2_dist(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(&p, &q)| (p as f64 - q as f64).powi(2)).sum::<f64>().sqrt()
+    a.iter()
+        .zip(b)
+        .map(|(&p, &q)| (p as f64 - q as f64).powi(2))
+        .sum::<f64>()
+        .sqrt()
 }
 
 fn cos_sim(a: &[f32], b: &[f32]) -> f64 {
@@ -122,7 +131,11 @@ impl ScalarUDFImpl for VectorUdf {
     fn coerce_types(&self, types: &[DataType]) -> Result<Vec<DataType>> {
         let name = self.name;
         if types.len() != self.kernel.arity() {
-            return plan_err!("{name} takes {} vector argument(s), got {}", self.kernel.arity(), types.len());
+            return plan_err!(
+                "{name} takes {} vector argument(s), got {}",
+                self.kernel.arity(),
+                types.len()
+            );
         }
         let Some(n) = types.iter().find_map(|t| match t {
             DataType::FixedSizeList(_, n) => Some(*n),
@@ -133,12 +146,18 @@ impl ScalarUDFImpl for VectorUdf {
         types
             .iter()
             .map(|t| match t {
-                DataType::FixedSizeList(f, m) if *m == n && f.data_type() == &DataType::Float32 => Ok(t.clone()),
-                DataType::FixedSizeList(f, m) if *m == n && f.data_type().is_floating() => Ok(f32_vector(n)),
+                DataType::FixedSizeList(f, m) if *m == n && f.data_type() == &DataType::Float32 => {
+                    Ok(t.clone())
+                }
+                DataType::FixedSizeList(f, m) if *m == n && f.data_type().is_floating() => {
+                    Ok(f32_vector(n))
+                }
                 DataType::FixedSizeList(_, m) if *m != n => {
                     plan_err!("{name}: vectors of different lengths ({n} and {m})")
                 }
-                DataType::List(f) | DataType::LargeList(f) if f.data_type().is_numeric() => Ok(f32_vector(n)),
+                DataType::List(f) | DataType::LargeList(f) if f.data_type().is_numeric() => {
+                    Ok(f32_vector(n))
+                }
                 DataType::Null => Ok(f32_vector(n)),
                 other => plan_err!("{name}: unsupported argument type {other}"),
             })
@@ -172,13 +191,21 @@ impl ScalarUDFImpl for VectorUdf {
             (!list.is_null(r)).then(|| &values[a][r * n..(r + 1) * n])
         };
         let out: ArrayRef = match self.kernel {
-            Kernel::Unary(f) => Arc::new((0..rows).map(|r| row(0, r).map(f)).collect::<Float64Array>()),
+            Kernel::Unary(f) => Arc::new(
+                (0..rows)
+                    .map(|r| row(0, r).map(f))
+                    .collect::<Float64Array>(),
+            ),
             Kernel::Binary(f) => Arc::new(
                 (0..rows)
                     .map(|r| Some(f(row(0, r)?, row(1, r)?)))
                     .collect::<Float64Array>(),
             ),
-            Kernel::Predicate(f) => Arc::new((0..rows).map(|r| row(0, r).map(f)).collect::<BooleanArray>()),
+            Kernel::Predicate(f) => Arc::new(
+                (0..rows)
+                    .map(|r| row(0, r).map(f))
+                    .collect::<BooleanArray>(),
+            ),
         };
         Ok(if all_scalar {
             ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
@@ -208,14 +235,24 @@ pub fn aggregate_functions() -> Vec<AggregateUDF> {
 
 /// Registers every function here; names are unique (tested).
 pub fn register_all(ctx: &SessionContext) {
-    scalar_functions().into_iter().for_each(|f| ctx.register_udf(f));
-    aggregate_functions().into_iter().for_each(|f| ctx.register_udaf(f));
+    scalar_functions()
+        .into_iter()
+        .for_each(|f| ctx.register_udf(f));
+    aggregate_functions()
+        .into_iter()
+        .for_each(|f| ctx.register_udaf(f));
 }
 
 /// Every function name this module registers.
 pub fn names() -> Vec<String> {
     let scalar = scalar_functions().into_iter().map(|f| f.name().to_string());
-    scalar.chain(aggregate_functions().into_iter().map(|f| f.name().to_string())).collect()
+    scalar
+        .chain(
+            aggregate_functions()
+                .into_iter()
+                .map(|f| f.name().to_string()),
+        )
+        .collect()
 }
 
 fn item(t: DataType) -> FieldRef {
@@ -230,7 +267,11 @@ pub struct VecAvg {
 
 fn vector_len(name: &str, t: &DataType) -> Result<i32> {
     match t {
-        DataType::FixedSizeList(f, n) if matches!(f.data_type(), DataType::Float32 | DataType::Float16) => Ok(*n),
+        DataType::FixedSizeList(f, n)
+            if matches!(f.data_type(), DataType::Float32 | DataType::Float16) =>
+        {
+            Ok(*n)
+        }
         other => plan_err!("{name}: expected a vector of f32 or f16, got {other}"),
     }
 }
@@ -245,7 +286,10 @@ impl AggregateUDFImpl for VecAvg {
     }
 
     fn return_type(&self, types: &[DataType]) -> Result<DataType> {
-        Ok(DataType::FixedSizeList(item(DataType::Float32), vector_len("vec_avg", &types[0])?))
+        Ok(DataType::FixedSizeList(
+            item(DataType::Float32),
+            vector_len("vec_avg", &types[0])?,
+        ))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
@@ -256,7 +300,11 @@ impl AggregateUDFImpl for VecAvg {
                 DataType::FixedSizeList(item(DataType::Float64), n),
                 true,
             )),
-            Arc::new(Field::new(format_state_name(args.name, "count"), DataType::UInt64, true)),
+            Arc::new(Field::new(
+                format_state_name(args.name, "count"),
+                DataType::UInt64,
+                true,
+            )),
         ])
     }
 
@@ -278,7 +326,12 @@ struct VecAvgAccumulator {
 }
 
 impl VecAvgAccumulator {
-    fn add_rows<T: Copy>(&mut self, list: &FixedSizeListArray, values: &[T], to_f64: impl Fn(T) -> f64) {
+    fn add_rows<T: Copy>(
+        &mut self,
+        list: &FixedSizeListArray,
+        values: &[T],
+        to_f64: impl Fn(T) -> f64,
+    ) {
         let n = self.n as usize;
         for r in (0..list.len()).filter(|&r| !list.is_null(r)) {
             for (s, &v) in self.sum.iter_mut().zip(&values[r * n..(r + 1) * n]) {
@@ -345,7 +398,8 @@ impl Accumulator for VecAvgAccumulator {
         }
         let c = self.count as f64;
         let avg: Float32Array = self.sum.iter().map(|s| (s / c) as f32).collect();
-        let list = FixedSizeListArray::try_new(item(DataType::Float32), self.n, Arc::new(avg), None)?;
+        let list =
+            FixedSizeListArray::try_new(item(DataType::Float32), self.n, Arc::new(avg), None)?;
         Ok(ScalarValue::FixedSizeList(Arc::new(list)))
     }
 

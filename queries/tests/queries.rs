@@ -30,7 +30,15 @@ fn spec(name: &str, count: u64, points: usize, dtype: Dtype) -> SyntheticSpec {
 }
 
 fn sql(session: &StoreSession, query: &str) -> Vec<RecordBatch> {
-    runtime().block_on(async { session.sql(query, false).await.unwrap().collect().await.unwrap() })
+    runtime().block_on(async {
+        session
+            .sql(query, false)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap()
+    })
 }
 
 fn f64_column(batches: &[RecordBatch], i: usize) -> Vec<Option<f64>> {
@@ -44,7 +52,10 @@ fn f64_column(batches: &[RecordBatch], i: usize) -> Vec<Option<f64>> {
 }
 
 fn u64_column(batches: &[RecordBatch], i: usize) -> Vec<u64> {
-    batches.iter().flat_map(|b| b.column(i).as_primitive::<UInt64Type>().values().to_vec()).collect()
+    batches
+        .iter()
+        .flat_map(|b| b.column(i).as_primitive::<UInt64Type>().values().to_vec())
+        .collect()
 }
 
 /// `x` of every trajectory at `step`, by id, read from the store directly.
@@ -92,8 +103,23 @@ fn check_udfs(dtype: Dtype) {
     let (x3, x5) = (states(&ds, 3), states(&ds, 5));
     let ids = u64_column(&rows, 0);
     assert_eq!(ids, (0..40).collect::<Vec<_>>());
-    let (l2, dist, cos, mean, std) = (f64_column(&rows, 1), f64_column(&rows, 2), f64_column(&rows, 3), f64_column(&rows, 4), f64_column(&rows, 5));
-    let finite: Vec<bool> = rows.iter().flat_map(|b| b.column(6).as_boolean().iter().map(|v| v.unwrap()).collect::<Vec<_>>()).collect();
+    let (l2, dist, cos, mean, std) = (
+        f64_column(&rows, 1),
+        f64_column(&rows, 2),
+        f64_column(&rows, 3),
+        f64_column(&rows, 4),
+        f64_column(&rows, 5),
+    );
+    let finite: Vec<bool> = rows
+        .iter()
+        .flat_map(|b| {
+            b.column(6)
+                .as_boolean()
+                .iter()
+                .map(|v| v.unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
     for id in 0..40 {
         let (a, b) = (&x3[id], &x5[id]);
         let a64: Vec<f64> = a.iter().map(|&v| v as f64).collect();
@@ -102,23 +128,49 @@ fn check_udfs(dtype: Dtype) {
         let m = a64.iter().sum::<f64>() / 6.0;
         let expect = [
             norm(&a64),
-            a64.iter().zip(&b64).map(|(p, q)| (p - q).powi(2)).sum::<f64>().sqrt(),
+            a64.iter()
+                .zip(&b64)
+                .map(|(p, q)| (p - q).powi(2))
+                .sum::<f64>()
+                .sqrt(),
             a64.iter().zip(&b64).map(|(p, q)| p * q).sum::<f64>() / (norm(&a64) * norm(&b64)),
             m,
             (a64.iter().map(|v| (v - m).powi(2)).sum::<f64>() / 6.0).sqrt(),
         ];
-        let got = [l2[id].unwrap(), dist[id].unwrap(), cos[id].unwrap(), mean[id].unwrap(), std[id].unwrap()];
-        for (name, (g, e)) in ["l2", "l2_dist", "cos_sim", "vmean", "vstd"].iter().zip(got.iter().zip(expect)) {
-            assert!(close(*g, e), "{dtype} {name} of trajectory {id}: {g} vs {e}");
+        let got = [
+            l2[id].unwrap(),
+            dist[id].unwrap(),
+            cos[id].unwrap(),
+            mean[id].unwrap(),
+            std[id].unwrap(),
+        ];
+        for (name, (g, e)) in ["l2", "l2_dist", "cos_sim", "vmean", "vstd"]
+            .iter()
+            .zip(got.iter().zip(expect))
+        {
+            assert!(
+                close(*g, e),
+                "{dtype} {name} of trajectory {id}: {g} vs {e}"
+            );
         }
-        assert_eq!(finite[id], a.iter().all(|v| v.is_finite()), "all_finite of {id}");
+        assert_eq!(
+            finite[id],
+            a.iter().all(|v| v.is_finite()),
+            "all_finite of {id}"
+        );
     }
-    assert!(l2[21].unwrap().is_nan() && !finite[21], "a NaN propagates into l2 and all_finite");
+    assert!(
+        l2[21].unwrap().is_nan() && !finite[21],
+        "a NaN propagates into l2 and all_finite"
+    );
 
     // The aggregate: the element-wise mean of the final states.
     let rows = sql(&session, "SELECT vec_avg(x) FROM g WHERE step = 8");
     let avg = rows[0].column(0).as_fixed_size_list();
-    let got = avg.values().as_primitive::<bdense_queries::datafusion::arrow::datatypes::Float32Type>().values();
+    let got = avg
+        .values()
+        .as_primitive::<bdense_queries::datafusion::arrow::datatypes::Float32Type>()
+        .values();
     let x8 = states(&ds, 8);
     for j in 0..6 {
         let e = x8.iter().map(|v| v[j] as f64).sum::<f64>() / 40.0;
@@ -139,11 +191,23 @@ fn vector_udfs_match_direct_computation_f16() {
 #[test]
 fn udf_names_are_unique_and_literals_work() {
     let names = bdense_queries::udf::names();
-    assert_eq!(names.iter().collect::<HashSet<_>>().len(), names.len(), "{names:?}");
+    assert_eq!(
+        names.iter().collect::<HashSet<_>>().len(),
+        names.len(),
+        "{names:?}"
+    );
     let tmp = tempfile::tempdir().unwrap();
-    write_gaussian(&tmp.path().join("g"), &spec("g", 16, 5, Dtype::F32), WriteOptions::default()).unwrap();
+    write_gaussian(
+        &tmp.path().join("g"),
+        &spec("g", 16, 5, Dtype::F32),
+        WriteOptions::default(),
+    )
+    .unwrap();
     let session = StoreSession::open(tmp.path()).unwrap();
-    let rows = sql(&session, "SELECT l2_dist(x, [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]) - l2(x) FROM g WHERE step = 2");
+    let rows = sql(
+        &session,
+        "SELECT l2_dist(x, [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]) - l2(x) FROM g WHERE step = 2",
+    );
     assert!(f64_column(&rows, 0).iter().all(|v| v.unwrap().abs() < 1e-9));
 }
 
@@ -154,13 +218,23 @@ fn readme_questions_answer_what_direct_reads_give() {
     let session = StoreSession::open(tmp.path()).unwrap();
 
     // Norm of x per step.
-    let rows = sql(&session, "SELECT step, avg(l2(x)) FROM g GROUP BY step ORDER BY step");
+    let rows = sql(
+        &session,
+        "SELECT step, avg(l2(x)) FROM g GROUP BY step ORDER BY step",
+    );
     let got = f64_column(&rows, 1);
     for step in [0u16, 4, 8] {
         let xs = states(&ds, step);
-        let finite: Vec<f64> = xs.iter().map(|v| v.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt()).collect();
+        let finite: Vec<f64> = xs
+            .iter()
+            .map(|v| v.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt())
+            .collect();
         let e = finite.iter().sum::<f64>() / finite.len() as f64;
-        assert!(close(got[step as usize].unwrap(), e) || (e.is_nan() && got[step as usize].unwrap().is_nan()), "step {step}");
+        assert!(
+            close(got[step as usize].unwrap(), e)
+                || (e.is_nan() && got[step as usize].unwrap().is_nan()),
+            "step {step}"
+        );
     }
 
     // Straightness of each trajectory: endpoint displacement over path length.
@@ -173,61 +247,138 @@ fn readme_questions_answer_what_direct_reads_give() {
     );
     let all: Vec<Vec<Vec<f32>>> = (0..9).map(|s| states(&ds, s)).collect();
     let got = f64_column(&rows, 1);
-    let dist = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(p, q)| (*p as f64 - *q as f64).powi(2)).sum::<f64>().sqrt();
+    let dist = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(p, q)| (*p as f64 - *q as f64).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
     for id in [0usize, 7, 33] {
         let path: f64 = (0..8).map(|s| dist(&all[s][id], &all[s + 1][id])).sum();
         let e = dist(&all[0][id], &all[8][id]) / path;
-        assert!(close(got[id].unwrap(), e), "straightness of {id}: {:?} vs {e}", got[id]);
+        assert!(
+            close(got[id].unwrap(), e),
+            "straightness of {id}: {:?} vs {e}",
+            got[id]
+        );
         assert!(e > 0.0 && e <= 1.0 + 1e-9);
     }
 
     // Which trajectories hold NaN or Inf.
-    let rows = sql(&session, "SELECT DISTINCT traj_id FROM g WHERE NOT all_finite(x) ORDER BY traj_id");
+    let rows = sql(
+        &session,
+        "SELECT DISTINCT traj_id FROM g WHERE NOT all_finite(x) ORDER BY traj_id",
+    );
     assert_eq!(u64_column(&rows, 0), vec![17, 21]);
 
     // Duplicate seeds: none in a healthy dataset.
-    let rows = sql(&session, "SELECT seed, count(*) FROM g WHERE step = 0 GROUP BY seed HAVING count(*) > 1");
+    let rows = sql(
+        &session,
+        "SELECT seed, count(*) FROM g WHERE step = 0 GROUP BY seed HAVING count(*) > 1",
+    );
     assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
 
     // Per-label statistics: labels are traj_id % 3.
-    let rows = sql(&session, "SELECT label, count(*) AS n, avg(vmean(x)) FROM g WHERE step = 8 GROUP BY label ORDER BY label");
-    let counts: Vec<i64> = rows.iter().flat_map(|b| b.column(1).as_primitive::<bdense_queries::datafusion::arrow::datatypes::Int64Type>().values().to_vec()).collect();
+    let rows = sql(
+        &session,
+        "SELECT label, count(*) AS n, avg(vmean(x)) FROM g WHERE step = 8 GROUP BY label ORDER BY label",
+    );
+    let counts: Vec<i64> = rows
+        .iter()
+        .flat_map(|b| {
+            b.column(1)
+                .as_primitive::<bdense_queries::datafusion::arrow::datatypes::Int64Type>()
+                .values()
+                .to_vec()
+        })
+        .collect();
     assert_eq!(counts, vec![14, 13, 13]);
     let x8 = states(&ds, 8);
-    let e: f64 = (0..40).filter(|i| i % 3 == 1).map(|i| x8[i].iter().map(|&v| v as f64).sum::<f64>() / 6.0).sum::<f64>() / 13.0;
+    let e: f64 = (0..40)
+        .filter(|i| i % 3 == 1)
+        .map(|i| x8[i].iter().map(|&v| v as f64).sum::<f64>() / 6.0)
+        .sum::<f64>()
+        / 13.0;
     assert!(close(f64_column(&rows, 2)[1].unwrap(), e));
 }
 
 #[test]
 fn queries_read_only_committed_files_and_prune_steps() {
     let tmp = tempfile::tempdir().unwrap();
-    let ds = write_gaussian(&tmp.path().join("g"), &spec("g", 32, 9, Dtype::F32), WriteOptions::default()).unwrap();
+    let ds = write_gaussian(
+        &tmp.path().join("g"),
+        &spec("g", 32, 9, Dtype::F32),
+        WriteOptions::default(),
+    )
+    .unwrap();
     // A stray file in a partition must not show up.
-    std::fs::copy(ds.file_path(&ds.shards()[0].files[2]), tmp.path().join("g/step=0002/shard-00007.parquet")).unwrap();
+    std::fs::copy(
+        ds.file_path(&ds.shards()[0].files[2]),
+        tmp.path().join("g/step=0002/shard-00007.parquet"),
+    )
+    .unwrap();
     let session = StoreSession::open(tmp.path()).unwrap();
     let rows = sql(&session, "SELECT count(*) FROM g WHERE step = 2");
-    assert_eq!(rows[0].column(0).as_primitive::<bdense_queries::datafusion::arrow::datatypes::Int64Type>().value(0), 32);
+    assert_eq!(
+        rows[0]
+            .column(0)
+            .as_primitive::<bdense_queries::datafusion::arrow::datatypes::Int64Type>()
+            .value(0),
+        32
+    );
     // Pruning: only the files of the selected steps are scanned.
-    let plan = sql(&session, "EXPLAIN SELECT count(x) FROM g WHERE step IN (1, 7)");
-    let text = bdense_queries::datafusion::arrow::util::pretty::pretty_format_batches(&plan).unwrap().to_string();
-    assert!(text.contains("step=0001") && text.contains("step=0007"), "{text}");
-    assert!(!text.contains("step=0002") && !text.contains("step=0000"), "{text}");
-    let grid = sql(&session, "SELECT sigma FROM grid WHERE dataset = 'g' ORDER BY step");
-    assert_eq!(f64_column(&grid, 0).iter().map(|v| v.unwrap()).collect::<Vec<_>>(), sigmas(9));
+    let plan = sql(
+        &session,
+        "EXPLAIN SELECT count(x) FROM g WHERE step IN (1, 7)",
+    );
+    let text = bdense_queries::datafusion::arrow::util::pretty::pretty_format_batches(&plan)
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains("step=0001") && text.contains("step=0007"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("step=0002") && !text.contains("step=0000"),
+        "{text}"
+    );
+    let grid = sql(
+        &session,
+        "SELECT sigma FROM grid WHERE dataset = 'g' ORDER BY step",
+    );
+    assert_eq!(
+        f64_column(&grid, 0)
+            .iter()
+            .map(|v| v.unwrap())
+            .collect::<Vec<_>>(),
+        sigmas(9)
+    );
 }
 
 /// Every batch of one epoch of the stream.
 fn epoch(ds: &Dataset, spec: &TargetSpec) -> Vec<bdense_queries::TargetBatch> {
     let mut s = spec.clone();
     s.epochs = Some(1);
-    TargetStream::open(ds.clone(), &s, 0).unwrap().map(|b| b.unwrap()).collect()
+    TargetStream::open(ds.clone(), &s, 0)
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect()
 }
 
 #[test]
 fn branch_targets_equal_the_stored_states() {
     let tmp = tempfile::tempdir().unwrap();
     // 25 points: K (N-1) | 24 for all four layouts below.
-    let ds = write_gaussian(&tmp.path().join("g"), &spec("g", 70, 25, Dtype::F32), WriteOptions { row_group_rows: 8, ..WriteOptions::default() }).unwrap();
+    let ds = write_gaussian(
+        &tmp.path().join("g"),
+        &spec("g", 70, 25, Dtype::F32),
+        WriteOptions {
+            row_group_rows: 8,
+            ..WriteOptions::default()
+        },
+    )
+    .unwrap();
     let all: Vec<Vec<Vec<f32>>> = (0..25).map(|s| states(&ds, s)).collect();
     for (n, k) in [(4, 4), (3, 4), (4, 2), (4, 1)] {
         let mut spec = TargetSpec::new(n, k, 16, 7);
@@ -237,7 +388,10 @@ fn branch_targets_equal_the_stored_states() {
         let layout = StudentLayout::new(&sigmas(25), 25, n, k, false).unwrap();
         let coarse = sigmas(k * (n - 1) + 1);
         for (i, s) in layout.timestamps.iter().enumerate() {
-            assert!((sigmas(25)[*s as usize] - coarse[i * k]).abs() < 1e-9, "timestamp {i} follows the student grid formula");
+            assert!(
+                (sigmas(25)[*s as usize] - coarse[i * k]).abs() < 1e-9,
+                "timestamp {i} follows the student grid formula"
+            );
         }
         let mut seen = Vec::new();
         for b in &batches {
@@ -250,27 +404,49 @@ fn branch_targets_equal_the_stored_states() {
                     for j in 0..k {
                         let step = layout.targets[i][j] as usize;
                         let at = ((r * (n - 1) + i) * k + j) * 6;
-                        assert_eq!(&targets[at..at + 6], &all[step][id][..], "(N,K)=({n},{k}) target {i},{j} of {id}");
+                        assert_eq!(
+                            &targets[at..at + 6],
+                            &all[step][id][..],
+                            "(N,K)=({n},{k}) target {i},{j} of {id}"
+                        );
                     }
                     let at = (r * (n - 1) + i) * 6;
-                    assert_eq!(&starts[at..at + 6], &all[layout.timestamps[i] as usize][id][..]);
+                    assert_eq!(
+                        &starts[at..at + 6],
+                        &all[layout.timestamps[i] as usize][id][..]
+                    );
                 }
                 seen.push(id);
             }
         }
         seen.sort();
-        assert_eq!(seen, (0..70).collect::<Vec<_>>(), "(N,K)=({n},{k}): every trajectory exactly once per epoch");
+        assert_eq!(
+            seen,
+            (0..70).collect::<Vec<_>>(),
+            "(N,K)=({n},{k}): every trajectory exactly once per epoch"
+        );
     }
 }
 
 #[test]
 fn target_order_is_reproducible_by_seed_and_resumable() {
     let tmp = tempfile::tempdir().unwrap();
-    let ds = write_gaussian(&tmp.path().join("g"), &spec("g", 80, 13, Dtype::F32), WriteOptions { row_group_rows: 8, ..WriteOptions::default() }).unwrap();
+    let ds = write_gaussian(
+        &tmp.path().join("g"),
+        &spec("g", 80, 13, Dtype::F32),
+        WriteOptions {
+            row_group_rows: 8,
+            ..WriteOptions::default()
+        },
+    )
+    .unwrap();
     let order = |seed: u64| -> Vec<u64> {
         let mut s = TargetSpec::new(4, 2, 16, seed);
         s.shuffle_buffer = 24;
-        epoch(&ds, &s).iter().flat_map(|b| b.traj_ids().to_vec()).collect()
+        epoch(&ds, &s)
+            .iter()
+            .flat_map(|b| b.traj_ids().to_vec())
+            .collect()
     };
     assert_eq!(order(3), order(3));
     assert_ne!(order(3), order(4));
@@ -279,9 +455,13 @@ fn target_order_is_reproducible_by_seed_and_resumable() {
     let mut s = TargetSpec::new(4, 2, 16, 3);
     s.shuffle_buffer = 24;
     let mut whole = TargetStream::open(ds.clone(), &s, 0).unwrap();
-    let first: Vec<Vec<u64>> = (0..12).map(|_| whole.next_batch().unwrap().unwrap().traj_ids().to_vec()).collect();
+    let first: Vec<Vec<u64>> = (0..12)
+        .map(|_| whole.next_batch().unwrap().unwrap().traj_ids().to_vec())
+        .collect();
     let mut resumed = TargetStream::open(ds.clone(), &s, 7).unwrap();
-    let rest: Vec<Vec<u64>> = (0..5).map(|_| resumed.next_batch().unwrap().unwrap().traj_ids().to_vec()).collect();
+    let rest: Vec<Vec<u64>> = (0..5)
+        .map(|_| resumed.next_batch().unwrap().unwrap().traj_ids().to_vec())
+        .collect();
     assert_eq!(&first[7..], &rest[..]);
     assert_eq!(resumed.position(), 12);
 }
@@ -289,16 +469,45 @@ fn target_order_is_reproducible_by_seed_and_resumable() {
 #[test]
 fn bad_layouts_and_datasets_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
-    let ds = write_gaussian(&tmp.path().join("g"), &spec("g", 32, 13, Dtype::F32), WriteOptions::default()).unwrap();
-    let err = TargetStream::open(ds.clone(), &TargetSpec::new(5, 2, 8, 0), 0).err().unwrap().to_string();
-    assert!(err.contains("K (N-1) must divide 12") && err.contains("N=4: K in {1, 2, 4}"), "{err}");
+    let ds = write_gaussian(
+        &tmp.path().join("g"),
+        &spec("g", 32, 13, Dtype::F32),
+        WriteOptions::default(),
+    )
+    .unwrap();
+    let err = TargetStream::open(ds.clone(), &TargetSpec::new(5, 2, 8, 0), 0)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("K (N-1) must divide 12") && err.contains("N=4: K in {1, 2, 4}"),
+        "{err}"
+    );
 
     let empty_spec = spec("e", 32, 13, Dtype::F32);
-    DatasetWriter::create(&tmp.path().join("e"), empty_spec.dataset_spec(), WriteOptions::default()).unwrap();
-    let err = TargetStream::open(Dataset::open(&tmp.path().join("e")).unwrap(), &TargetSpec::new(4, 1, 8, 0), 0).err().unwrap().to_string();
+    DatasetWriter::create(
+        &tmp.path().join("e"),
+        empty_spec.dataset_spec(),
+        WriteOptions::default(),
+    )
+    .unwrap();
+    let err = TargetStream::open(
+        Dataset::open(&tmp.path().join("e")).unwrap(),
+        &TargetSpec::new(4, 1, 8, 0),
+        0,
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(err.contains("no committed trajectories"), "{err}");
 
     std::fs::remove_dir_all(tmp.path().join("g/step=0008")).unwrap();
-    let err = TargetStream::open(ds, &TargetSpec::new(4, 2, 8, 0), 0).err().unwrap().to_string();
-    assert!(err.contains("step=0008/shard-00000.parquet is missing"), "{err}");
+    let err = TargetStream::open(ds, &TargetSpec::new(4, 2, 8, 0), 0)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("step=0008/shard-00000.parquet is missing"),
+        "{err}"
+    );
 }

@@ -28,7 +28,9 @@ pub use arrow;
 pub use parquet;
 
 pub use error::{Result, StoreError};
-pub use manifest::{Dims, Dtype, FileEntry, GridInfo, Manifest, Provenance, SeedPolicy, ShardEntry};
+pub use manifest::{
+    Dims, Dtype, FileEntry, GridInfo, Manifest, Provenance, SeedPolicy, ShardEntry,
+};
 pub use reader::{Dataset, StateView, StepBatch, Trajectory};
 pub use writer::{DatasetSpec, DatasetWriter, ShardData, WriteOptions};
 

@@ -240,8 +240,11 @@ impl Manifest {
         struct VersionOnly {
             format_version: u32,
         }
-        let version: VersionOnly = serde_json::from_slice(&text)
-            .map_err(|source| StoreError::ManifestJson { path: path.clone(), source })?;
+        let version: VersionOnly =
+            serde_json::from_slice(&text).map_err(|source| StoreError::ManifestJson {
+                path: path.clone(),
+                source,
+            })?;
         if version.format_version > FORMAT_VERSION {
             return Err(StoreError::NewerFormat {
                 path,
@@ -249,8 +252,11 @@ impl Manifest {
                 supported: FORMAT_VERSION,
             });
         }
-        let manifest: Manifest = serde_json::from_slice(&text)
-            .map_err(|source| StoreError::ManifestJson { path: path.clone(), source })?;
+        let manifest: Manifest =
+            serde_json::from_slice(&text).map_err(|source| StoreError::ManifestJson {
+                path: path.clone(),
+                source,
+            })?;
         manifest.check(&path)?;
         Ok(manifest)
     }

@@ -148,8 +148,8 @@ impl Dataset {
     /// Opens a step file for reading and checks that it is one of ours.
     pub fn open_file(&self, path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
         let file = File::open(path).map_err(|e| StoreError::io(path, e))?;
-        let builder =
-            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| StoreError::parquet(path, e))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| StoreError::parquet(path, e))?;
         if let Some(problem) = schema::schema_mismatch(&self.schema, builder.schema()) {
             return Err(StoreError::schema(path, problem));
         }
@@ -189,7 +189,10 @@ impl Dataset {
             if b.traj_ids()[row_in_group] != traj_id {
                 return Err(StoreError::invalid(
                     &b.path,
-                    format!("row {row} holds trajectory {} instead of {traj_id}", b.traj_ids()[row_in_group]),
+                    format!(
+                        "row {row} holds trajectory {} instead of {traj_id}",
+                        b.traj_ids()[row_in_group]
+                    ),
                 ));
             }
             states.extend_from_slice(&b.x()[row_in_group * dim..(row_in_group + 1) * dim]);

@@ -56,7 +56,12 @@ pub fn manifest_schema(m: &Manifest) -> SchemaRef {
 /// Describes how `found` differs from `expected`, or `None` when they match. Field metadata
 /// and the nullability of list items are ignored (other writers set them differently).
 pub fn schema_mismatch(expected: &Schema, found: &Schema) -> Option<String> {
-    let names = |s: &Schema| s.fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>();
+    let names = |s: &Schema| {
+        s.fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect::<Vec<_>>()
+    };
     if names(expected) != names(found) {
         return Some(format!(
             "columns {:?}, expected {:?}",
@@ -89,7 +94,10 @@ fn same_type(a: &DataType, b: &DataType) -> bool {
 /// Key-value metadata of a step file, in a fixed order (file bytes must be reproducible).
 pub fn file_metadata(step: u16) -> [(String, String); 2] {
     [
-        (META_FORMAT.to_string(), crate::manifest::FORMAT_VERSION.to_string()),
+        (
+            META_FORMAT.to_string(),
+            crate::manifest::FORMAT_VERSION.to_string(),
+        ),
         (META_STEP.to_string(), step.to_string()),
     ]
 }

@@ -25,7 +25,9 @@ impl GaussianData {
     pub fn for_dim(dim: usize) -> Self {
         GaussianData {
             mean: (0..dim).map(|j| 0.5 * (j as f64 * 0.37).sin()).collect(),
-            std: (0..dim).map(|j| 0.05 + 0.45 * ((j * 7 % 10) as f64 / 9.0)).collect(),
+            std: (0..dim)
+                .map(|j| 0.05 + 0.45 * ((j * 7 % 10) as f64 / 9.0))
+                .collect(),
         }
     }
 

@@ -98,7 +98,12 @@ fn verify_shard(dataset: &Dataset, shard: &ShardEntry, report: &mut Report) {
         report.files_checked += 1;
         report.rows_checked += batch.rows() as u64;
         report.bytes_checked += entry.bytes;
-        for message in check_batch(&batch, shard, m.grid.sigmas[step as usize] as f32, reference.as_ref()) {
+        for message in check_batch(
+            &batch,
+            shard,
+            m.grid.sigmas[step as usize] as f32,
+            reference.as_ref(),
+        ) {
             problem(message);
         }
         reference.get_or_insert(batch);
@@ -133,7 +138,8 @@ fn check_batch(
         if r.traj_ids() != ids {
             out.push(format!("trajectory ids differ from step {}", r.step));
         }
-        if let Some(row) = (0..ids.len().min(r.rows())).find(|&i| r.seeds()[i] != batch.seeds()[i]) {
+        if let Some(row) = (0..ids.len().min(r.rows())).find(|&i| r.seeds()[i] != batch.seeds()[i])
+        {
             out.push(format!("seed of row {row} differs from step {}", r.step));
         }
         if let Some(row) = (0..ids.len().min(r.rows())).find(|&i| r.label(i) != batch.label(i)) {

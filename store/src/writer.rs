@@ -427,11 +427,7 @@ fn vector_column(dtype: Dtype, dim: usize, values: &[f32]) -> ArrayRef {
             values.iter().map(|&v| half::f16::from_f32(v)),
         )),
     };
-    let item = Arc::new(Field::new(
-        schema::ITEM,
-        schema::element_type(dtype),
-        false,
-    ));
+    let item = Arc::new(Field::new(schema::ITEM, schema::element_type(dtype), false));
     Arc::new(FixedSizeListArray::new(item, dim as i32, values, None))
 }
 

@@ -32,7 +32,12 @@ fn spec(name: &str, count: u64, dtype: Dtype) -> SyntheticSpec {
 }
 
 fn small(dir: &Path) -> Dataset {
-    write_gaussian(&dir.join("g"), &spec("g", 20, Dtype::F32), WriteOptions::default()).unwrap()
+    write_gaussian(
+        &dir.join("g"),
+        &spec("g", 20, Dtype::F32),
+        WriteOptions::default(),
+    )
+    .unwrap()
 }
 
 /// Every committed file with its hash: "nothing committed changed" compares these.
@@ -47,7 +52,12 @@ fn snapshot(ds: &Dataset) -> Vec<(PathBuf, String)> {
 
 fn problems(ds: &Dataset) -> Vec<String> {
     let ds = Dataset::open(ds.dir()).unwrap();
-    verify(&ds).unwrap().problems.iter().map(|p| p.to_string()).collect()
+    verify(&ds)
+        .unwrap()
+        .problems
+        .iter()
+        .map(|p| p.to_string())
+        .collect()
 }
 
 #[test]
@@ -64,10 +74,16 @@ fn round_trip_f32_is_exact_and_zero_copy() {
         assert_eq!(b.traj_ids(), &(8..16).collect::<Vec<u64>>()[..]);
         assert_eq!(b.seeds(), &expected.seeds[..]);
         let x = b.x();
-        assert!(matches!(x, std::borrow::Cow::Borrowed(_)), "f32 states are borrowed");
+        assert!(
+            matches!(x, std::borrow::Cow::Borrowed(_)),
+            "f32 states are borrowed"
+        );
         let at = step as usize * 8 * 16..(step as usize + 1) * 8 * 16;
         assert_eq!(&x[..], &expected.states[at.clone()]);
-        assert_eq!(&b.denoised().unwrap()[..], &expected.denoised.as_ref().unwrap()[at]);
+        assert_eq!(
+            &b.denoised().unwrap()[..],
+            &expected.denoised.as_ref().unwrap()[at]
+        );
         assert_eq!(b.label(3), Some(11 % 10));
     }
     let t = ds.read_trajectory(13).unwrap();
@@ -75,7 +91,10 @@ fn round_trip_f32_is_exact_and_zero_copy() {
     assert_eq!(t.states.len(), 6 * 16);
     for step in 0..6 {
         let row = (step * 8 + 5) * 16;
-        assert_eq!(&t.states[step * 16..(step + 1) * 16], &expected.states[row..row + 16]);
+        assert_eq!(
+            &t.states[step * 16..(step + 1) * 16],
+            &expected.states[row..row + 16]
+        );
     }
     assert!(verify(&ds).unwrap().ok());
 }
@@ -121,7 +140,11 @@ fn byte_stream_split_is_applied_to_vector_columns() {
         .map(|i| rg.column(i))
         .find(|c| c.column_path().string() == "x.list.item")
         .expect("x leaf column");
-    assert!(col.encodings().any(|e| e == Encoding::BYTE_STREAM_SPLIT), "{:?}", col.encodings().collect::<Vec<_>>());
+    assert!(
+        col.encodings().any(|e| e == Encoding::BYTE_STREAM_SPLIT),
+        "{:?}",
+        col.encodings().collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -130,11 +153,23 @@ fn truncated_file_is_named_and_reported() {
     let ds = small(tmp.path());
     let victim = ds.file_path(&ds.shards()[2].files[4]);
     let len = std::fs::metadata(&victim).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&victim).unwrap().set_len(len / 2).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&victim)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     let err = ds.read_step(&ds.shards()[2], 4).unwrap_err();
-    assert!(err.to_string().contains(&victim.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&victim.display().to_string()),
+        "{err}"
+    );
     let p = problems(&ds);
-    assert!(p.iter().any(|p| p.contains("step=0004/shard-00002.parquet") && p.contains("size")), "{p:?}");
+    assert!(
+        p.iter()
+            .any(|p| p.contains("step=0004/shard-00002.parquet") && p.contains("size")),
+        "{p:?}"
+    );
 }
 
 #[test]
@@ -151,14 +186,19 @@ fn flipped_bytes_are_caught_by_the_hash_and_never_panic() {
     // Decoding may fail or return altered numbers; it must not panic, and verify must say so.
     let _ = ds.read_step(&ds.shards()[0], 1);
     let p = problems(&ds);
-    assert!(p.iter().any(|p| p.contains("step=0001/shard-00000.parquet") && p.contains("content hash")), "{p:?}");
+    assert!(
+        p.iter()
+            .any(|p| p.contains("step=0001/shard-00000.parquet") && p.contains("content hash")),
+        "{p:?}"
+    );
 }
 
 /// Writes `batch` as a Parquet file at `path` and points the manifest entry at its new hash, so
 /// that only the content check (not the hash) can catch what is wrong with it.
 fn replace_file(ds: &Dataset, shard: usize, step: usize, batch: &RecordBatch) -> PathBuf {
     let path = ds.file_path(&ds.shards()[shard].files[step]);
-    let mut w = ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), batch.schema(), None).unwrap();
+    let mut w =
+        ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), batch.schema(), None).unwrap();
     w.write(batch).unwrap();
     w.close().unwrap();
     let mut m = Manifest::load(ds.dir()).unwrap();
@@ -175,10 +215,22 @@ fn serde_json_vec(m: &Manifest) -> Vec<u8> {
 
 fn vector(dim: usize, values: Vec<f32>) -> ArrayRef {
     let item = Arc::new(Field::new("item", DataType::Float32, false));
-    Arc::new(FixedSizeListArray::new(item, dim as i32, Arc::new(Float32Array::from(values)), None))
+    Arc::new(FixedSizeListArray::new(
+        item,
+        dim as i32,
+        Arc::new(Float32Array::from(values)),
+        None,
+    ))
 }
 
-fn step_batch(ids: Vec<u64>, seeds: Vec<u64>, sigma: f32, dim: usize, x: Vec<f32>, denoised: Vec<f32>) -> RecordBatch {
+fn step_batch(
+    ids: Vec<u64>,
+    seeds: Vec<u64>,
+    sigma: f32,
+    dim: usize,
+    x: Vec<f32>,
+    denoised: Vec<f32>,
+) -> RecordBatch {
     let n = ids.len();
     let schema = bdense_store::schema::step_schema(Dtype::F32, dim, true);
     let cols: Vec<ArrayRef> = vec![
@@ -197,25 +249,47 @@ fn step_batch(ids: Vec<u64>, seeds: Vec<u64>, sigma: f32, dim: usize, x: Vec<f32
 fn foreign_parquet_file_is_named_with_its_schema() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = small(tmp.path());
-    let schema = Arc::new(Schema::new(vec![Field::new("city", DataType::Int32, false)]));
-    let foreign = RecordBatch::try_new(schema, vec![Arc::new(Int32Array::from(vec![1, 2, 3]))]).unwrap();
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "city",
+        DataType::Int32,
+        false,
+    )]));
+    let foreign =
+        RecordBatch::try_new(schema, vec![Arc::new(Int32Array::from(vec![1, 2, 3]))]).unwrap();
     let path = replace_file(&ds, 1, 3, &foreign);
     let ds = Dataset::open(ds.dir()).unwrap();
     let err = ds.read_step(&ds.shards()[1], 3).unwrap_err();
     assert!(matches!(err, StoreError::Schema { .. }), "{err}");
-    assert!(err.to_string().contains(&path.display().to_string()) && err.to_string().contains("city"), "{err}");
-    assert!(problems(&ds).iter().any(|p| p.contains("shard-00001") && p.contains("schema")));
+    assert!(
+        err.to_string().contains(&path.display().to_string()) && err.to_string().contains("city"),
+        "{err}"
+    );
+    assert!(
+        problems(&ds)
+            .iter()
+            .any(|p| p.contains("shard-00001") && p.contains("schema"))
+    );
 }
 
 #[test]
 fn wrong_vector_length_is_a_schema_error() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = small(tmp.path());
-    let b = step_batch((0..8).collect(), vec![0; 8], 20.0, 10, vec![0.0; 80], vec![0.0; 80]);
+    let b = step_batch(
+        (0..8).collect(),
+        vec![0; 8],
+        20.0,
+        10,
+        vec![0.0; 80],
+        vec![0.0; 80],
+    );
     let path = replace_file(&ds, 0, 1, &b);
     let ds = Dataset::open(ds.dir()).unwrap();
     let err = ds.read_step(&ds.shards()[0], 1).unwrap_err().to_string();
-    assert!(err.contains(&path.display().to_string()) && err.contains("column x"), "{err}");
+    assert!(
+        err.contains(&path.display().to_string()) && err.contains("column x"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -228,13 +302,31 @@ fn unsorted_duplicate_and_misplaced_ids_are_reported() {
     let d = good.denoised().unwrap().to_vec();
     let mut ids: Vec<u64> = (0..8).collect();
     ids.swap(2, 5);
-    replace_file(&ds, 0, 1, &step_batch(ids, seeds.clone(), 20.0, 16, x.clone(), d.clone()));
+    replace_file(
+        &ds,
+        0,
+        1,
+        &step_batch(ids, seeds.clone(), 20.0, 16, x.clone(), d.clone()),
+    );
     let p = problems(&ds);
-    assert!(p.iter().any(|p| p.contains("step=0001/shard-00000") && p.contains("not strictly increasing")), "{p:?}");
+    assert!(
+        p.iter()
+            .any(|p| p.contains("step=0001/shard-00000") && p.contains("not strictly increasing")),
+        "{p:?}"
+    );
 
     let dup = vec![0, 1, 2, 3, 3, 5, 6, 7];
-    replace_file(&ds, 0, 1, &step_batch(dup, seeds.clone(), 20.0, 16, x.clone(), d.clone()));
-    assert!(problems(&ds).iter().any(|p| p.contains("not strictly increasing")));
+    replace_file(
+        &ds,
+        0,
+        1,
+        &step_batch(dup, seeds.clone(), 20.0, 16, x.clone(), d.clone()),
+    );
+    assert!(
+        problems(&ds)
+            .iter()
+            .any(|p| p.contains("not strictly increasing"))
+    );
 
     let shifted: Vec<u64> = (100..108).collect();
     replace_file(&ds, 0, 1, &step_batch(shifted, seeds, 20.0, 16, x, d));
@@ -249,7 +341,11 @@ fn missing_step_partition_and_missing_file_are_named() {
     let ds = small(tmp.path());
     std::fs::remove_dir_all(ds.dir().join("step=0005")).unwrap();
     let p = problems(&ds);
-    assert_eq!(p.iter().filter(|p| p.contains("step=0005")).count(), 3, "{p:?}");
+    assert_eq!(
+        p.iter().filter(|p| p.contains("step=0005")).count(),
+        3,
+        "{p:?}"
+    );
     let err = ds.read_step(&ds.shards()[0], 5).unwrap_err().to_string();
     assert!(err.contains("step=0005/shard-00000.parquet"), "{err}");
 
@@ -258,7 +354,10 @@ fn missing_step_partition_and_missing_file_are_named() {
     m.shards[1].files.pop();
     std::fs::write(ds.dir().join("manifest.json"), serde_json_vec(&m)).unwrap();
     let err = Dataset::open(ds.dir()).unwrap_err().to_string();
-    assert!(err.contains("manifest.json") && err.contains("shard 1 lists 5 step files"), "{err}");
+    assert!(
+        err.contains("manifest.json") && err.contains("shard 1 lists 5 step files"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -275,8 +374,14 @@ fn nan_and_inf_are_reported_with_their_trajectory() {
     let ds = Dataset::open(&dir).unwrap();
     let p = problems(&ds);
     assert_eq!(p.len(), 2, "{p:?}");
-    assert!(p[0].contains("step=0002/shard-00001") && p[0].contains("trajectory 14"), "{p:?}");
-    assert!(p[1].contains("step=0004/shard-00001") && p[1].contains("trajectory 9"), "{p:?}");
+    assert!(
+        p[0].contains("step=0002/shard-00001") && p[0].contains("trajectory 14"),
+        "{p:?}"
+    );
+    assert!(
+        p[1].contains("step=0004/shard-00001") && p[1].contains("trajectory 9"),
+        "{p:?}"
+    );
 }
 
 #[test]
@@ -295,8 +400,13 @@ fn newer_format_and_garbage_manifests_are_refused_by_name() {
     assert!(err.to_string().contains("manifest.json") && err.to_string().contains("upgrade"));
     std::fs::write(&path, "{ not json").unwrap();
     let err = Dataset::open(ds.dir()).unwrap_err().to_string();
-    assert!(err.contains("manifest.json") && err.contains("not valid JSON"), "{err}");
-    let err = Dataset::open(&tmp.path().join("nothing")).unwrap_err().to_string();
+    assert!(
+        err.contains("manifest.json") && err.contains("not valid JSON"),
+        "{err}"
+    );
+    let err = Dataset::open(&tmp.path().join("nothing"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("missing manifest.json"), "{err}");
 }
 
@@ -316,15 +426,28 @@ fn bad_writes_change_nothing_committed() {
     let err = w.write_shard(&short.data()).unwrap_err().to_string();
     assert!(err.contains("shard 1: states has 100 values"), "{err}");
     let err = w.write_shard(&gaussian_shard(&s, 0).data()).unwrap_err();
-    assert!(matches!(err, StoreError::ShardCommitted { shard: 0, .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::ShardCommitted { shard: 0, .. }),
+        "{err}"
+    );
     let mut bad_index = gaussian_shard(&s, 2);
     bad_index.index = 9;
-    assert!(w.write_shard(&bad_index.data()).unwrap_err().to_string().contains("outside the planned 3 shards"));
-    let err = DatasetWriter::create(&dir, s.dataset_spec(), WriteOptions::default()).err().unwrap();
+    assert!(
+        w.write_shard(&bad_index.data())
+            .unwrap_err()
+            .to_string()
+            .contains("outside the planned 3 shards")
+    );
+    let err = DatasetWriter::create(&dir, s.dataset_spec(), WriteOptions::default())
+        .err()
+        .unwrap();
     assert!(matches!(err, StoreError::AlreadyExists { .. }));
 
     assert_eq!(snapshot(&ds), before);
-    assert_eq!(std::fs::read(dir.join("manifest.json")).unwrap(), manifest_before);
+    assert_eq!(
+        std::fs::read(dir.join("manifest.json")).unwrap(),
+        manifest_before
+    );
 }
 
 #[test]
@@ -337,7 +460,10 @@ fn writer_stopped_between_files_leaves_last_snapshot_and_resumes_identically() {
     let mut w = DatasetWriter::create(&dir, s.dataset_spec(), WriteOptions::default()).unwrap();
     w.write_shard(&gaussian_shard(&s, 0).data()).unwrap();
     let committed = snapshot(&Dataset::open(&dir).unwrap());
-    let crashing = WriteOptions { fail_after_files: Some(4), ..WriteOptions::default() };
+    let crashing = WriteOptions {
+        fail_after_files: Some(4),
+        ..WriteOptions::default()
+    };
     let mut w = DatasetWriter::open(&dir, crashing).unwrap();
     let err = w.write_shard(&gaussian_shard(&s, 1).data()).unwrap_err();
     assert!(err.to_string().contains("injected fault"), "{err}");
@@ -348,8 +474,15 @@ fn writer_stopped_between_files_leaves_last_snapshot_and_resumes_identically() {
     assert_eq!(ds.manifest().trajectories(), 8);
     assert_eq!(snapshot(&ds), committed);
     assert!(verify(&ds).unwrap().ok());
-    let stray: Vec<_> = walk(&dir).into_iter().filter(|p| p.to_string_lossy().contains(".tmp-")).collect();
-    assert_eq!(stray.len(), 4, "staged files of the dead writer stay until gc: {stray:?}");
+    let stray: Vec<_> = walk(&dir)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert_eq!(
+        stray.len(),
+        4,
+        "staged files of the dead writer stay until gc: {stray:?}"
+    );
 
     // gc removes exactly them; a new writer continues from the manifest.
     let report = collect_garbage(&dir, false).unwrap();
@@ -361,9 +494,14 @@ fn writer_stopped_between_files_leaves_last_snapshot_and_resumes_identically() {
     }
     let resumed = Dataset::open(&dir).unwrap();
     let strip = |v: Vec<(PathBuf, String)>, root: &Path| {
-        v.into_iter().map(|(p, h)| (p.strip_prefix(root).unwrap().to_path_buf(), h)).collect::<Vec<_>>()
+        v.into_iter()
+            .map(|(p, h)| (p.strip_prefix(root).unwrap().to_path_buf(), h))
+            .collect::<Vec<_>>()
     };
-    assert_eq!(strip(snapshot(&resumed), &dir), strip(snapshot(&reference), reference.dir()));
+    assert_eq!(
+        strip(snapshot(&resumed), &dir),
+        strip(snapshot(&reference), reference.dir())
+    );
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -401,7 +539,10 @@ fn gc_removes_strays_and_keeps_every_committed_file() {
 #[test]
 fn readers_during_commits_see_whole_snapshots() {
     let tmp = tempfile::tempdir().unwrap();
-    let s = SyntheticSpec { count: 8 * 12, ..spec("r", 0, Dtype::F32) };
+    let s = SyntheticSpec {
+        count: 8 * 12,
+        ..spec("r", 0, Dtype::F32)
+    };
     let dir = tmp.path().join("r");
     let mut w = DatasetWriter::create(&dir, s.dataset_spec(), WriteOptions::default()).unwrap();
     let done = std::sync::atomic::AtomicBool::new(false);
@@ -432,7 +573,10 @@ fn readers_during_commits_see_whole_snapshots() {
         done.store(true, std::sync::atomic::Ordering::SeqCst);
         for r in readers {
             let seen = r.join().unwrap();
-            assert!(seen.windows(2).all(|p| p[0] <= p[1]), "snapshots only grow: {seen:?}");
+            assert!(
+                seen.windows(2).all(|p| p[0] <= p[1]),
+                "snapshots only grow: {seen:?}"
+            );
         }
     });
     assert!(verify(&Dataset::open(&dir).unwrap()).unwrap().ok());

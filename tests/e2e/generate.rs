@@ -6,9 +6,24 @@ use bdense_tests::file_hashes;
 use crate::dir;
 
 fn gen_args(name: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = ["generate", name, "--dataset", "procedural", "--teacher", "gmm", "--grid", "9", "--count", "48", "--rows-per-shard", "16", "--fit-limit", "512"]
-        .map(String::from)
-        .to_vec();
+    let mut args: Vec<String> = [
+        "generate",
+        name,
+        "--dataset",
+        "procedural",
+        "--teacher",
+        "gmm",
+        "--grid",
+        "9",
+        "--count",
+        "48",
+        "--rows-per-shard",
+        "16",
+        "--fit-limit",
+        "512",
+    ]
+    .map(String::from)
+    .to_vec();
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
@@ -17,10 +32,16 @@ fn gen_args(name: &str, extra: &[&str]) -> Vec<String> {
 fn batch_size_and_shard_layout_do_not_change_trajectories() {
     let t = dir();
     let out = t.bdense(gen_args("store/b64", &["--batch", "64"])).ok();
-    assert!(out.contains("generated 48 trajectories x 9 steps (3 shards"), "{out}");
+    assert!(
+        out.contains("generated 48 trajectories x 9 steps (3 shards"),
+        "{out}"
+    );
     assert!(out.contains("traj/s") && out.contains("writing"), "{out}");
     t.bdense(gen_args("store/b7", &["--batch", "7"])).ok();
-    assert_eq!(file_hashes(&t.join("store/b7")), file_hashes(&t.join("store/b64")));
+    assert_eq!(
+        file_hashes(&t.join("store/b7")),
+        file_hashes(&t.join("store/b64"))
+    );
 
     // Three processes, one shard each, filling one dataset.
     for i in 0..3 {
@@ -31,7 +52,10 @@ fn batch_size_and_shard_layout_do_not_change_trajectories() {
         }
         t.bdense(args).ok();
     }
-    assert_eq!(file_hashes(&t.join("store/split")), file_hashes(&t.join("store/b64")));
+    assert_eq!(
+        file_hashes(&t.join("store/split")),
+        file_hashes(&t.join("store/b64"))
+    );
     let out = t.bdense(["store", "verify", "store/split"]).ok();
     assert!(out.contains("verify ok"), "{out}");
 }
@@ -45,47 +69,102 @@ fn resume_refuses_a_different_teacher_or_grid() {
     t.bdense(other).fails_with("cannot resume: teacher");
     let mut grid = gen_args("store/d", &["--resume"]);
     grid[7] = "13".into();
-    t.bdense(grid).fails_with("grid: dataset has 9, arguments give 13");
+    t.bdense(grid)
+        .fails_with("grid: dataset has 9, arguments give 13");
 }
 
 #[test]
 fn f16_and_denoised_columns_round_trip_through_verify() {
     let t = dir();
-    t.bdense(gen_args("store/h", &["--dtype", "f16", "--denoised", "--solver", "heun"])).ok();
+    t.bdense(gen_args(
+        "store/h",
+        &["--dtype", "f16", "--denoised", "--solver", "heun"],
+    ))
+    .ok();
     let out = t.bdense(["store", "info", "store/h"]).ok();
-    assert!(out.contains("f16, with denoised") && out.contains("heun (order 2)"), "{out}");
-    assert!(t.bdense(["store", "verify", "store/h"]).ok().contains("verify ok"));
+    assert!(
+        out.contains("f16, with denoised") && out.contains("heun (order 2)"),
+        "{out}"
+    );
+    assert!(
+        t.bdense(["store", "verify", "store/h"])
+            .ok()
+            .contains("verify ok")
+    );
 }
 
 #[test]
 fn bad_generate_arguments_are_named() {
     let t = dir();
-    t.bdense(gen_args("store/x", &["--solver", "rk45"])).fails_with("unknown solver \"rk45\"");
-    t.bdense(gen_args("store/x", &["--shard", "3/3"])).fails_with("--shard 3/3");
+    t.bdense(gen_args("store/x", &["--solver", "rk45"]))
+        .fails_with("unknown solver \"rk45\"");
+    t.bdense(gen_args("store/x", &["--shard", "3/3"]))
+        .fails_with("--shard 3/3");
     let mut bad = gen_args("store/x", &[]);
     bad[3] = "idx:/nonexistent".into();
-    t.bdense(bad).fails_with("/nonexistent/train-images-idx3-ubyte.gz: file not found");
+    t.bdense(bad)
+        .fails_with("/nonexistent/train-images-idx3-ubyte.gz: file not found");
 }
 
 #[test]
 fn unet_teacher_trains_resumes_and_generates() {
     let t = dir();
     let train = |steps: &str, extra: &[&str]| {
-        let mut a: Vec<String> = ["teacher", "train", "--dataset", "procedural", "--out", "teacher", "--steps", steps, "--batch", "16", "--base", "8", "--checkpoint-every", "4", "--limit", "256"]
-            .map(String::from)
-            .to_vec();
+        let mut a: Vec<String> = [
+            "teacher",
+            "train",
+            "--dataset",
+            "procedural",
+            "--out",
+            "teacher",
+            "--steps",
+            steps,
+            "--batch",
+            "16",
+            "--base",
+            "8",
+            "--checkpoint-every",
+            "4",
+            "--limit",
+            "256",
+        ]
+        .map(String::from)
+        .to_vec();
         a.extend(extra.iter().map(|s| s.to_string()));
         a
     };
     let out = t.bdense(train("8", &[])).ok();
-    assert!(out.contains("trained unet teacher for 8 steps") && out.contains("images/s"), "{out}");
-    t.bdense(train("8", &[])).fails_with("already holds a teacher run");
+    assert!(
+        out.contains("trained unet teacher for 8 steps") && out.contains("images/s"),
+        "{out}"
+    );
+    t.bdense(train("8", &[]))
+        .fails_with("already holds a teacher run");
     let out = t.bdense(train("12", &["--resume"])).ok();
     assert!(out.contains("for 12 steps"), "{out}");
     let log = std::fs::read_to_string(t.join("teacher/log.csv")).unwrap();
-    assert_eq!(log.lines().count(), 13, "one header and a row per step:\n{log}");
+    assert_eq!(
+        log.lines().count(),
+        13,
+        "one header and a row per step:\n{log}"
+    );
 
-    let out = t.bdense(["generate", "store/u", "--teacher", "unet:teacher", "--dataset", "procedural", "--grid", "5", "--count", "8", "--rows-per-shard", "8"]).ok();
+    let out = t
+        .bdense([
+            "generate",
+            "store/u",
+            "--teacher",
+            "unet:teacher",
+            "--dataset",
+            "procedural",
+            "--grid",
+            "5",
+            "--count",
+            "8",
+            "--rows-per-shard",
+            "8",
+        ])
+        .ok();
     assert!(out.contains("generated 8 trajectories x 5 steps"), "{out}");
     let info = t.bdense(["store", "info", "store/u"]).ok();
     assert!(info.contains("teacher      unet (checkpoint"), "{info}");

@@ -10,17 +10,50 @@ fn sql_answers_questions_about_teacher_paths() {
     let t = dir();
     synthetic(&t.join("store"), "g", 32, 9, 16, Dtype::F32);
     let out = t.bdense(["sql", "store", "SELECT step, count(*) AS n, round(avg(l2(x)), 3) AS norm FROM g GROUP BY step ORDER BY step"]).ok();
-    assert_eq!(out.lines().filter(|l| l.starts_with("| ")).count(), 10, "header + 9 steps:\n{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("| ")).count(),
+        10,
+        "header + 9 steps:\n{out}"
+    );
     assert!(out.contains("| 0    | 32 |"), "{out}");
 
-    let out = t.bdense(["sql", "store", "SELECT traj_id, x FROM g WHERE step = 0 ORDER BY traj_id LIMIT 2"]).ok();
-    assert!(out.contains("… (16 values)]"), "vectors are abbreviated:\n{out}");
+    let out = t
+        .bdense([
+            "sql",
+            "store",
+            "SELECT traj_id, x FROM g WHERE step = 0 ORDER BY traj_id LIMIT 2",
+        ])
+        .ok();
+    assert!(
+        out.contains("… (16 values)]"),
+        "vectors are abbreviated:\n{out}"
+    );
 
-    t.bdense(["sql", "store", "SELECT dataset, steps, teacher, trajectories FROM manifest", "--format", "csv", "--out", "m.csv"]).ok();
+    t.bdense([
+        "sql",
+        "store",
+        "SELECT dataset, steps, teacher, trajectories FROM manifest",
+        "--format",
+        "csv",
+        "--out",
+        "m.csv",
+    ])
+    .ok();
     let csv = std::fs::read_to_string(t.join("m.csv")).unwrap();
-    assert_eq!(csv.trim(), "dataset,steps,teacher,trajectories\ng,9,synthetic-gaussian,32");
+    assert_eq!(
+        csv.trim(),
+        "dataset,steps,teacher,trajectories\ng,9,synthetic-gaussian,32"
+    );
 
-    let out = t.bdense(["sql", "store", "SELECT x FROM g WHERE step = 8 AND traj_id = 3", "--format", "json"]).ok();
+    let out = t
+        .bdense([
+            "sql",
+            "store",
+            "SELECT x FROM g WHERE step = 8 AND traj_id = 3",
+            "--format",
+            "json",
+        ])
+        .ok();
     assert!(out.trim_start().starts_with("[{\"x\":["), "{out}");
 }
 
@@ -28,13 +61,24 @@ fn sql_answers_questions_about_teacher_paths() {
 fn sql_errors_say_where_and_what() {
     let t = dir();
     synthetic(&t.join("store"), "g", 8, 5, 16, Dtype::F32);
-    t.bdense(["sql", "store", "SELEC 1"]).fails_with("Line: 1, Column: 1");
-    let err = t.bdense(["sql", "store", "SELECT * FROM nope"]).fails_with("not found");
+    t.bdense(["sql", "store", "SELEC 1"])
+        .fails_with("Line: 1, Column: 1");
+    let err = t
+        .bdense(["sql", "store", "SELECT * FROM nope"])
+        .fails_with("not found");
     assert!(err.contains("tables in store: g, manifest, grid"), "{err}");
-    t.bdense(["sql", "store", "COPY (SELECT 1) TO 'x.csv'"]).fails_with("--allow-writes");
-    t.bdense(["sql", "store", "CREATE TABLE t AS SELECT 1"]).fails_with("read-only");
+    t.bdense(["sql", "store", "COPY (SELECT 1) TO 'x.csv'"])
+        .fails_with("--allow-writes");
+    t.bdense(["sql", "store", "CREATE TABLE t AS SELECT 1"])
+        .fails_with("read-only");
     assert!(!t.join("x.csv").exists());
-    t.bdense(["sql", "store", "COPY (SELECT 1 AS a) TO 'x.csv' STORED AS CSV", "--allow-writes"]).ok();
+    t.bdense([
+        "sql",
+        "store",
+        "COPY (SELECT 1 AS a) TO 'x.csv' STORED AS CSV",
+        "--allow-writes",
+    ])
+    .ok();
     assert!(t.join("x.csv").exists());
 }
 
@@ -42,13 +86,47 @@ fn sql_errors_say_where_and_what() {
 fn targets_preview_and_write() {
     let t = dir();
     synthetic(&t.join("store"), "g", 40, 13, 16, Dtype::F32);
-    let out = t.bdense(["targets", "store/g", "--n", "4", "--k", "4", "--preview", "--batch", "8"]).ok();
-    assert!(out.contains("student N=4 (NFE 3), K=4 branches, every 1 grid steps"), "{out}");
-    assert!(out.contains("interval 1: s=") && out.contains("(step 4) -> targets 5@"), "{out}");
-    assert!(out.contains("targets") && out.contains("[[Float32; 16]; 12]"), "{out}");
+    let out = t
+        .bdense([
+            "targets",
+            "store/g",
+            "--n",
+            "4",
+            "--k",
+            "4",
+            "--preview",
+            "--batch",
+            "8",
+        ])
+        .ok();
+    assert!(
+        out.contains("student N=4 (NFE 3), K=4 branches, every 1 grid steps"),
+        "{out}"
+    );
+    assert!(
+        out.contains("interval 1: s=") && out.contains("(step 4) -> targets 5@"),
+        "{out}"
+    );
+    assert!(
+        out.contains("targets") && out.contains("[[Float32; 16]; 12]"),
+        "{out}"
+    );
 
-    t.bdense(["targets", "store/g", "--n", "4", "--k", "5"]).fails_with("K (N-1) must divide 12");
-    let out = t.bdense(["targets", "store/g", "--n", "3", "--k", "2", "--out", "t.parquet", "--teacher-forcing"]).ok();
+    t.bdense(["targets", "store/g", "--n", "4", "--k", "5"])
+        .fails_with("K (N-1) must divide 12");
+    let out = t
+        .bdense([
+            "targets",
+            "store/g",
+            "--n",
+            "3",
+            "--k",
+            "2",
+            "--out",
+            "t.parquet",
+            "--teacher-forcing",
+        ])
+        .ok();
     assert!(out.contains("wrote 40 trajectories in 1 batches"), "{out}");
     let out = t.bdense(["sql", ".", "SELECT 1"]).ok();
     assert!(out.contains('1'));

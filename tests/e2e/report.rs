@@ -6,12 +6,32 @@ use crate::dir;
 #[test]
 fn eval_and_report_compare_methods_with_every_table_and_picture() {
     let t = dir();
-    t.bdense(["generate", "store/p", "--dataset", "procedural", "--teacher", "gmm", "--grid", "13", "--count", "64", "--rows-per-shard", "32", "--fit-limit", "1024"]).ok();
+    t.bdense([
+        "generate",
+        "store/p",
+        "--dataset",
+        "procedural",
+        "--teacher",
+        "gmm",
+        "--grid",
+        "13",
+        "--count",
+        "64",
+        "--rows-per-shard",
+        "32",
+        "--fit-limit",
+        "1024",
+    ])
+    .ok();
     let mut runs = Vec::new();
     for method in ["sfd", "bdense"] {
         for seed in ["0", "1"] {
             let run = format!("runs/{method}-{seed}");
-            t.bdense(["train", "store/p", "--method", method, "--n", "4", "--k", "2", "--steps", "4", "--batch", "16", "--base", "8", "--seed", seed, "--out", &run]).ok();
+            t.bdense([
+                "train", "store/p", "--method", method, "--n", "4", "--k", "2", "--steps", "4",
+                "--batch", "16", "--base", "8", "--seed", seed, "--out", &run,
+            ])
+            .ok();
             runs.push(run);
         }
     }
@@ -19,13 +39,34 @@ fn eval_and_report_compare_methods_with_every_table_and_picture() {
     let mut eval = vec!["eval".to_string()];
     eval.extend(runs.iter().cloned());
     eval.extend(["--count", "32", "--nfe", "3"].map(String::from));
-    let out = t.bdense(&eval).env("BDENSE_CACHE", cache.to_str().unwrap()).ok();
-    assert!(out.contains("evaluated 4 runs") && out.contains("FD-cls"), "{out}");
-    assert!(t.join("store/p-heldout/manifest.json").exists(), "held-out trajectories were generated");
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(t.join("runs/bdense-0/eval.json")).unwrap()).unwrap();
-    assert_eq!(r["rmse_per_branch"].as_array().unwrap().len(), 3, "one row per interval");
-    assert_eq!(r["rmse_per_branch"][0].as_array().unwrap().len(), 2, "one entry per branch");
-    assert!(r["fid_inception"].is_null(), "Inception FID is reserved for the libtorch build");
+    let out = t
+        .bdense(&eval)
+        .env("BDENSE_CACHE", cache.to_str().unwrap())
+        .ok();
+    assert!(
+        out.contains("evaluated 4 runs") && out.contains("FD-cls"),
+        "{out}"
+    );
+    assert!(
+        t.join("store/p-heldout/manifest.json").exists(),
+        "held-out trajectories were generated"
+    );
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.join("runs/bdense-0/eval.json")).unwrap()).unwrap();
+    assert_eq!(
+        r["rmse_per_branch"].as_array().unwrap().len(),
+        3,
+        "one row per interval"
+    );
+    assert_eq!(
+        r["rmse_per_branch"][0].as_array().unwrap().len(),
+        2,
+        "one entry per branch"
+    );
+    assert!(
+        r["fid_inception"].is_null(),
+        "Inception FID is reserved for the libtorch build"
+    );
 
     // Results are queryable with SQL.
     let out = t.bdense(["sql", ".", "SELECT 1"]).ok();
@@ -35,9 +76,20 @@ fn eval_and_report_compare_methods_with_every_table_and_picture() {
     report.extend(runs.iter().cloned());
     report.extend(["--out", "report"].map(String::from));
     let out = t.bdense(&report).ok();
-    assert!(out.contains("| 3 | bdense | 4 | 2 | 2 |") && out.contains("| 3 | sfd | 4 | 1 | 2 |"), "{out}");
+    assert!(
+        out.contains("| 3 | bdense | 4 | 2 | 2 |") && out.contains("| 3 | sfd | 4 | 1 | 2 |"),
+        "{out}"
+    );
     let md = std::fs::read_to_string(t.join("report/report.md")).unwrap();
-    for needle in ["## Headline", "## Error at every student timestamp", "## B-DENSE branches", "samples-nfe3.png", "loss-nfe3.png", "error-per-step.png", "± "] {
+    for needle in [
+        "## Headline",
+        "## Error at every student timestamp",
+        "## B-DENSE branches",
+        "samples-nfe3.png",
+        "loss-nfe3.png",
+        "error-per-step.png",
+        "± ",
+    ] {
         assert!(md.contains(needle), "report lacks {needle:?}");
     }
     for picture in ["samples-nfe3.png", "loss-nfe3.png", "error-per-step.png"] {
@@ -45,10 +97,15 @@ fn eval_and_report_compare_methods_with_every_table_and_picture() {
         assert_eq!(&bytes[1..4], b"PNG", "{picture}");
     }
     let html = std::fs::read_to_string(t.join("report/report.html")).unwrap();
-    assert_eq!(html.matches("data:image/png;base64,").count(), 3, "pictures are inlined");
+    assert_eq!(
+        html.matches("data:image/png;base64,").count(),
+        3,
+        "pictures are inlined"
+    );
     assert!(html.contains("<table>"));
     t.bdense(["report", "runs/sfd-0", "--out", "r2"]).ok();
-    t.bdense(["report", "store", "--out", "r3"]).fails_with("not a bdense run directory");
+    t.bdense(["report", "store", "--out", "r3"])
+        .fails_with("not a bdense run directory");
 }
 
 #[test]
@@ -58,14 +115,31 @@ fn quick_demo_runs_end_to_end_on_fashion_mnist() {
         return;
     }
     let t = dir();
-    let out = t.bdense(["demo", "--preset", "quick", "--out", "demo"]).ok();
-    assert!(out.contains("demo (quick preset) done") && out.contains("18 runs from one store"), "{out}");
-    assert!(out.contains("| 2 | bdense | 3 | 4 | 3 |") && out.contains("| 4 | sfd | 5 | 1 | 3 |"), "{out}");
+    let out = t
+        .bdense(["demo", "--preset", "quick", "--out", "demo"])
+        .ok();
+    assert!(
+        out.contains("demo (quick preset) done") && out.contains("18 runs from one store"),
+        "{out}"
+    );
+    assert!(
+        out.contains("| 2 | bdense | 3 | 4 | 3 |") && out.contains("| 4 | sfd | 5 | 1 | 3 |"),
+        "{out}"
+    );
     let md = std::fs::read_to_string(t.join("demo/report/report.md")).unwrap();
     for nfe in [2, 3, 4] {
-        assert!(md.contains(&format!("samples-nfe{nfe}.png")) && t.join(format!("demo/report/loss-nfe{nfe}.png")).exists());
+        assert!(
+            md.contains(&format!("samples-nfe{nfe}.png"))
+                && t.join(format!("demo/report/loss-nfe{nfe}.png")).exists()
+        );
     }
     // A second run reuses everything already there.
-    let again = t.bdense(["demo", "--preset", "quick", "--out", "demo"]).ok();
-    assert_eq!(again.matches("already trained, reusing it").count(), 18, "{again}");
+    let again = t
+        .bdense(["demo", "--preset", "quick", "--out", "demo"])
+        .ok();
+    assert_eq!(
+        again.matches("already trained, reusing it").count(),
+        18,
+        "{again}"
+    );
 }

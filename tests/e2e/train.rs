@@ -3,68 +3,150 @@
 use crate::dir;
 
 fn store(t: &bdense_tests::TestDir) {
-    t.bdense(["generate", "store/p", "--dataset", "procedural", "--teacher", "gmm", "--grid", "13", "--count", "64", "--rows-per-shard", "32", "--fit-limit", "1024"]).ok();
+    t.bdense([
+        "generate",
+        "store/p",
+        "--dataset",
+        "procedural",
+        "--teacher",
+        "gmm",
+        "--grid",
+        "13",
+        "--count",
+        "64",
+        "--rows-per-shard",
+        "32",
+        "--fit-limit",
+        "1024",
+    ])
+    .ok();
 }
 
 fn train_args(method: &str, out: &str, steps: &str, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = ["train", "store/p", "--method", method, "--n", "4", "--k", "2", "--steps", steps, "--batch", "16", "--base", "8", "--init", "scratch", "--out", out]
-        .map(String::from)
-        .to_vec();
+    let mut a: Vec<String> = [
+        "train", "store/p", "--method", method, "--n", "4", "--k", "2", "--steps", steps,
+        "--batch", "16", "--base", "8", "--init", "scratch", "--out", out,
+    ]
+    .map(String::from)
+    .to_vec();
     a.extend(extra.iter().map(|s| s.to_string()));
     a
 }
 
 fn weights(run: &std::path::Path) -> String {
     let ckpt = bdense_trainer::checkpoint::latest(run).unwrap().unwrap();
-    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(ckpt.join("meta.json")).unwrap()).unwrap();
-    format!("{} {} {}", meta["step"], meta["weights_hash"], meta["ema_hash"])
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ckpt.join("meta.json")).unwrap()).unwrap();
+    format!(
+        "{} {} {}",
+        meta["step"], meta["weights_hash"], meta["ema_hash"]
+    )
 }
 
 #[test]
 fn resumed_training_is_bit_identical() {
     let t = dir();
     store(&t);
-    let out = t.bdense(train_args("bdense", "whole", "6", &["--checkpoint-every", "3"])).ok();
-    assert!(out.contains("trained bdense student (N=4, K=2, NFE 3) steps 0..6"), "{out}");
+    let out = t
+        .bdense(train_args(
+            "bdense",
+            "whole",
+            "6",
+            &["--checkpoint-every", "3"],
+        ))
+        .ok();
+    assert!(
+        out.contains("trained bdense student (N=4, K=2, NFE 3) steps 0..6"),
+        "{out}"
+    );
 
-    let crashed = t.bdense(train_args("bdense", "split", "6", &["--checkpoint-every", "3"])).env("BDENSE_ABORT_AFTER_STEP", "4").output();
+    let crashed = t
+        .bdense(train_args(
+            "bdense",
+            "split",
+            "6",
+            &["--checkpoint-every", "3"],
+        ))
+        .env("BDENSE_ABORT_AFTER_STEP", "4")
+        .output();
     assert!(!crashed.status.success());
-    assert!(weights(&t.join("split")).starts_with("3 "), "the step-3 checkpoint survives");
+    assert!(
+        weights(&t.join("split")).starts_with("3 "),
+        "the step-3 checkpoint survives"
+    );
     let out = t.bdense(["train", "--resume", "split"]).ok();
     assert!(out.contains("steps 3..6"), "{out}");
     assert_eq!(weights(&t.join("split")), weights(&t.join("whole")));
     let log = |run: &str| std::fs::read_to_string(t.join(run).join("log.csv")).unwrap();
     assert_eq!(log("split"), log("whole"), "the log continues exactly");
 
-    t.bdense(train_args("bdense", "whole", "6", &[])).fails_with("a run never overwrites another run's directory");
+    t.bdense(train_args("bdense", "whole", "6", &[]))
+        .fails_with("a run never overwrites another run's directory");
 }
 
 #[test]
 fn a_short_run_lowers_every_branch_loss_and_samples() {
     let t = dir();
     store(&t);
-    t.bdense(train_args("bdense", "b", "40", &["--checkpoint-every", "20", "--lr", "2e-3"])).ok();
+    t.bdense(train_args(
+        "bdense",
+        "b",
+        "40",
+        &["--checkpoint-every", "20", "--lr", "2e-3"],
+    ))
+    .ok();
     let log = std::fs::read_to_string(t.join("b/log.csv")).unwrap();
-    let rows: Vec<Vec<f64>> = log.lines().skip(1).map(|l| l.split(',').map(|v| v.parse().unwrap()).collect()).collect();
+    let rows: Vec<Vec<f64>> = log
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
     assert_eq!(rows.len(), 40);
     for branch in [4, 5] {
         let first = rows[..3].iter().map(|r| r[branch]).sum::<f64>() / 3.0;
-        let last = rows[rows.len() - 5..].iter().map(|r| r[branch]).sum::<f64>() / 5.0;
-        assert!(last < 0.7 * first, "branch {} loss {first:.4} -> {last:.4}", branch - 3);
+        let last = rows[rows.len() - 5..]
+            .iter()
+            .map(|r| r[branch])
+            .sum::<f64>()
+            / 5.0;
+        assert!(
+            last < 0.7 * first,
+            "branch {} loss {first:.4} -> {last:.4}",
+            branch - 3
+        );
     }
-    let out = t.bdense(["sample", "b", "--nfe", "3", "--count", "8", "--out", "samples", "--teacher"]).ok();
-    assert!(out.contains("sampled 8 images") && out.contains("student row above teacher row"), "{out}");
+    let out = t
+        .bdense([
+            "sample",
+            "b",
+            "--nfe",
+            "3",
+            "--count",
+            "8",
+            "--out",
+            "samples",
+            "--teacher",
+        ])
+        .ok();
+    assert!(
+        out.contains("sampled 8 images") && out.contains("student row above teacher row"),
+        "{out}"
+    );
     for f in ["grid.png", "student.npy", "teacher.npy"] {
         assert!(t.join("samples").join(f).is_file(), "{f} missing");
     }
     let npy = std::fs::read(t.join("samples/student.npy")).unwrap();
     assert_eq!(&npy[..6], b"\x93NUMPY");
     assert_eq!(npy.len(), 128 + 8 * 256 * 4);
-    t.bdense(["sample", "b", "--nfe", "2", "--out", "s2"]).fails_with("this run's student takes NFE 3");
+    t.bdense(["sample", "b", "--nfe", "2", "--out", "s2"])
+        .fails_with("this run's student takes NFE 3");
 
     // SFD from the same store, same budget.
     let out = t.bdense(train_args("sfd", "s", "6", &[])).ok();
-    assert!(out.contains("trained sfd student (N=4, K=1, NFE 3)"), "{out}");
+    assert!(
+        out.contains("trained sfd student (N=4, K=1, NFE 3)"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -78,12 +160,15 @@ fn corrupt_or_foreign_checkpoints_are_named() {
     let n = bytes.len();
     bytes[n / 2] ^= 0x55;
     std::fs::write(&model, bytes).unwrap();
-    t.bdense(["train", "--resume", "r", "--steps", "6"]).fails_with("model.bpk");
+    t.bdense(["train", "--resume", "r", "--steps", "6"])
+        .fails_with("model.bpk");
 
     // A sfd checkpoint has one branch: it cannot resume a K = 2 run.
     t.bdense(train_args("sfd", "s", "3", &[])).ok();
     std::fs::remove_dir_all(&ckpt).unwrap();
     std::fs::rename(t.join("s/checkpoints/step-000003"), &ckpt).unwrap();
-    t.bdense(["train", "--resume", "r", "--steps", "6"]).fails_with("not a checkpoint of this network");
-    t.bdense(["train", "--resume", "store"]).fails_with("not a bdense run directory");
+    t.bdense(["train", "--resume", "r", "--steps", "6"])
+        .fails_with("not a checkpoint of this network");
+    t.bdense(["train", "--resume", "store"])
+        .fails_with("not a bdense run directory");
 }

@@ -38,7 +38,9 @@ impl TestDir {
         S: AsRef<std::ffi::OsStr>,
     {
         let mut cmd = Command::new(&self.bin);
-        cmd.current_dir(self.path()).args(args).env_remove("BDENSE_ABORT_AFTER_STEP");
+        cmd.current_dir(self.path())
+            .args(args)
+            .env_remove("BDENSE_ABORT_AFTER_STEP");
         TestCommand { cmd }
     }
 }
@@ -79,14 +81,21 @@ impl TestCommand {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         );
-        assert_eq!(out.status.code(), Some(code), "{described}\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{described}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+        );
         (stdout, stderr)
     }
 
     /// Runs and asserts failure with exit code 2 and `needle` in stderr; returns stderr.
     pub fn fails_with(self, needle: &str) -> String {
         let (_, stderr) = self.code(2);
-        assert!(stderr.contains(needle), "stderr lacks {needle:?}:\n{stderr}");
+        assert!(
+            stderr.contains(needle),
+            "stderr lacks {needle:?}:\n{stderr}"
+        );
         stderr
     }
 }
@@ -97,7 +106,14 @@ pub fn edm_sigmas(points: usize) -> Vec<f64> {
 }
 
 /// A closed-form Gaussian dataset of 1x4x4 states on a `points`-point EDM grid.
-pub fn synthetic(store: &Path, name: &str, count: u64, points: usize, rows_per_shard: u32, dtype: Dtype) -> Dataset {
+pub fn synthetic(
+    store: &Path,
+    name: &str,
+    count: u64,
+    points: usize,
+    rows_per_shard: u32,
+    dtype: Dtype,
+) -> Dataset {
     let spec = SyntheticSpec {
         name: name.into(),
         dims: Dims { c: 1, h: 4, w: 4 },

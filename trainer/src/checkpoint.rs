@@ -47,10 +47,18 @@ pub fn save<S: Serialize>(
     let dir = root.join(format!("step-{step:06}"));
     let tmp = root.join(format!(".step-{step:06}.tmp-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| TrainerError::io(&tmp, e))?;
-    let record = |e: burn::store::RecordError, file: &str| TrainerError::checkpoint(tmp.join(file), e);
-    model.clone().save_file(tmp.join("model.bpk")).map_err(|e| record(e, "model.bpk"))?;
-    ema.clone().save_file(tmp.join("ema.bpk")).map_err(|e| record(e, "ema.bpk"))?;
-    optim.save(tmp.join("optim.bpk")).map_err(|e| record(e, "optim.bpk"))?;
+    let record =
+        |e: burn::store::RecordError, file: &str| TrainerError::checkpoint(tmp.join(file), e);
+    model
+        .clone()
+        .save_file(tmp.join("model.bpk"))
+        .map_err(|e| record(e, "model.bpk"))?;
+    ema.clone()
+        .save_file(tmp.join("ema.bpk"))
+        .map_err(|e| record(e, "ema.bpk"))?;
+    optim
+        .save(tmp.join("optim.bpk"))
+        .map_err(|e| record(e, "optim.bpk"))?;
     let meta = Meta {
         format: FORMAT.into(),
         kind: kind.into(),
@@ -113,16 +121,24 @@ pub fn load<S: DeserializeOwned>(
     if meta.kind != kind {
         return Err(TrainerError::checkpoint(
             &meta_path,
-            format!("is a {} checkpoint, expected a {kind} checkpoint", meta.kind),
+            format!(
+                "is a {} checkpoint, expected a {kind} checkpoint",
+                meta.kind
+            ),
         ));
     }
     let model = load_module(model, &dir.join("model.bpk"), &meta.weights_hash)?;
     let ema = load_module(ema, &dir.join("ema.bpk"), &meta.ema_hash)?;
     let optim_path = dir.join("optim.bpk");
-    let optim = optim
-        .load(&optim_path)
-        .map_err(|e| TrainerError::checkpoint(&optim_path, format!("unreadable optimiser state ({e})")))?;
-    Ok(Restored { model, ema, optim, meta })
+    let optim = optim.load(&optim_path).map_err(|e| {
+        TrainerError::checkpoint(&optim_path, format!("unreadable optimiser state ({e})"))
+    })?;
+    Ok(Restored {
+        model,
+        ema,
+        optim,
+        meta,
+    })
 }
 
 /// Loads weights into a module shaped like `template` and checks their hash.
@@ -137,7 +153,9 @@ pub fn load_module<M: Module>(template: M, path: &Path, expected_hash: &str) -> 
     if found != expected_hash {
         return Err(TrainerError::checkpoint(
             path,
-            format!("weights hash {found} does not match the recorded {expected_hash}: the file is corrupt"),
+            format!(
+                "weights hash {found} does not match the recorded {expected_hash}: the file is corrupt"
+            ),
         ));
     }
     Ok(loaded)

@@ -18,7 +18,11 @@ pub fn conv_same(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let w = conv.weight.val();
     let [o, c, k, _] = w.dims();
     let [b, _, h, wd] = x.dims();
-    let tap = |kh: usize, kw: usize| w.clone().slice([0..o, 0..c, kh..kh + 1, kw..kw + 1]).reshape([1, o, c]);
+    let tap = |kh: usize, kw: usize| {
+        w.clone()
+            .slice([0..o, 0..c, kh..kh + 1, kw..kw + 1])
+            .reshape([1, o, c])
+    };
     let mut out = if k == 1 {
         tap(0, 0).matmul(x.reshape([b, c, h * wd]))
     } else {
@@ -27,7 +31,10 @@ pub fn conv_same(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         let mut acc: Option<Tensor<3>> = None;
         for kh in 0..k {
             for kw in 0..k {
-                let shifted = padded.clone().slice([0..b, 0..c, kh..kh + h, kw..kw + wd]).reshape([b, c, h * wd]);
+                let shifted = padded
+                    .clone()
+                    .slice([0..b, 0..c, kh..kh + h, kw..kw + wd])
+                    .reshape([b, c, h * wd]);
                 let term = tap(kh, kw).matmul(shifted);
                 acc = Some(match acc {
                     Some(a) => a + term,
@@ -68,7 +75,9 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// Nearest-neighbour 2x upsampling as a broadcast.
 pub fn upsample2(x: Tensor<4>) -> Tensor<4> {
     let [b, c, h, w] = x.dims();
-    x.reshape([b, c, h, 1, w, 1]).expand([b, c, h, 2, w, 2]).reshape([b, c, 2 * h, 2 * w])
+    x.reshape([b, c, h, 1, w, 1])
+        .expand([b, c, h, 2, w, 2])
+        .reshape([b, c, 2 * h, 2 * w])
 }
 
 /// `[B, C, H, W] -> [B, C p^2, H/p, W/p]`: each p x p patch becomes channels.
@@ -77,7 +86,9 @@ pub fn pixel_unshuffle(x: Tensor<4>, p: usize) -> Tensor<4> {
         return x;
     }
     let [b, c, h, w] = x.dims();
-    x.reshape([b, c, h / p, p, w / p, p]).permute([0, 1, 3, 5, 2, 4]).reshape([b, c * p * p, h / p, w / p])
+    x.reshape([b, c, h / p, p, w / p, p])
+        .permute([0, 1, 3, 5, 2, 4])
+        .reshape([b, c * p * p, h / p, w / p])
 }
 
 /// The inverse of [`pixel_unshuffle`].
@@ -87,7 +98,9 @@ pub fn pixel_shuffle(x: Tensor<4>, p: usize) -> Tensor<4> {
     }
     let [b, cp, h, w] = x.dims();
     let c = cp / (p * p);
-    x.reshape([b, c, p, p, h, w]).permute([0, 1, 4, 2, 5, 3]).reshape([b, c, h * p, w * p])
+    x.reshape([b, c, p, p, h, w])
+        .permute([0, 1, 4, 2, 5, 3])
+        .reshape([b, c, h * p, w * p])
 }
 
 #[cfg(test)]
@@ -100,8 +113,11 @@ mod tests {
 
     fn input(dev: &Device, shape: [usize; 4]) -> Tensor<4> {
         let n: usize = shape.iter().product();
-        let values: Vec<f32> = (0..n).map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0).collect();
-        Tensor::<4>::from_data(TensorData::new(values, shape), dev).set_require_grad(dev.is_autodiff())
+        let values: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        Tensor::<4>::from_data(TensorData::new(values, shape), dev)
+            .set_require_grad(dev.is_autodiff())
     }
 
     fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
@@ -117,11 +133,23 @@ mod tests {
                 .init(&dev);
             let x = input(&dev, [2, 3, 6, 7]);
             let (ours, theirs) = (conv_same(&conv, x.clone()), conv.forward(x.clone()));
-            assert!(max_diff(ours.clone(), theirs.clone()) < 1e-5, "k={k}: forward");
+            assert!(
+                max_diff(ours.clone(), theirs.clone()) < 1e-5,
+                "k={k}: forward"
+            );
             let g1 = (ours * theirs.clone().detach()).sum().backward();
             let g2 = (theirs.clone() * theirs.detach()).sum().backward();
-            assert!(max_diff(x.grad(&g1).unwrap(), x.grad(&g2).unwrap()) < 1e-4, "k={k}: input gradient");
-            assert!(max_diff(conv.weight.grad(&g1).unwrap(), conv.weight.grad(&g2).unwrap()) < 1e-3, "k={k}: weight gradient");
+            assert!(
+                max_diff(x.grad(&g1).unwrap(), x.grad(&g2).unwrap()) < 1e-4,
+                "k={k}: input gradient"
+            );
+            assert!(
+                max_diff(
+                    conv.weight.grad(&g1).unwrap(),
+                    conv.weight.grad(&g2).unwrap()
+                ) < 1e-3,
+                "k={k}: weight gradient"
+            );
         }
     }
 
@@ -132,7 +160,10 @@ mod tests {
         let gn = GroupNormConfig::new(4, 8).init(&dev);
         assert!(max_diff(group_norm(&gn, x.clone()), gn.forward(x.clone())) < 1e-5);
         assert!(max_diff(silu(x.clone()), burn::tensor::activation::silu(x.clone())) < 1e-6);
-        let up = interpolate(x.clone(), InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([8, 12]));
+        let up = interpolate(
+            x.clone(),
+            InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([8, 12]),
+        );
         assert!(max_diff(upsample2(x.clone()), up) == 0.0);
         let round = pixel_shuffle(pixel_unshuffle(x.clone(), 2), 2);
         assert!(max_diff(round, x.clone()) == 0.0);

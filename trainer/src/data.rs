@@ -29,7 +29,9 @@ pub enum DatasetSource {
     FashionMnist,
     Idx(PathBuf),
     /// `count` images per split of a procedural shape set, drawn from `seed`.
-    Procedural { seed: u64 },
+    Procedural {
+        seed: u64,
+    },
 }
 
 impl std::str::FromStr for DatasetSource {
@@ -203,7 +205,11 @@ pub fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>), DataEr
     if found != magic {
         return Err(bad(format!(
             "wrong magic number 0x{found:08x}, expected 0x{magic:08x} (not an IDX {} file)",
-            if magic == IMAGES_MAGIC { "image" } else { "label" }
+            if magic == IMAGES_MAGIC {
+                "image"
+            } else {
+                "label"
+            }
         )));
     }
     let rank = (magic & 0xff) as usize;
@@ -286,11 +292,29 @@ mod tests {
     #[test]
     fn idx_dir_loads_and_scales() {
         let dir = tempfile::tempdir().unwrap();
-        write_idx(&dir.path().join("train-images-idx3-ubyte"), IMAGES_MAGIC, &[2, 2, 2], &[0, 255, 51, 204, 1, 2, 3, 4]);
-        write_idx(&dir.path().join("train-labels-idx1-ubyte"), LABELS_MAGIC, &[2], &[3, 7]);
-        let set = DatasetSource::Idx(dir.path().into()).load(Split::Train).unwrap();
-        assert_eq!((set.len(), set.height, set.width, set.classes), (2, 2, 2, 8));
-        assert_eq!(set.image(0), &[-1.0, 1.0, 51.0 / 127.5 - 1.0, 204.0 / 127.5 - 1.0]);
+        write_idx(
+            &dir.path().join("train-images-idx3-ubyte"),
+            IMAGES_MAGIC,
+            &[2, 2, 2],
+            &[0, 255, 51, 204, 1, 2, 3, 4],
+        );
+        write_idx(
+            &dir.path().join("train-labels-idx1-ubyte"),
+            LABELS_MAGIC,
+            &[2],
+            &[3, 7],
+        );
+        let set = DatasetSource::Idx(dir.path().into())
+            .load(Split::Train)
+            .unwrap();
+        assert_eq!(
+            (set.len(), set.height, set.width, set.classes),
+            (2, 2, 2, 8)
+        );
+        assert_eq!(
+            set.image(0),
+            &[-1.0, 1.0, 51.0 / 127.5 - 1.0, 204.0 / 127.5 - 1.0]
+        );
         assert_eq!(set.labels, vec![3, 7]);
     }
 
@@ -303,19 +327,35 @@ mod tests {
         let src = DatasetSource::Idx(dir.path().into());
 
         let err = src.load(Split::Train).unwrap_err().to_string();
-        assert!(err.contains("train-images-idx3-ubyte") && err.contains("not found"), "{err}");
+        assert!(
+            err.contains("train-images-idx3-ubyte") && err.contains("not found"),
+            "{err}"
+        );
 
         write_idx(&images, LABELS_MAGIC, &[2, 2, 2], &[0; 8]);
         let err = src.load(Split::Train).unwrap_err().to_string();
-        assert!(err.contains("train-images-idx3-ubyte") && err.contains("wrong magic"), "{err}");
+        assert!(
+            err.contains("train-images-idx3-ubyte") && err.contains("wrong magic"),
+            "{err}"
+        );
 
         write_idx(&images, IMAGES_MAGIC, &[2, 2, 2], &[0; 5]);
         let err = src.load(Split::Train).unwrap_err().to_string();
-        assert!(err.contains("train-images-idx3-ubyte") && err.contains("truncated"), "{err}");
+        assert!(
+            err.contains("train-images-idx3-ubyte") && err.contains("truncated"),
+            "{err}"
+        );
 
-        std::fs::write(dir.path().join("train-images-idx3-ubyte.gz"), [0x1f, 0x8b, 8, 0, 1, 2]).unwrap();
+        std::fs::write(
+            dir.path().join("train-images-idx3-ubyte.gz"),
+            [0x1f, 0x8b, 8, 0, 1, 2],
+        )
+        .unwrap();
         let err = src.load(Split::Train).unwrap_err().to_string();
-        assert!(err.contains("train-images-idx3-ubyte.gz") && err.contains("gzip"), "{err}");
+        assert!(
+            err.contains("train-images-idx3-ubyte.gz") && err.contains("gzip"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -336,7 +376,10 @@ mod tests {
             return;
         }
         let test = DatasetSource::FashionMnist.load(Split::Test).unwrap();
-        assert_eq!((test.len(), test.height, test.width, test.classes), (10_000, 28, 28, 10));
+        assert_eq!(
+            (test.len(), test.height, test.width, test.classes),
+            (10_000, 28, 28, 10)
+        );
         let mean = test.images.iter().map(|&v| v as f64).sum::<f64>() / test.images.len() as f64;
         // Fashion-MNIST pixel mean is 0.286 on [0, 1]: -0.428 on [-1, 1].
         assert!((mean + 0.428).abs() < 0.01, "mean {mean}");

@@ -59,9 +59,13 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Reads and parses a JSON file, naming it in any error.
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let bytes = std::fs::read(path).map_err(|e| TrainerError::io(path, e))?;
-    serde_json::from_slice(&bytes).map_err(|e| TrainerError::checkpoint(path, format!("not a valid file of this kind ({e})")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| TrainerError::checkpoint(path, format!("not a valid file of this kind ({e})")))
 }
 
 pub(crate) fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
-    write_atomic(path, &serde_json::to_vec_pretty(value).expect("serialisable"))
+    write_atomic(
+        path,
+        &serde_json::to_vec_pretty(value).expect("serialisable"),
+    )
 }

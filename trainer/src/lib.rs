@@ -19,9 +19,9 @@ pub mod teachers;
 pub mod unet;
 
 pub use error::{Result, TrainerError};
-pub mod method;
-pub mod sample;
-pub mod student;
-pub mod metrics;
 pub mod classifier;
 pub mod conv;
+pub mod method;
+pub mod metrics;
+pub mod sample;
+pub mod student;

@@ -20,7 +20,11 @@ impl CsvLog {
             && let Ok(text) = std::fs::read_to_string(path)
         {
             for line in text.lines().skip(1) {
-                let step: u64 = line.split(',').next().and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0) as u64;
+                let step: u64 = line
+                    .split(',')
+                    .next()
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .unwrap_or(0.0) as u64;
                 if step <= from_step {
                     kept.push_str(line);
                     kept.push('\n');
@@ -28,7 +32,10 @@ impl CsvLog {
             }
         }
         std::fs::write(path, kept).map_err(io)?;
-        let file = std::fs::OpenOptions::new().append(true).open(path).map_err(io)?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(io)?;
         Ok(CsvLog {
             path: path.to_path_buf(),
             file: std::io::BufWriter::new(file),
@@ -41,7 +48,9 @@ impl CsvLog {
     }
 
     pub fn flush(&mut self) -> Result<()> {
-        self.file.flush().map_err(|e| TrainerError::io(&self.path, e))
+        self.file
+            .flush()
+            .map_err(|e| TrainerError::io(&self.path, e))
     }
 }
 

@@ -126,7 +126,9 @@ impl MethodConfig {
             BranchWeights::Uniform => Ok(vec![1.0; k]),
             BranchWeights::Linear => Ok((1..=k).map(|i| i as f64 / k as f64).collect()),
             BranchWeights::Custom(w) if w.len() == k => Ok(w.clone()),
-            BranchWeights::Custom(w) => Err(format!("{} branch weights given for K = {k}", w.len())),
+            BranchWeights::Custom(w) => {
+                Err(format!("{} branch weights given for K = {k}", w.len()))
+            }
         }
     }
 }

@@ -6,7 +6,12 @@ use nalgebra::{DMatrix, DVector, SymmetricEigen};
 /// Root mean squared error over all values.
 pub fn rmse(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
-    let mse = a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum::<f64>() / a.len() as f64;
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum::<f64>()
+        / a.len() as f64;
     mse.sqrt()
 }
 
@@ -27,18 +32,28 @@ impl Gaussian {
     /// From a mean and a row-major covariance (as stored).
     pub fn from_parts(mean: Vec<f64>, cov: Vec<f64>) -> Gaussian {
         let d = mean.len();
-        Gaussian { mean: DVector::from_vec(mean), cov: DMatrix::from_row_slice(d, d, &cov) }
+        Gaussian {
+            mean: DVector::from_vec(mean),
+            cov: DMatrix::from_row_slice(d, d, &cov),
+        }
     }
 
     /// The mean and the row-major covariance.
     pub fn parts(&self) -> (Vec<f64>, Vec<f64>) {
-        (self.mean.iter().copied().collect(), self.cov.transpose().iter().copied().collect())
+        (
+            self.mean.iter().copied().collect(),
+            self.cov.transpose().iter().copied().collect(),
+        )
     }
 
     pub fn fit(features: &[f32], d: usize) -> Gaussian {
         let n = features.len() / d;
         assert!(n >= 2, "need at least two feature vectors");
-        let x = DMatrix::from_row_slice(n, d, &features.iter().map(|&v| v as f64).collect::<Vec<_>>());
+        let x = DMatrix::from_row_slice(
+            n,
+            d,
+            &features.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        );
         let mean = x.row_mean().transpose();
         let centered = DMatrix::from_fn(n, d, |i, j| x[(i, j)] - mean[j]);
         let cov = centered.transpose() * &centered / (n as f64 - 1.0);
@@ -69,14 +84,21 @@ pub fn frechet_distance(a: &Gaussian, b: &Gaussian) -> f64 {
 /// at least half their fair share of samples.
 pub fn label_entropy_coverage(predicted: &[usize], classes: usize) -> (f64, f64) {
     let mut counts = vec![0usize; classes];
-    predicted.iter().for_each(|&c| counts[c.min(classes - 1)] += 1);
+    predicted
+        .iter()
+        .for_each(|&c| counts[c.min(classes - 1)] += 1);
     let n = predicted.len().max(1) as f64;
-    let entropy = counts.iter().filter(|&&c| c > 0).map(|&c| {
-        let p = c as f64 / n;
-        -p * p.ln()
-    }).sum();
+    let entropy = counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / n;
+            -p * p.ln()
+        })
+        .sum();
     let fair = n / classes as f64;
-    let covered = counts.iter().filter(|&&c| c as f64 >= 0.5 * fair).count() as f64 / classes as f64;
+    let covered =
+        counts.iter().filter(|&&c| c as f64 >= 0.5 * fair).count() as f64 / classes as f64;
     (entropy, covered)
 }
 
@@ -87,7 +109,9 @@ mod tests {
     fn random_spd(d: usize, seed: u64) -> DMatrix<f64> {
         let mut s = seed;
         let mut next = move || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 11) as f64 / (1u64 << 53) as f64) - 0.5
         };
         let m = DMatrix::from_fn(d, d, |_, _| next());
@@ -121,15 +145,24 @@ mod tests {
         // Same Gaussian: 0. Shifted mean: |shift|^2. Scaled isotropic covariances s1 I, s2 I:
         // d (sqrt(s1) - sqrt(s2))^2.
         let d = 4;
-        let g = |mean: f64, var: f64| Gaussian { mean: DVector::from_element(d, mean), cov: DMatrix::identity(d, d) * var };
+        let g = |mean: f64, var: f64| Gaussian {
+            mean: DVector::from_element(d, mean),
+            cov: DMatrix::identity(d, d) * var,
+        };
         assert!(frechet_distance(&g(0.0, 2.0), &g(0.0, 2.0)).abs() < 1e-12);
         assert!((frechet_distance(&g(0.0, 1.0), &g(0.5, 1.0)) - 4.0 * 0.25).abs() < 1e-12);
         let expect = d as f64 * (1f64.sqrt() - 4f64.sqrt()).powi(2);
         assert!((frechet_distance(&g(0.0, 1.0), &g(0.0, 4.0)) - expect).abs() < 1e-12);
         // Symmetric for general covariances.
         let (a, b) = (random_spd(6, 7), random_spd(6, 8));
-        let ga = Gaussian { mean: DVector::zeros(6), cov: a };
-        let gb = Gaussian { mean: DVector::from_element(6, 0.3), cov: b };
+        let ga = Gaussian {
+            mean: DVector::zeros(6),
+            cov: a,
+        };
+        let gb = Gaussian {
+            mean: DVector::from_element(6, 0.3),
+            cov: b,
+        };
         assert!((frechet_distance(&ga, &gb) - frechet_distance(&gb, &ga)).abs() < 1e-9);
     }
 

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 pub enum LrSchedule {
     Constant,
     /// Multiply by `factor` once half the steps are done (SFD's schedule).
-    StepHalf { factor: f64 },
+    StepHalf {
+        factor: f64,
+    },
     /// Cosine from `lr` to 0.
     Cosine,
 }
@@ -25,7 +27,9 @@ impl std::str::FromStr for LrSchedule {
             "constant" => Ok(LrSchedule::Constant),
             "step" | "step-half" => Ok(LrSchedule::StepHalf { factor: 0.1 }),
             "cosine" => Ok(LrSchedule::Cosine),
-            other => Err(format!("unknown lr schedule {other:?} (constant, step-half, cosine)")),
+            other => Err(format!(
+                "unknown lr schedule {other:?} (constant, step-half, cosine)"
+            )),
         }
     }
 }

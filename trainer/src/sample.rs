@@ -10,7 +10,13 @@ use crate::solvers::{euler_step, to_d};
 
 /// Runs the student from `x` at `sigmas[0]` through every timestamp; returns the state at
 /// each timestamp (the last is the sample).
-pub fn sample(net: &EdmNet, mut x: Tensor<4>, sigmas: &[f64], afs: bool, labels: Option<&Tensor<1, Int>>) -> Vec<Tensor<4>> {
+pub fn sample(
+    net: &EdmNet,
+    mut x: Tensor<4>,
+    sigmas: &[f64],
+    afs: bool,
+    labels: Option<&Tensor<1, Int>>,
+) -> Vec<Tensor<4>> {
     let mut states = vec![x.clone()];
     for (i, pair) in sigmas.windows(2).enumerate() {
         let (s, s_next) = (pair[0], pair[1]);

@@ -179,7 +179,9 @@ pub fn dpmpp_multistep(
             break;
         }
         let h = s.ln() - s_next.ln();
-        let step_order = order.min(i + 1).min(if lower_order_final { steps - i } else { order });
+        let step_order = order
+            .min(i + 1)
+            .min(if lower_order_final { steps - i } else { order });
         x = dpmpp_update(x, &denoised, &history, h, step_order);
         history.insert(0, (denoised, h));
         history.truncate(2);

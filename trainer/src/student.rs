@@ -116,8 +116,15 @@ impl StudentState {
         let k = config.method.k;
         let autodiff = device.clone().autodiff();
         let model = match &config.init {
-            Init::Scratch => EdmNet::new(&config.net.clone().with_out_channels(k * channels), channels, &autodiff, config.seed),
-            Init::Teacher(dir) => crate::teachers::unet::UnetTeacher::load(dir, &autodiff)?.net.widen(k),
+            Init::Scratch => EdmNet::new(
+                &config.net.clone().with_out_channels(k * channels),
+                channels,
+                &autodiff,
+                config.seed,
+            ),
+            Init::Teacher(dir) => crate::teachers::unet::UnetTeacher::load(dir, &autodiff)?
+                .net
+                .widen(k),
         };
         let ema = model.valid();
         Ok(StudentState {
@@ -130,11 +137,29 @@ impl StudentState {
     }
 
     /// Restores the newest checkpoint of `run`; returns it with the saved loop state.
-    pub fn resume(config: &StudentConfig, channels: usize, device: &Device, run: &Path) -> Result<(StudentState, LoopState)> {
+    pub fn resume(
+        config: &StudentConfig,
+        channels: usize,
+        device: &Device,
+        run: &Path,
+    ) -> Result<(StudentState, LoopState)> {
         let ckpt = checkpoint::latest(run)?
             .ok_or_else(|| TrainerError::checkpoint(run, "no checkpoint to resume from"))?;
-        let template = StudentState::fresh(&StudentConfig { init: Init::Scratch, ..config.clone() }, channels, device)?;
-        let r = checkpoint::load::<LoopState>(&ckpt, "student", template.model, template.ema, template.optim)?;
+        let template = StudentState::fresh(
+            &StudentConfig {
+                init: Init::Scratch,
+                ..config.clone()
+            },
+            channels,
+            device,
+        )?;
+        let r = checkpoint::load::<LoopState>(
+            &ckpt,
+            "student",
+            template.model,
+            template.ema,
+            template.optim,
+        )?;
         let state = StudentState {
             model: r.model,
             ema: r.ema,
@@ -155,15 +180,24 @@ pub fn train(
     log: &mut crate::log::CsvLog,
     on_step: &mut dyn FnMut(&StepReport),
 ) -> Result<StudentState> {
-    let weights = config.method.branch_weights().map_err(TrainerError::Config)?;
-    let device = state.model.devices().first().cloned().expect("model lives on a device");
+    let weights = config
+        .method
+        .branch_weights()
+        .map_err(TrainerError::Config)?;
+    let device = state
+        .model
+        .devices()
+        .first()
+        .cloned()
+        .expect("model lives on a device");
     let mut waited = Instant::now();
     while state.step < config.steps {
         let batch = source.next_batch()?;
         let wait_s = waited.elapsed().as_secs_f64();
         let started = Instant::now();
         let lr = config.optim.lr_at(state.step, config.steps);
-        let (loss, per_branch, grad_norm) = train_batch(config, &mut state, &batch, &weights, lr, &device)?;
+        let (loss, per_branch, grad_norm) =
+            train_batch(config, &mut state, &batch, &weights, lr, &device)?;
         state.step += 1;
         state.last_loss = loss;
         let report = StepReport {
@@ -186,7 +220,15 @@ pub fn train(
                 source_position: source.position(),
                 last_loss: loss,
             };
-            checkpoint::save(run, "student", state.step, &state.model, &state.ema, &state.optim, &loop_state)?;
+            checkpoint::save(
+                run,
+                "student",
+                state.step,
+                &state.model,
+                &state.ema,
+                &state.optim,
+                &loop_state,
+            )?;
         }
         waited = Instant::now();
     }
@@ -212,19 +254,34 @@ fn train_batch(
             batch.target_sigmas[0].len()
         )));
     }
-    let targets: Tensor<3> = Tensor::from_data(TensorData::new(batch.targets.clone(), [b, intervals * k, d]), device);
-    let target = |i: usize, j: usize| targets.clone().narrow(1, i * k + j, 1).reshape([b, c, h, w]);
+    let targets: Tensor<3> = Tensor::from_data(
+        TensorData::new(batch.targets.clone(), [b, intervals * k, d]),
+        device,
+    );
+    let target = |i: usize, j: usize| {
+        targets
+            .clone()
+            .narrow(1, i * k + j, 1)
+            .reshape([b, c, h, w])
+    };
     let labels = batch
         .labels
         .as_ref()
         .filter(|_| config.net.num_classes > 0)
-        .map(|l| Tensor::<1, Int>::from_data(TensorData::new(l.iter().map(|&v| v as i64).collect(), [b]), device));
+        .map(|l| {
+            Tensor::<1, Int>::from_data(
+                TensorData::new(l.iter().map(|&v| v as i64).collect(), [b]),
+                device,
+            )
+        });
     let teacher_start = |i: usize| -> Option<Tensor<4>> {
         let starts = batch.interval_starts.as_ref()?;
-        let all: Tensor<3> = Tensor::from_data(TensorData::new(starts.clone(), [b, intervals, d]), device);
+        let all: Tensor<3> =
+            Tensor::from_data(TensorData::new(starts.clone(), [b, intervals, d]), device);
         Some(all.narrow(1, i, 1).reshape([b, c, h, w]))
     };
-    let mut x: Tensor<4> = Tensor::from_data(TensorData::new(batch.start.clone(), [b, c, h, w]), device);
+    let mut x: Tensor<4> =
+        Tensor::from_data(TensorData::new(batch.start.clone(), [b, c, h, w]), device);
     let (mut total, mut per_branch, mut trained, mut norm) = (0.0, vec![0.0; k], 0usize, 0.0f64);
     let mut pending: Option<Tensor<1>> = None;
     for i in 0..intervals {
@@ -238,9 +295,21 @@ fn train_batch(
             continue;
         }
         let ts: Vec<Tensor<4>> = (0..k).map(|j| target(i, j)).collect();
-        let out = interval_loss(&state.model, x, s, &ts, &batch.target_sigmas[i], weights, m.distance, labels.as_ref());
+        let out = interval_loss(
+            &state.model,
+            x,
+            s,
+            &ts,
+            &batch.target_sigmas[i],
+            weights,
+            m.distance,
+            labels.as_ref(),
+        );
         total += out.loss.clone().inner().into_scalar::<f64>();
-        per_branch.iter_mut().zip(&out.per_branch).for_each(|(a, v)| *a += v);
+        per_branch
+            .iter_mut()
+            .zip(&out.per_branch)
+            .for_each(|(a, v)| *a += v);
         trained += 1;
         x = out.endpoint;
         match m.step_per {
@@ -263,16 +332,19 @@ fn train_batch(
         });
     }
     let n = trained.max(1) as f64;
-    Ok((total / n, per_branch.into_iter().map(|v| v / n).collect(), norm))
+    Ok((
+        total / n,
+        per_branch.into_iter().map(|v| v / n).collect(),
+        norm,
+    ))
 }
 
 /// One optimiser step on `loss`, with clipping and the EMA update; returns the grad norm.
 fn optimise(config: &StudentConfig, state: &mut StudentState, loss: Tensor<1>, lr: f64) -> f64 {
     let mut grads = GradientsParams::from_grads(loss.backward(), &state.model);
-    let norm = config
-        .optim
-        .grad_clip
-        .map_or(f64::NAN, |max| clip_global_norm(&state.model, &mut grads, max));
+    let norm = config.optim.grad_clip.map_or(f64::NAN, |max| {
+        clip_global_norm(&state.model, &mut grads, max)
+    });
     state.model = state.optim.step(lr, state.model.clone(), grads);
     state.ema = ema_update(state.ema.clone(), &state.model, config.optim.ema_decay);
     norm
@@ -280,7 +352,10 @@ fn optimise(config: &StudentConfig, state: &mut StudentState, loss: Tensor<1>, l
 
 /// The log's header for K branches.
 pub fn log_header(k: usize) -> Vec<String> {
-    let mut h: Vec<String> = ["step", "loss", "lr", "grad_norm"].iter().map(|s| s.to_string()).collect();
+    let mut h: Vec<String> = ["step", "loss", "lr", "grad_norm"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     h.extend((1..=k).map(|i| format!("branch_{i}")));
     h
 }

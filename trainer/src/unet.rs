@@ -4,7 +4,9 @@
 
 use burn::module::{ModuleMapper, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{Embedding, EmbeddingConfig, GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{
+    Embedding, EmbeddingConfig, GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d,
+};
 use burn::prelude::*;
 use burn::tensor::module::avg_pool2d;
 use burn::tensor::ops::AvgPoolOptions;
@@ -100,7 +102,12 @@ impl UNet {
     /// - `c_noise`: `[B]`
     /// - `labels`: `[B]` when the net is class-conditional
     /// - returns `[B, C_out, H, W]`
-    pub fn forward(&self, x: Tensor<4>, c_noise: Tensor<1>, labels: Option<&Tensor<1, Int>>) -> Tensor<4> {
+    pub fn forward(
+        &self,
+        x: Tensor<4>,
+        c_noise: Tensor<1>,
+        labels: Option<&Tensor<1, Int>>,
+    ) -> Tensor<4> {
         let emb = self.embedding(c_noise, labels); // [B, E]
         let mut h = conv_same(&self.conv_in, pixel_unshuffle(x, self.patch));
         let mut skips = Vec::with_capacity(self.down.len());
@@ -126,10 +133,14 @@ impl UNet {
         let device = c_noise.device();
         // Fourier features of c_noise at log-spaced frequencies 1 .. 100.
         let n = self.fourier;
-        let freqs: Vec<f32> = (0..n).map(|i| 100f32.powf(i as f32 / (n - 1).max(1) as f32)).collect();
+        let freqs: Vec<f32> = (0..n)
+            .map(|i| 100f32.powf(i as f32 / (n - 1).max(1) as f32))
+            .collect();
         let freqs = Tensor::<2>::from_data(TensorData::new(freqs, [1, n]), &device);
         let phase = c_noise.reshape([b, 1]) * freqs;
-        let mut e = self.emb_in.forward(Tensor::cat(vec![phase.clone().cos(), phase.sin()], 1));
+        let mut e = self
+            .emb_in
+            .forward(Tensor::cat(vec![phase.clone().cos(), phase.sin()], 1));
         if let (Some(table), Some(l)) = (&self.class_emb, labels) {
             let d = e.dims()[1];
             e = e + table.forward(l.clone().reshape([b, 1])).reshape([b, d]);
@@ -221,7 +232,10 @@ fn conv3(i: usize, o: usize, device: &Device) -> Conv2d {
 }
 
 fn group_norm_layer(channels: usize, device: &Device) -> GroupNorm {
-    let groups = [8, 4, 2, 1].into_iter().find(|g| channels % g == 0).unwrap_or(1);
+    let groups = [8, 4, 2, 1]
+        .into_iter()
+        .find(|g| channels % g == 0)
+        .unwrap_or(1);
     GroupNormConfig::new(groups, channels).init(device)
 }
 

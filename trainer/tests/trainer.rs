@@ -16,7 +16,9 @@ use nalgebra::{DMatrix, DVector};
 fn stream(seed: u64) -> impl FnMut() -> f64 {
     let mut s = seed;
     move || {
-        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
     }
 }
@@ -33,7 +35,10 @@ fn orthonormal(d: usize, r: usize, rnd: &mut impl FnMut() -> f64) -> Vec<f32> {
         let n = v.iter().map(|a| a * a).sum::<f64>().sqrt();
         cols.push(v.iter().map(|a| a / n).collect());
     }
-    (0..d).flat_map(|j| (0..r).map(move |i| (j, i))).map(|(j, i)| cols[i][j] as f32).collect()
+    (0..d)
+        .flat_map(|j| (0..r).map(move |i| (j, i)))
+        .map(|(j, i)| cols[i][j] as f32)
+        .collect()
 }
 
 fn component(d: usize, r: usize, weight: f64, rnd: &mut impl FnMut() -> f64) -> Component {
@@ -48,7 +53,11 @@ fn component(d: usize, r: usize, weight: f64, rnd: &mut impl FnMut() -> f64) -> 
 
 fn gaussian(d: usize) -> GmmParams {
     let mut rnd = stream(1);
-    GmmParams { dims: [1, 1, d], components: vec![component(d, 3, 1.0, &mut rnd)], conditional: false }
+    GmmParams {
+        dims: [1, 1, d],
+        components: vec![component(d, 3, 1.0, &mut rnd)],
+        conditional: false,
+    }
 }
 
 fn tensor(values: Vec<f32>, shape: [usize; 4], dev: &Device) -> Tensor<4> {
@@ -57,7 +66,9 @@ fn tensor(values: Vec<f32>, shape: [usize; 4], dev: &Device) -> Tensor<4> {
 
 /// Max error at the final state against the closed form, for a solver on a G-point grid.
 fn final_error(params: &GmmParams, solver: Solver, points: usize) -> f64 {
-    final_error_with(params, points, &|den, x, sigmas| solver.run(den, x, sigmas, None, &mut |_, _, _| {}))
+    final_error_with(params, points, &|den, x, sigmas| {
+        solver.run(den, x, sigmas, None, &mut |_, _, _| {})
+    })
 }
 
 type Run<'a> = dyn Fn(&dyn Denoiser, Tensor<4>, &[f64]) -> Tensor<4> + 'a;
@@ -70,7 +81,11 @@ fn final_error_with(params: &GmmParams, points: usize, run: &Run) -> f64 {
     let rows = 8;
     let x0: Vec<f32> = (0..rows * d).map(|_| (80.0 * rnd()) as f32).collect();
     let den = params.denoiser(&dev);
-    let out = host(&run(&den, tensor(x0.clone(), [rows, 1, 1, d], &dev), &sigmas));
+    let out = host(&run(
+        &den,
+        tensor(x0.clone(), [rows, 1, 1, d], &dev),
+        &sigmas,
+    ));
     let mut err = 0f64;
     for r in 0..rows {
         let exact = params.exact_ode_state(&x0[r * d..(r + 1) * d], 80.0, 0.002);
@@ -92,7 +107,19 @@ fn solver_orders_match_theory_on_the_gaussian_ode() {
     let params = &gaussian(12);
     let solver = |s: Solver| move |g: usize| final_error(params, s, g);
     let pure = |order: usize| {
-        move |g: usize| final_error_with(params, g, &|den, x, s| bdense_trainer::solvers::dpmpp_multistep(den, x, s, None, order, false, &mut |_, _, _| {}))
+        move |g: usize| {
+            final_error_with(params, g, &|den, x, s| {
+                bdense_trainer::solvers::dpmpp_multistep(
+                    den,
+                    x,
+                    s,
+                    None,
+                    order,
+                    false,
+                    &mut |_, _, _| {},
+                )
+            })
+        }
     };
     // Global error over the whole 80 -> 0.002 grid: doubling the steps divides it by about
     // 2^order. (The multistep methods start with a first-order step, which caps their
@@ -105,12 +132,20 @@ fn solver_orders_match_theory_on_the_gaussian_ode() {
     for (name, run, lo, hi) in &cases {
         let (a, b, r) = ratio(run.as_ref(), 25, 49);
         println!("{name}: error {a:.3e} on 25 points, {b:.3e} on 49: ratio {r:.2}");
-        assert!(r > *lo && r < *hi, "{name}: doubling the steps divided the error by {r:.2}, expected [{lo}, {hi}]");
+        assert!(
+            r > *lo && r < *hi,
+            "{name}: doubling the steps divided the error by {r:.2}, expected [{lo}, {hi}]"
+        );
     }
     // 3M (with SFD's lower-order final steps) is far more accurate than 2M on the same grid
     // and still converges faster than first order.
     let e = |s| final_error(params, s, 25);
-    println!("on 25 points: euler {:.3e}, dpmpp2m {:.3e}, dpmpp3m {:.3e}", e(Solver::Euler), e(Solver::Dpmpp2m), e(Solver::Dpmpp3m));
+    println!(
+        "on 25 points: euler {:.3e}, dpmpp2m {:.3e}, dpmpp3m {:.3e}",
+        e(Solver::Euler),
+        e(Solver::Dpmpp2m),
+        e(Solver::Dpmpp3m)
+    );
     assert!(e(Solver::Dpmpp3m) < 0.1 * e(Solver::Dpmpp2m));
     assert!(e(Solver::Dpmpp2m) < e(Solver::Euler) && e(Solver::Heun) < e(Solver::Euler));
     let (_, _, r) = ratio(&solver(Solver::Dpmpp3m), 25, 49);
@@ -129,14 +164,25 @@ fn local_error(params: &GmmParams, order: usize, h: f64) -> f64 {
     // sigma at log-sigma offsets -2h, -h, 0 (the current point) and +h... descending: 2h, h, 0, -h.
     let sigma = |k: f64| (k * h).exp();
     let exact = |s: f64| -> Vec<f32> {
-        (0..rows).flat_map(|r| params.exact_ode_state(&start[r * d..(r + 1) * d], 80.0, s)).collect()
+        (0..rows)
+            .flat_map(|r| params.exact_ode_state(&start[r * d..(r + 1) * d], 80.0, s))
+            .collect()
     };
     let state = |s: f64| tensor(exact(s), [rows, 1, 1, d], &dev);
     let denoised = |s: f64| den.denoise(state(s), s, None);
     let history: Vec<(Tensor<4>, f64)> = vec![(denoised(sigma(1.0)), h), (denoised(sigma(2.0)), h)];
-    let x1 = bdense_trainer::solvers::dpmpp_update(state(sigma(0.0)), &denoised(sigma(0.0)), &history[..order - 1], h, order);
+    let x1 = bdense_trainer::solvers::dpmpp_update(
+        state(sigma(0.0)),
+        &denoised(sigma(0.0)),
+        &history[..order - 1],
+        h,
+        order,
+    );
     let (got, want) = (host(&x1), exact(sigma(-1.0)));
-    got.iter().zip(&want).map(|(a, b)| (*a as f64 - *b as f64).abs()).fold(0.0, f64::max)
+    got.iter()
+        .zip(&want)
+        .map(|(a, b)| (*a as f64 - *b as f64).abs())
+        .fold(0.0, f64::max)
 }
 
 #[test]
@@ -145,9 +191,19 @@ fn dpm_solver_updates_have_their_local_order() {
     // divides it by 2^(p+1) = 4, 8, 16.
     let params = &gaussian(12);
     for (order, lo, hi) in [(1usize, 3.4, 4.6), (2, 6.5, 9.5), (3, 10.5, 20.0)] {
-        let (a, b) = (local_error(params, order, 0.2), local_error(params, order, 0.1));
-        println!("dpm-solver++ order {order}: local error {a:.3e} at h=0.2, {b:.3e} at h=0.1: ratio {:.2}", a / b);
-        assert!(a / b > lo && a / b < hi, "order {order}: ratio {:.2}, expected [{lo}, {hi}]", a / b);
+        let (a, b) = (
+            local_error(params, order, 0.2),
+            local_error(params, order, 0.1),
+        );
+        println!(
+            "dpm-solver++ order {order}: local error {a:.3e} at h=0.2, {b:.3e} at h=0.1: ratio {:.2}",
+            a / b
+        );
+        assert!(
+            a / b > lo && a / b < hi,
+            "order {order}: ratio {:.2}, expected [{lo}, {hi}]",
+            a / b
+        );
     }
 }
 
@@ -157,12 +213,26 @@ fn every_solver_reports_every_grid_state() {
     let dev = cpu();
     let den = params.denoiser(&dev);
     let sigmas = polynomial_sigmas(9, 0.002, 80.0, 7.0);
-    for solver in [Solver::Euler, Solver::Heun, Solver::Dpmpp2m, Solver::Dpmpp3m] {
+    for solver in [
+        Solver::Euler,
+        Solver::Heun,
+        Solver::Dpmpp2m,
+        Solver::Dpmpp3m,
+    ] {
         let mut seen = Vec::new();
-        solver.run(&den, tensor(vec![1.0; 8], [2, 1, 1, 4], &dev), &sigmas, None, &mut |i, _, d| seen.push((i, d.is_some())));
+        solver.run(
+            &den,
+            tensor(vec![1.0; 8], [2, 1, 1, 4], &dev),
+            &sigmas,
+            None,
+            &mut |i, _, d| seen.push((i, d.is_some())),
+        );
         assert_eq!(seen.len(), 9, "{solver}");
         assert!(seen.iter().enumerate().all(|(i, &(j, _))| i == j));
-        assert!(seen[..8].iter().all(|s| s.1) && !seen[8].1, "{solver}: denoised at every state but the last");
+        assert!(
+            seen[..8].iter().all(|s| s.1) && !seen[8].1,
+            "{solver}: denoised at every state but the last"
+        );
     }
 }
 
@@ -176,7 +246,10 @@ fn brute_force_posterior(params: &GmmParams, x: &[f32], sigma: f64) -> Vec<f64> 
         let r = c.rank();
         let u = DMatrix::from_fn(d, r, |j, i| c.basis[j * r + i] as f64);
         let tau = c.rest[0] as f64;
-        let lam = DMatrix::from_diagonal(&DVector::from_iterator(r, c.lambda.iter().map(|&l| l as f64 - tau)));
+        let lam = DMatrix::from_diagonal(&DVector::from_iterator(
+            r,
+            c.lambda.iter().map(|&l| l as f64 - tau),
+        ));
         let cov = &u * lam * u.transpose() + DMatrix::identity(d, d) * tau;
         let noisy = &cov + DMatrix::identity(d, d) * (sigma * sigma);
         let chol = noisy.clone().cholesky().expect("SPD");
@@ -190,7 +263,9 @@ fn brute_force_posterior(params: &GmmParams, x: &[f32], sigma: f64) -> Vec<f64> 
     let max = logs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let w: Vec<f64> = logs.iter().map(|l| (l - max).exp()).collect();
     let z: f64 = w.iter().sum();
-    (0..d).map(|j| means.iter().zip(&w).map(|(m, wi)| m[j] * wi / z).sum()).collect()
+    (0..d)
+        .map(|j| means.iter().zip(&w).map(|(m, wi)| m[j] * wi / z).sum())
+        .collect()
 }
 
 #[test]
@@ -199,20 +274,29 @@ fn mixture_denoiser_matches_brute_force_posterior_mean() {
     let d = 6;
     let params = GmmParams {
         dims: [1, 2, 3],
-        components: (0..3).map(|i| component(d, 2, [0.5, 0.3, 0.2][i], &mut rnd)).collect(),
+        components: (0..3)
+            .map(|i| component(d, 2, [0.5, 0.3, 0.2][i], &mut rnd))
+            .collect(),
         conditional: false,
     };
     let dev = cpu();
     let den = params.denoiser(&dev);
     for sigma in [0.02, 0.3, 1.0, 4.0, 30.0] {
         let rows = 5;
-        let x: Vec<f32> = (0..rows * d).map(|_| ((1.0 + sigma) * rnd()) as f32).collect();
+        let x: Vec<f32> = (0..rows * d)
+            .map(|_| ((1.0 + sigma) * rnd()) as f32)
+            .collect();
         let out = host(&den.denoise(tensor(x.clone(), [rows, 1, 2, 3], &dev), sigma, None));
         for r in 0..rows {
             let exact = brute_force_posterior(&params, &x[r * d..(r + 1) * d], sigma);
             for j in 0..d {
                 let err = (out[r * d + j] as f64 - exact[j]).abs();
-                assert!(err < 2e-4 * (1.0 + exact[j].abs()), "sigma {sigma} row {r}: {} vs {}", out[r * d + j], exact[j]);
+                assert!(
+                    err < 2e-4 * (1.0 + exact[j].abs()),
+                    "sigma {sigma} row {r}: {} vs {}",
+                    out[r * d + j],
+                    exact[j]
+                );
             }
         }
     }
@@ -227,20 +311,44 @@ fn conditional_mixture_uses_the_labelled_component() {
         components: (0..2).map(|_| component(d, 2, 0.5, &mut rnd)).collect(),
         conditional: true,
     };
-    let single = |c: usize| GmmParams { components: vec![Component { weight: 1.0, ..params.components[c].clone() }], conditional: false, ..params.clone() };
+    let single = |c: usize| GmmParams {
+        components: vec![Component {
+            weight: 1.0,
+            ..params.components[c].clone()
+        }],
+        conditional: false,
+        ..params.clone()
+    };
     let dev = cpu();
     let x: Vec<f32> = (0..2 * d).map(|_| rnd() as f32).collect();
     let labels = Tensor::<1, Int>::from_data(TensorData::new(vec![1i64, 0], [2]), &dev);
-    let out = host(&params.denoiser(&dev).denoise(tensor(x.clone(), [2, 1, 2, 3], &dev), 0.7, Some(&labels)));
-    let a = host(&single(1).denoiser(&dev).denoise(tensor(x[..d].to_vec(), [1, 1, 2, 3], &dev), 0.7, None));
-    let b = host(&single(0).denoiser(&dev).denoise(tensor(x[d..].to_vec(), [1, 1, 2, 3], &dev), 0.7, None));
+    let out = host(&params.denoiser(&dev).denoise(
+        tensor(x.clone(), [2, 1, 2, 3], &dev),
+        0.7,
+        Some(&labels),
+    ));
+    let a = host(&single(1).denoiser(&dev).denoise(
+        tensor(x[..d].to_vec(), [1, 1, 2, 3], &dev),
+        0.7,
+        None,
+    ));
+    let b = host(&single(0).denoiser(&dev).denoise(
+        tensor(x[d..].to_vec(), [1, 1, 2, 3], &dev),
+        0.7,
+        None,
+    ));
     for j in 0..d {
         assert!((out[j] - a[j]).abs() < 1e-6 && (out[d + j] - b[j]).abs() < 1e-6);
     }
 }
 
 fn tiny_net(k: usize, seed: u64, dev: &Device) -> EdmNet {
-    let config = UNetConfig::new().with_base(8).with_mults(vec![1, 2]).with_emb(16).with_fourier(4).with_out_channels(k);
+    let config = UNetConfig::new()
+        .with_base(8)
+        .with_mults(vec![1, 2])
+        .with_emb(16)
+        .with_fourier(4)
+        .with_out_channels(k);
     EdmNet::new(&config, 1, dev, seed)
 }
 
@@ -251,13 +359,28 @@ fn widened_student_equals_its_teacher_on_every_branch() {
     let student = teacher.clone().widen(4);
     assert_eq!(student.branches(), 4);
     let mut rnd = stream(9);
-    let x = tensor((0..2 * 64).map(|_| rnd() as f32).collect(), [2, 1, 8, 8], &dev);
+    let x = tensor(
+        (0..2 * 64).map(|_| rnd() as f32).collect(),
+        [2, 1, 8, 8],
+        &dev,
+    );
     for sigma in [0.01, 1.0, 50.0] {
         let t = host(&teacher.denoise(x.clone(), sigma, None));
-        for (k, branch) in student.denoise_branches(x.clone(), sigma_batch(sigma, 2, &dev), None).iter().enumerate() {
+        for (k, branch) in student
+            .denoise_branches(x.clone(), sigma_batch(sigma, 2, &dev), None)
+            .iter()
+            .enumerate()
+        {
             let b = host(branch);
-            let err = t.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
-            assert!(err <= 1e-6, "branch {k} at sigma {sigma} differs from the teacher by {err}");
+            let err = t
+                .iter()
+                .zip(&b)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                err <= 1e-6,
+                "branch {k} at sigma {sigma} differs from the teacher by {err}"
+            );
         }
     }
 }
@@ -271,7 +394,15 @@ fn seeded_init_is_reproducible_and_seed_dependent() {
 }
 
 fn targets(k: usize, rnd: &mut impl FnMut() -> f64, dev: &Device) -> Vec<Tensor<4>> {
-    (0..k).map(|_| tensor((0..2 * 64).map(|_| rnd() as f32).collect(), [2, 1, 8, 8], dev)).collect()
+    (0..k)
+        .map(|_| {
+            tensor(
+                (0..2 * 64).map(|_| rnd() as f32).collect(),
+                [2, 1, 8, 8],
+                dev,
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -284,14 +415,39 @@ fn endpoint_only_weights_reproduce_the_sfd_loss() {
     let sfd = teacher.clone().widen(1);
     let bdense = teacher.widen(4);
     let mut rnd = stream(2);
-    let x = tensor((0..2 * 64).map(|_| (10.0 * rnd()) as f32).collect(), [2, 1, 8, 8], &dev);
+    let x = tensor(
+        (0..2 * 64).map(|_| (10.0 * rnd()) as f32).collect(),
+        [2, 1, 8, 8],
+        &dev,
+    );
     let ts = targets(4, &mut rnd, &dev);
     let sig = [8.0, 6.0, 4.5, 3.0];
     for distance in [Distance::L1, Distance::L2] {
-        let a = interval_loss(&sfd, x.clone(), 10.0, &ts[3..], &sig[3..], &[1.0], distance, None);
-        let b = interval_loss(&bdense, x.clone(), 10.0, &ts, &sig, &[0.0, 0.0, 0.0, 1.0], distance, None);
+        let a = interval_loss(
+            &sfd,
+            x.clone(),
+            10.0,
+            &ts[3..],
+            &sig[3..],
+            &[1.0],
+            distance,
+            None,
+        );
+        let b = interval_loss(
+            &bdense,
+            x.clone(),
+            10.0,
+            &ts,
+            &sig,
+            &[0.0, 0.0, 0.0, 1.0],
+            distance,
+            None,
+        );
         let (a, b) = (a.loss.into_scalar::<f64>(), b.loss.into_scalar::<f64>());
-        assert!((a - b).abs() <= 1e-6 * a.abs(), "{distance:?}: sfd {a} vs bdense endpoint {b}");
+        assert!(
+            (a - b).abs() <= 1e-6 * a.abs(),
+            "{distance:?}: sfd {a} vs bdense endpoint {b}"
+        );
     }
 }
 
@@ -301,20 +457,47 @@ fn every_branch_gradient_reaches_the_shared_backbone() {
     let k = 3;
     let net = tiny_net(k, 8, &dev);
     let mut rnd = stream(4);
-    let x = tensor((0..2 * 64).map(|_| (5.0 * rnd()) as f32).collect(), [2, 1, 8, 8], &dev);
+    let x = tensor(
+        (0..2 * 64).map(|_| (5.0 * rnd()) as f32).collect(),
+        [2, 1, 8, 8],
+        &dev,
+    );
     let ts = targets(k, &mut rnd, &dev);
     for branch in 0..k {
         let mut w = vec![0.0; k];
         w[branch] = 1.0;
-        let out = interval_loss(&net, x.clone(), 5.0, &ts, &[4.0, 3.0, 2.0], &w, Distance::L1, None);
+        let out = interval_loss(
+            &net,
+            x.clone(),
+            5.0,
+            &ts,
+            &[4.0, 3.0, 2.0],
+            &w,
+            Distance::L1,
+            None,
+        );
         let grads = out.loss.backward();
-        let backbone = net.net.first_conv_weight().grad(&grads).expect("backbone gradient");
-        assert!(host(&backbone).iter().any(|g| g.abs() > 0.0), "branch {branch} does not reach the backbone");
+        let backbone = net
+            .net
+            .first_conv_weight()
+            .grad(&grads)
+            .expect("backbone gradient");
+        assert!(
+            host(&backbone).iter().any(|g| g.abs() > 0.0),
+            "branch {branch} does not reach the backbone"
+        );
         let head = host(&net.net.conv_out.weight.grad(&grads).expect("head gradient"));
         let per_branch = head.len() / k;
         for other in 0..k {
-            let norm: f32 = head[other * per_branch..(other + 1) * per_branch].iter().map(|g| g.abs()).sum();
-            assert_eq!(norm > 0.0, other == branch, "branch {branch}'s loss moves head rows of branch {other}: {norm}");
+            let norm: f32 = head[other * per_branch..(other + 1) * per_branch]
+                .iter()
+                .map(|g| g.abs())
+                .sum();
+            assert_eq!(
+                norm > 0.0,
+                other == branch,
+                "branch {branch}'s loss moves head rows of branch {other}: {norm}"
+            );
         }
     }
 }
@@ -333,21 +516,39 @@ fn only_the_endpoint_branch_drives_sampling() {
         let [o, i, kh, kw] = w.dims();
         let mut values = host(&w);
         let per = i * kh * kw;
-        rows.for_each(|r| values[r * per..(r + 1) * per].iter_mut().for_each(|v| *v += 0.5));
-        n.net.conv_out.weight = Param::from_tensor(Tensor::from_data(TensorData::new(values, [o, i, kh, kw]), &dev));
+        rows.for_each(|r| {
+            values[r * per..(r + 1) * per]
+                .iter_mut()
+                .for_each(|v| *v += 0.5)
+        });
+        n.net.conv_out.weight = Param::from_tensor(Tensor::from_data(
+            TensorData::new(values, [o, i, kh, kw]),
+            &dev,
+        ));
         sample_last(&n, x.clone(), &sigmas)
     };
     // The head holds K blocks of output channels; the endpoint branch is the last block.
     let rows = net.net.conv_out.weight.dims()[0];
     let per_branch = rows / 3;
-    assert_eq!(perturb(0..2 * per_branch), base, "non-endpoint branches changed the sample");
-    assert_ne!(perturb(2 * per_branch..rows), base, "the endpoint branch did not change the sample");
+    assert_eq!(
+        perturb(0..2 * per_branch),
+        base,
+        "non-endpoint branches changed the sample"
+    );
+    assert_ne!(
+        perturb(2 * per_branch..rows),
+        base,
+        "the endpoint branch did not change the sample"
+    );
 }
 
 fn sample_last(net: &EdmNet, x: Tensor<4>, sigmas: &[f64]) -> Vec<f32> {
-    host(bdense_trainer::sample::sample(net, x, sigmas, false, None).last().unwrap())
+    host(
+        bdense_trainer::sample::sample(net, x, sigmas, false, None)
+            .last()
+            .unwrap(),
+    )
 }
-
 
 #[test]
 fn unet_teacher_learns_and_reloads_bit_identically() {
@@ -359,15 +560,34 @@ fn unet_teacher_learns_and_reloads_bit_identically() {
     config.limit = Some(512);
     config.checkpoint_every = 20;
     let mut losses = Vec::new();
-    let card = train_teacher(&config, dir.path(), &cpu(), false, &mut |r| losses.push(r.loss)).unwrap();
-    let (first, last) = (losses[..5].iter().sum::<f64>() / 5.0, losses[35..].iter().sum::<f64>() / 5.0);
+    let card = train_teacher(&config, dir.path(), &cpu(), false, &mut |r| {
+        losses.push(r.loss)
+    })
+    .unwrap();
+    let (first, last) = (
+        losses[..5].iter().sum::<f64>() / 5.0,
+        losses[35..].iter().sum::<f64>() / 5.0,
+    );
     assert!(last < 0.7 * first, "EDM loss {first:.3} -> {last:.3}");
     let a = UnetTeacher::load(dir.path(), &cpu()).unwrap();
     let b = UnetTeacher::load(dir.path(), &cpu()).unwrap();
-    assert_eq!(bdense_trainer::optim::weights_hash(&a.net), card.weights_hash);
-    let x = tensor((0..2 * 256).map(|i| ((i % 17) as f32 - 8.0) / 4.0).collect(), [2, 1, 16, 16], &cpu());
+    assert_eq!(
+        bdense_trainer::optim::weights_hash(&a.net),
+        card.weights_hash
+    );
+    let x = tensor(
+        (0..2 * 256)
+            .map(|i| ((i % 17) as f32 - 8.0) / 4.0)
+            .collect(),
+        [2, 1, 16, 16],
+        &cpu(),
+    );
     for sigma in [0.05, 2.0] {
-        assert_eq!(host(&a.denoise(x.clone(), sigma, None)), host(&b.denoise(x.clone(), sigma, None)), "reloads give bit-identical outputs");
+        assert_eq!(
+            host(&a.denoise(x.clone(), sigma, None)),
+            host(&b.denoise(x.clone(), sigma, None)),
+            "reloads give bit-identical outputs"
+        );
     }
     // A flipped byte in the weights is caught by the recorded hash.
     let path = dir.path().join("model.bpk");
@@ -375,6 +595,9 @@ fn unet_teacher_learns_and_reloads_bit_identically() {
     let n = bytes.len();
     bytes[n / 2] ^= 0x10;
     std::fs::write(&path, bytes).unwrap();
-    let err = UnetTeacher::load(dir.path(), &cpu()).err().unwrap().to_string();
+    let err = UnetTeacher::load(dir.path(), &cpu())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("model.bpk"), "{err}");
 }

@@ -38,24 +38,47 @@ fn states(args: &BenchStoreArgs) -> anyhow::Result<States> {
         for shard in ds.shards() {
             for step in 0..steps as u16 {
                 let b = ds.read_step_columns(shard, step, Some(&["traj_id", "seed", "x"]), None)?;
-                for (r, &id) in b.traj_ids().iter().enumerate().filter(|(_, id)| (**id as usize) < count) {
+                for (r, &id) in b
+                    .traj_ids()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, id)| (**id as usize) < count)
+                {
                     let at = (step as usize * count + id as usize) * dim;
                     values[at..at + dim].copy_from_slice(&b.x()[r * dim..(r + 1) * dim]);
                     seeds[id as usize] = b.seeds()[r];
                 }
             }
         }
-        return Ok(States { steps, count, dim, values, sigmas: m.grid.sigmas.clone(), seeds });
+        return Ok(States {
+            steps,
+            count,
+            dim,
+            values,
+            sigmas: m.grid.sigmas.clone(),
+            seeds,
+        });
     }
     let spec = synthetic_spec(args, Dtype::F32, args.count as u32);
     let s = gaussian_shard(&spec, 0);
-    Ok(States { steps: args.steps, count: args.count as usize, dim: args.dim, values: s.states, sigmas: spec.sigmas, seeds: s.seeds })
+    Ok(States {
+        steps: args.steps,
+        count: args.count as usize,
+        dim: args.dim,
+        values: s.states,
+        sigmas: spec.sigmas,
+        seeds: s.seeds,
+    })
 }
 
 fn synthetic_spec(args: &BenchStoreArgs, dtype: Dtype, rows_per_shard: u32) -> SyntheticSpec {
     SyntheticSpec {
         name: "bench".into(),
-        dims: Dims { c: 1, h: 1, w: args.dim as u32 },
+        dims: Dims {
+            c: 1,
+            h: 1,
+            w: args.dim as u32,
+        },
         count: args.count,
         sigmas: bdense_trainer::schedule::polynomial_sigmas(args.steps, 0.002, 80.0, 7.0),
         rows_per_shard,
@@ -84,7 +107,8 @@ fn best<T>(repeats: usize, mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::
 }
 
 pub fn store(args: &BenchStoreArgs) -> anyhow::Result<ExitCode> {
-    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
     let s = states(args)?;
     let raw_bytes = (s.values.len() * 4) as u64;
     let chosen = chosen_steps(s.steps);
@@ -95,7 +119,11 @@ pub fn store(args: &BenchStoreArgs) -> anyhow::Result<ExitCode> {
         s.steps,
         s.dim,
         bytes(raw_bytes),
-        args.from.as_ref().map_or("synthetic Gaussian trajectories".to_string(), |p| p.display().to_string()),
+        args.from
+            .as_ref()
+            .map_or("synthetic Gaussian trajectories".to_string(), |p| p
+                .display()
+                .to_string()),
         args.repeats
     );
     // Baseline: the same bytes as one flat f32 file, written and synced, then the 13 steps read.
@@ -121,8 +149,19 @@ pub fn store(args: &BenchStoreArgs) -> anyhow::Result<ExitCode> {
         Ok(sum)
     })?;
     std::fs::remove_file(&raw).ok();
-    println!("{:<28} {:>10} {:>10} {:>10} {:>10} {:>12}", "variant", "write MB/s", "x raw", "read MB/s", "x raw", "disk/raw");
-    println!("{:<28} {:>10.0} {:>10.2} {:>10.0} {:>10.2} {:>12.3}", "raw f32 file (baseline)", raw_bytes as f64 / raw_write / 1e6, 1.0, read_bytes / raw_read / 1e6, 1.0, 1.0);
+    println!(
+        "{:<28} {:>10} {:>10} {:>10} {:>10} {:>12}",
+        "variant", "write MB/s", "x raw", "read MB/s", "x raw", "disk/raw"
+    );
+    println!(
+        "{:<28} {:>10.0} {:>10.2} {:>10.0} {:>10.2} {:>12.3}",
+        "raw f32 file (baseline)",
+        raw_bytes as f64 / raw_write / 1e6,
+        1.0,
+        read_bytes / raw_read / 1e6,
+        1.0,
+        1.0
+    );
     let variants: [(&str, Dtype, Option<i32>, bool); 5] = [
         ("f32 zstd-1 + byte-split", Dtype::F32, Some(1), true),
         ("f32 zstd-1 plain", Dtype::F32, Some(1), false),
@@ -132,7 +171,11 @@ pub fn store(args: &BenchStoreArgs) -> anyhow::Result<ExitCode> {
     ];
     for (name, dtype, zstd, bss) in variants {
         let dir = args.dir.join("ds");
-        let options = WriteOptions { zstd_level: zstd, byte_stream_split: bss, ..WriteOptions::default() };
+        let options = WriteOptions {
+            zstd_level: zstd,
+            byte_stream_split: bss,
+            ..WriteOptions::default()
+        };
         let rows_per_shard = 256u32;
         let (write_s, on_disk) = best(args.repeats, || {
             if dir.exists() {
@@ -161,7 +204,9 @@ pub fn store(args: &BenchStoreArgs) -> anyhow::Result<ExitCode> {
         );
         std::fs::remove_dir_all(&dir).ok();
     }
-    println!("bench store done: throughput in MB of raw f32 per second; x raw = speed relative to the flat-file baseline");
+    println!(
+        "bench store done: throughput in MB of raw f32 per second; x raw = speed relative to the flat-file baseline"
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -171,10 +216,20 @@ fn bytemuck_f32(v: &[f32]) -> &[u8] {
 }
 
 /// Writes `s` as a store dataset; returns its bytes on disk.
-fn write_dataset(dir: &Path, s: &States, dtype: Dtype, rows_per_shard: u32, options: WriteOptions) -> anyhow::Result<u64> {
+fn write_dataset(
+    dir: &Path,
+    s: &States,
+    dtype: Dtype,
+    rows_per_shard: u32,
+    options: WriteOptions,
+) -> anyhow::Result<u64> {
     let spec = SyntheticSpec {
         name: "bench".into(),
-        dims: Dims { c: 1, h: 1, w: s.dim as u32 },
+        dims: Dims {
+            c: 1,
+            h: 1,
+            w: s.dim as u32,
+        },
         count: s.count as u64,
         sigmas: s.sigmas.clone(),
         rows_per_shard,
@@ -193,7 +248,13 @@ fn write_dataset(dir: &Path, s: &States, dtype: Dtype, rows_per_shard: u32, opti
             let at = (step * s.count + ids.start as usize) * s.dim;
             shard_states.extend_from_slice(&s.values[at..at + rows * s.dim]);
         }
-        w.write_shard(&ShardData { index, seeds: &s.seeds[ids.start as usize..ids.end as usize], labels: None, states: &shard_states, denoised: None })?;
+        w.write_shard(&ShardData {
+            index,
+            seeds: &s.seeds[ids.start as usize..ids.end as usize],
+            labels: None,
+            states: &shard_states,
+            denoised: None,
+        })?;
     }
     Ok(w.manifest().bytes())
 }
@@ -204,7 +265,8 @@ pub fn targets(args: &BenchTargetsArgs) -> anyhow::Result<ExitCode> {
     let (count, dim) = (m.trajectories() as usize, ds.dim());
     let mut spec = TargetSpec::new(args.n, args.k, args.batch, 0);
     spec.epochs = Some(1);
-    let layout = bdense_queries::StudentLayout::new(&m.grid.sigmas, m.grid.points(), args.n, args.k, false)?;
+    let layout =
+        bdense_queries::StudentLayout::new(&m.grid.sigmas, m.grid.points(), args.n, args.k, false)?;
     let steps = layout.steps();
     let per_traj = (steps.len() * dim * 4) as f64;
     // The stream, one epoch; keep the order for the baseline.
@@ -230,7 +292,8 @@ pub fn targets(args: &BenchTargetsArgs) -> anyhow::Result<ExitCode> {
             for shard in ds.shards() {
                 let b = ds.read_step_columns(shard, step, Some(&["traj_id", "x"]), None)?;
                 for (r, &id) in b.traj_ids().iter().enumerate() {
-                    rows[id as usize * dim..(id as usize + 1) * dim].copy_from_slice(&b.x()[r * dim..(r + 1) * dim]);
+                    rows[id as usize * dim..(id as usize + 1) * dim]
+                        .copy_from_slice(&b.x()[r * dim..(r + 1) * dim]);
                 }
             }
             f.write_all(bytemuck_f32(&rows))?;
@@ -244,7 +307,10 @@ pub fn targets(args: &BenchTargetsArgs) -> anyhow::Result<ExitCode> {
             let mut out = vec![0u8; batch.len() * steps.len() * dim * 4];
             for (r, &id) in batch.iter().enumerate() {
                 for (j, &step) in steps.iter().enumerate() {
-                    let at = ((r * steps.len() + j) * dim * 4, (step as usize * count + id as usize) * dim * 4);
+                    let at = (
+                        (r * steps.len() + j) * dim * 4,
+                        (step as usize * count + id as usize) * dim * 4,
+                    );
                     f.read_exact_at(&mut out[at.0..at.0 + dim * 4], at.1 as u64)?;
                 }
             }
@@ -254,12 +320,30 @@ pub fn targets(args: &BenchTargetsArgs) -> anyhow::Result<ExitCode> {
     })?;
     std::fs::remove_file(&raw).ok();
     let report = |name: &str, secs: f64| {
-        println!("{name:<44} {:>10.0} traj/s {:>8.3} GB/s  {:>6.2}x raw", count as f64 / secs, count as f64 * per_traj / secs / 1e9, raw_s / secs);
+        println!(
+            "{name:<44} {:>10.0} traj/s {:>8.3} GB/s  {:>6.2}x raw",
+            count as f64 / secs,
+            count as f64 * per_traj / secs / 1e9,
+            raw_s / secs
+        );
     };
-    println!("branch targets N={} K={} ({} steps per trajectory), {count} trajectories x {dim} values, batch {}, best of {}:", args.n, args.k, steps.len(), args.batch, args.repeats);
+    println!(
+        "branch targets N={} K={} ({} steps per trajectory), {count} trajectories x {dim} values, batch {}, best of {}:",
+        args.n,
+        args.k,
+        steps.len(),
+        args.batch,
+        args.repeats
+    );
     report("raw f32 file, same access pattern (ceiling)", raw_s);
     report("bdense TargetStream (DataFusion, Parquet)", stream_s);
-    println!("bench targets done; the pyarrow + numpy peer: pipeline/bench/targets_pyarrow.sh {} {} {} {}", args.dataset.display(), args.n, args.k, args.batch);
+    println!(
+        "bench targets done; the pyarrow + numpy peer: pipeline/bench/targets_pyarrow.sh {} {} {} {}",
+        args.dataset.display(),
+        args.n,
+        args.k,
+        args.batch
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -287,12 +371,21 @@ struct Timed {
     steps: u64,
 }
 
-fn time_training(config: &StudentConfig, dims: [usize; 3], source: &mut dyn BatchSource, dir: &Path) -> anyhow::Result<Timed> {
+fn time_training(
+    config: &StudentConfig,
+    dims: [usize; 3],
+    source: &mut dyn BatchSource,
+    dir: &Path,
+) -> anyhow::Result<Timed> {
     let device = bdense_trainer::backend::cpu();
     let state = StudentState::fresh(config, dims[0], &device)?;
     std::fs::create_dir_all(dir)?;
     let mut log = CsvLog::open(&dir.join("log.csv"), &["step"], 0)?;
-    let mut t = Timed { compute: 0.0, wait: 0.0, steps: 0 };
+    let mut t = Timed {
+        compute: 0.0,
+        wait: 0.0,
+        steps: 0,
+    };
     student::train(config, state, source, dir, &mut log, &mut |r| {
         if r.step > 1 {
             // The first step warms caches and allocators; it is not counted.
@@ -309,9 +402,19 @@ pub fn train(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
     let ds = Dataset::open(&args.dataset)?;
     let m = ds.manifest().clone();
     let dims = [m.dims.c as usize, m.dims.h as usize, m.dims.w as usize];
-    println!("student training throughput, N={} batch {} on {}, U-Net base {}, {} timed steps after one warm-up:", args.n, args.batch, args.dataset.display(), args.base, args.steps - 1);
+    println!(
+        "student training throughput, N={} batch {} on {}, U-Net base {}, {} timed steps after one warm-up:",
+        args.n,
+        args.batch,
+        args.dataset.display(),
+        args.base,
+        args.steps - 1
+    );
     let mut per_traj = Vec::new();
-    for (method, k) in [(bdense_trainer::method::Method::Sfd, 1), (bdense_trainer::method::Method::Bdense, args.k)] {
+    for (method, k) in [
+        (bdense_trainer::method::Method::Sfd, 1),
+        (bdense_trainer::method::Method::Bdense, args.k),
+    ] {
         let config = StudentConfig {
             method: bdense_trainer::method::MethodConfig::new(method, k),
             n: args.n,
@@ -319,19 +422,38 @@ pub fn train(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
             batch: args.batch,
             seed: 0,
             optim: Default::default(),
-            net: bdense_trainer::unet::UNetConfig::new().with_base(args.base).with_in_channels(dims[0]),
+            net: bdense_trainer::unet::UNetConfig::new()
+                .with_base(args.base)
+                .with_in_channels(dims[0]),
             init: Init::Scratch,
             checkpoint_every: u64::MAX,
         };
         let spec = TargetSpec::new(args.n, k, args.batch, 0);
         let mut stream = TargetStream::open(ds.clone(), &spec, 0)?;
         let batches: Vec<TrainBatch> = (0..args.steps)
-            .map(|_| stream.next_batch().context("stream ended")?.map(|b| to_train_batch(&b, dims)).map_err(anyhow::Error::from))
+            .map(|_| {
+                stream
+                    .next_batch()
+                    .context("stream ended")?
+                    .map(|b| to_train_batch(&b, dims))
+                    .map_err(anyhow::Error::from)
+            })
             .collect::<anyhow::Result<_>>()?;
         drop(stream);
-        let memory = time_training(&config, dims, &mut MemorySource { batches, at: 0 }, &args.dataset.with_file_name(".bench-train-mem"))?;
-        let mut streamed_source = StreamSource::new(TargetStream::open(ds.clone(), &spec, 0)?, dims);
-        let streamed = time_training(&config, dims, &mut streamed_source, &args.dataset.with_file_name(".bench-train-stream"))?;
+        let memory = time_training(
+            &config,
+            dims,
+            &mut MemorySource { batches, at: 0 },
+            &args.dataset.with_file_name(".bench-train-mem"),
+        )?;
+        let mut streamed_source =
+            StreamSource::new(TargetStream::open(ds.clone(), &spec, 0)?, dims);
+        let streamed = time_training(
+            &config,
+            dims,
+            &mut streamed_source,
+            &args.dataset.with_file_name(".bench-train-stream"),
+        )?;
         let traj_s = (memory.steps as f64 * args.batch as f64) / memory.compute;
         per_traj.push(1.0 / traj_s);
         let streamed_total = streamed.compute + streamed.wait;
@@ -342,6 +464,10 @@ pub fn train(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
             100.0 * (streamed_total / memory.compute - 1.0)
         );
     }
-    println!("bench train done: bdense K={} costs {:.2}x sfd per trajectory", args.k, per_traj[1] / per_traj[0]);
+    println!(
+        "bench train done: bdense K={} costs {:.2}x sfd per trajectory",
+        args.k,
+        per_traj[1] / per_traj[0]
+    );
     Ok(ExitCode::SUCCESS)
 }

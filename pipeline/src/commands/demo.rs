@@ -35,8 +35,32 @@ pub struct Preset {
 
 pub fn preset(name: &str) -> anyhow::Result<Preset> {
     Ok(match name {
-        "quick" => Preset { count: 256, heldout: 128, fit_limit: Some(10_000), steps: 6, batch: 16, base: 8, lr: 2e-3, ema: 0.9, ns: vec![3, 4, 5], k: 4, seeds: vec![0, 1, 2] },
-        "default" => Preset { count: 2000, heldout: 512, fit_limit: None, steps: 80, batch: 32, base: 16, lr: 2e-3, ema: 0.95, ns: vec![3, 4, 5], k: 4, seeds: vec![0, 1, 2] },
+        "quick" => Preset {
+            count: 256,
+            heldout: 128,
+            fit_limit: Some(10_000),
+            steps: 6,
+            batch: 16,
+            base: 8,
+            lr: 2e-3,
+            ema: 0.9,
+            ns: vec![3, 4, 5],
+            k: 4,
+            seeds: vec![0, 1, 2],
+        },
+        "default" => Preset {
+            count: 2000,
+            heldout: 512,
+            fit_limit: None,
+            steps: 80,
+            batch: 32,
+            base: 16,
+            lr: 2e-3,
+            ema: 0.95,
+            ns: vec![3, 4, 5],
+            k: 4,
+            seeds: vec![0, 1, 2],
+        },
         other => bail!("unknown preset {other:?} (quick or default)"),
     })
 }
@@ -51,17 +75,34 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     for &n in &p.ns {
         for method in ["sfd", "bdense"] {
             for &seed in &p.seeds {
-                plan.push((args.out.join("runs").join(format!("{method}-n{n}-s{seed}")), method, n, seed));
+                plan.push((
+                    args.out.join("runs").join(format!("{method}-n{n}-s{seed}")),
+                    method,
+                    n,
+                    seed,
+                ));
             }
         }
     }
     let workers = parallel::workers();
     println!("training {} students, {workers} at a time", plan.len());
     let trained = Instant::now();
-    parallel::map(&plan, workers, |(run, method, n, seed)| ensure_run(run, &dataset, method, *n, *seed, args, &p))?;
-    println!("trained {} students in {:.0}s", plan.len(), trained.elapsed().as_secs_f64());
+    parallel::map(&plan, workers, |(run, method, n, seed)| {
+        ensure_run(run, &dataset, method, *n, *seed, args, &p)
+    })?;
+    println!(
+        "trained {} students in {:.0}s",
+        plan.len(),
+        trained.elapsed().as_secs_f64()
+    );
     let runs: Vec<PathBuf> = plan.into_iter().map(|(run, ..)| run).collect();
-    eval::run(&EvalArgs { runs: runs.clone(), nfe: None, heldout: None, count: p.heldout, device: args.device.clone() })?;
+    eval::run(&EvalArgs {
+        runs: runs.clone(),
+        nfe: None,
+        heldout: None,
+        count: p.heldout,
+        device: args.device.clone(),
+    })?;
     let loaded = report::load_runs(&runs)?;
     let (md, html, headline) = report::write_report(&loaded, &args.out.join("report"))?;
     println!("\n{headline}");
@@ -113,7 +154,15 @@ fn ensure_dataset(dataset: &Path, args: &DemoArgs, p: &Preset) -> anyhow::Result
 }
 
 /// Trains a run, resumes an interrupted one, or reuses a finished one.
-fn ensure_run(run: &PathBuf, dataset: &Path, method: &str, n: usize, seed: u64, args: &DemoArgs, p: &Preset) -> anyhow::Result<()> {
+fn ensure_run(
+    run: &PathBuf,
+    dataset: &Path,
+    method: &str,
+    n: usize,
+    seed: u64,
+    args: &DemoArgs,
+    p: &Preset,
+) -> anyhow::Result<()> {
     let finished = bdense_trainer::checkpoint::latest(run)?
         .and_then(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()))
         .is_some_and(|name| name == format!("step-{:06}", p.steps));
@@ -121,34 +170,38 @@ fn ensure_run(run: &PathBuf, dataset: &Path, method: &str, n: usize, seed: u64, 
         println!("{}: already trained, reusing it", run.display());
         return Ok(());
     }
-    let resume = run.join("run.json").exists() && bdense_trainer::checkpoint::latest(run)?.is_some();
+    let resume =
+        run.join("run.json").exists() && bdense_trainer::checkpoint::latest(run)?.is_some();
     if run.exists() && !resume {
         std::fs::remove_dir_all(run)?; // a run that died before its first checkpoint
     }
-    let summary = train::train(&TrainArgs {
-        dataset: (!resume).then(|| dataset.to_path_buf()),
-        method: method.into(),
-        n,
-        k: p.k,
-        steps: Some(p.steps),
-        batch: p.batch,
-        seed,
-        init: "scratch".into(),
-        out: (!resume).then(|| run.clone()),
-        resume: resume.then(|| run.clone()),
-        lr: p.lr,
-        lr_schedule: "constant".into(),
-        distance: "l1".into(),
-        weights: "uniform".into(),
-        afs: false,
-        teacher_forcing: false,
-        step_per_trajectory: false,
-        ema: p.ema,
-        grad_clip: 1.0,
-        base: p.base,
-        checkpoint_every: p.steps,
-        device: args.device.clone(),
-    }, false)?;
+    let summary = train::train(
+        &TrainArgs {
+            dataset: (!resume).then(|| dataset.to_path_buf()),
+            method: method.into(),
+            n,
+            k: p.k,
+            steps: Some(p.steps),
+            batch: p.batch,
+            seed,
+            init: "scratch".into(),
+            out: (!resume).then(|| run.clone()),
+            resume: resume.then(|| run.clone()),
+            lr: p.lr,
+            lr_schedule: "constant".into(),
+            distance: "l1".into(),
+            weights: "uniform".into(),
+            afs: false,
+            teacher_forcing: false,
+            step_per_trajectory: false,
+            ema: p.ema,
+            grad_clip: 1.0,
+            base: p.base,
+            checkpoint_every: p.steps,
+            device: args.device.clone(),
+        },
+        false,
+    )?;
     println!("{summary}");
     Ok(())
 }

@@ -15,14 +15,35 @@ use crate::parallel;
 
 pub fn run(args: &EvalArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let results = evaluate_runs(&args.runs, args.nfe.as_deref(), args.heldout.as_deref(), args.count, &args.device)?;
+    let results = evaluate_runs(
+        &args.runs,
+        args.nfe.as_deref(),
+        args.heldout.as_deref(),
+        args.count,
+        &args.device,
+    )?;
     for (run, r) in args.runs.iter().zip(&results) {
         println!(
             "{}: {} N={} K={} NFE {}: RMSE {:.4} ({:.2} dB) to the teacher, FD-cls {:.3} (teacher {:.3}), label entropy {:.3}, coverage {:.2}, on {} held-out trajectories",
-            run.display(), r.method, r.n, r.k, r.nfe, r.rmse, r.psnr, r.fd_cls, r.teacher_fd_cls, r.label_entropy + 0.0, r.label_coverage, r.samples
+            run.display(),
+            r.method,
+            r.n,
+            r.k,
+            r.nfe,
+            r.rmse,
+            r.psnr,
+            r.fd_cls,
+            r.teacher_fd_cls,
+            r.label_entropy + 0.0,
+            r.label_coverage,
+            r.samples
         );
     }
-    println!("evaluated {} runs in {:.1}s (results in RUN/eval.json and RUN/eval.parquet)", args.runs.len(), started.elapsed().as_secs_f64());
+    println!(
+        "evaluated {} runs in {:.1}s (results in RUN/eval.json and RUN/eval.parquet)",
+        args.runs.len(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -35,7 +56,13 @@ struct Job {
 }
 
 /// Evaluates `runs` (several at a time) and saves each one's results in its directory.
-pub fn evaluate_runs(runs: &[PathBuf], nfe: Option<&[usize]>, heldout: Option<&Path>, count: u64, device: &str) -> anyhow::Result<Vec<EvalResult>> {
+pub fn evaluate_runs(
+    runs: &[PathBuf],
+    nfe: Option<&[usize]>,
+    heldout: Option<&Path>,
+    count: u64,
+    device: &str,
+) -> anyhow::Result<Vec<EvalResult>> {
     let device = bdense_trainer::backend::parse_device(device).map_err(anyhow::Error::msg)?;
     let mut contexts: Vec<(DatasetSource, EvalContext)> = Vec::new();
     let mut jobs = Vec::with_capacity(runs.len());
@@ -44,7 +71,11 @@ pub fn evaluate_runs(runs: &[PathBuf], nfe: Option<&[usize]>, heldout: Option<&P
         if let Some(nfes) = nfe
             && !nfes.contains(&record.layout.nfe)
         {
-            bail!("{}: the student takes NFE {}, not one of {nfes:?}", run.display(), record.layout.nfe);
+            bail!(
+                "{}: the student takes NFE {}, not one of {nfes:?}",
+                run.display(),
+                record.layout.nfe
+            );
         }
         let dataset = Dataset::open(&record.dataset)?;
         let heldout = match heldout {
@@ -66,10 +97,21 @@ pub fn evaluate_runs(runs: &[PathBuf], nfe: Option<&[usize]>, heldout: Option<&P
                 contexts.len() - 1
             }
         };
-        jobs.push(Job { run: run.clone(), record, heldout, context });
+        jobs.push(Job {
+            run: run.clone(),
+            record,
+            heldout,
+            context,
+        });
     }
     parallel::map(&jobs, parallel::workers(), |job| {
-        let e = evaluation::evaluate(&job.run, &job.record, &job.heldout, &contexts[job.context].1, 16)?;
+        let e = evaluation::evaluate(
+            &job.run,
+            &job.record,
+            &job.heldout,
+            &contexts[job.context].1,
+            16,
+        )?;
         evaluation::save(&job.run, &e, job.record.dims)?;
         Ok(e.result)
     })

@@ -21,12 +21,18 @@ use crate::teacher_source;
 
 /// The run's EMA student from its newest checkpoint, on `device` (no autodiff).
 pub fn load_student(run: &Path, record: &RunRecord, device: &Device) -> anyhow::Result<EdmNet> {
-    let ckpt = checkpoint::latest(run)?.with_context(|| format!("{}: no checkpoint yet (train first)", run.display()))?;
-    let meta: checkpoint::Meta<serde_json::Value> = serde_json::from_slice(&std::fs::read(ckpt.join("meta.json"))?)
-        .with_context(|| format!("{}: unreadable checkpoint meta", ckpt.display()))?;
+    let ckpt = checkpoint::latest(run)?
+        .with_context(|| format!("{}: no checkpoint yet (train first)", run.display()))?;
+    let meta: checkpoint::Meta<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(ckpt.join("meta.json"))?)
+            .with_context(|| format!("{}: unreadable checkpoint meta", ckpt.display()))?;
     let net = record.config.net.clone();
     let template = EdmNet::new(&net, record.dims[0], device, 0);
-    Ok(checkpoint::load_module(template, &ckpt.join("ema.bpk"), &meta.ema_hash)?)
+    Ok(checkpoint::load_module(
+        template,
+        &ckpt.join("ema.bpk"),
+        &meta.ema_hash,
+    )?)
 }
 
 pub fn run(args: &SampleArgs) -> anyhow::Result<ExitCode> {
@@ -45,18 +51,46 @@ pub fn run(args: &SampleArgs) -> anyhow::Result<ExitCode> {
     let device = bdense_trainer::backend::parse_device(&args.device).map_err(anyhow::Error::msg)?;
     let net = load_student(&args.run, &record, &device)?;
     let [c, h, w] = record.dims;
-    let (_, noise) = start_noise(args.seed, 0..args.count as u64, c * h * w, record.layout.sigmas[0]);
-    let x = Tensor::<4>::from_data(TensorData::new(noise.clone(), [args.count, c, h, w]), &device);
+    let (_, noise) = start_noise(
+        args.seed,
+        0..args.count as u64,
+        c * h * w,
+        record.layout.sigmas[0],
+    );
+    let x = Tensor::<4>::from_data(
+        TensorData::new(noise.clone(), [args.count, c, h, w]),
+        &device,
+    );
     let dataset = Dataset::open(&record.dataset)?;
-    let teacher = if args.teacher { Some(teacher_source::from_manifest(dataset.manifest(), &device)?) } else { None };
+    let teacher = if args.teacher {
+        Some(teacher_source::from_manifest(dataset.manifest(), &device)?)
+    } else {
+        None
+    };
     let labels = teacher
         .as_ref()
         .and_then(|(t, _)| labels_for(t.teacher.as_ref(), args.seed, 0..args.count as u64))
-        .map(|l| Tensor::<1, Int>::from_data(TensorData::new(l.iter().map(|&v| v as i64).collect(), [args.count]), &device));
-    let states = sample(&net, x.clone(), &record.layout.sigmas, record.layout.afs, labels.as_ref());
+        .map(|l| {
+            Tensor::<1, Int>::from_data(
+                TensorData::new(l.iter().map(|&v| v as i64).collect(), [args.count]),
+                &device,
+            )
+        });
+    let states = sample(
+        &net,
+        x.clone(),
+        &record.layout.sigmas,
+        record.layout.afs,
+        labels.as_ref(),
+    );
     let student = solvers::host(states.last().expect("final state"));
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    images::write_npy(&args.out.join("student.npy"), &student, &[args.count, c, h, w])?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    images::write_npy(
+        &args.out.join("student.npy"),
+        &student,
+        &[args.count, c, h, w],
+    )?;
     let mut rows = vec![student];
     if let Some((t, solver)) = &teacher {
         let sigmas = &dataset.manifest().grid.sigmas;
@@ -73,12 +107,22 @@ pub fn run(args: &SampleArgs) -> anyhow::Result<ExitCode> {
         record.layout.nfe,
         args.out.display(),
         png.display(),
-        if teacher.is_some() { ", student row above teacher row" } else { "" },
+        if teacher.is_some() {
+            ", student row above teacher row"
+        } else {
+            ""
+        },
         started.elapsed().as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_teacher(teacher: &dyn bdense_trainer::solvers::Denoiser, solver: Solver, x: Tensor<4>, sigmas: &[f64], labels: Option<&Tensor<1, Int>>) -> Vec<f32> {
+fn run_teacher(
+    teacher: &dyn bdense_trainer::solvers::Denoiser,
+    solver: Solver,
+    x: Tensor<4>,
+    sigmas: &[f64],
+    labels: Option<&Tensor<1, Int>>,
+) -> Vec<f32> {
     solvers::host(&solver.run(teacher, x, sigmas, labels, &mut |_, _, _| {}))
 }

@@ -18,12 +18,20 @@ pub fn run(args: &SqlArgs) -> anyhow::Result<ExitCode> {
         Ok::<_, bdense_queries::QueryError>(df.collect().await?)
     })?;
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-    format::write(&batches, format, args.out.as_deref(), &mut std::io::stdout())?;
+    format::write(
+        &batches,
+        format,
+        args.out.as_deref(),
+        &mut std::io::stdout(),
+    )?;
     // The summary goes to stderr so that piped CSV/JSON stays clean.
     eprintln!(
         "{rows} rows in {:.2}s{}",
         started.elapsed().as_secs_f64(),
-        args.out.as_ref().map(|p| format!(", written to {}", p.display())).unwrap_or_default()
+        args.out
+            .as_ref()
+            .map(|p| format!(", written to {}", p.display()))
+            .unwrap_or_default()
     );
     Ok(ExitCode::SUCCESS)
 }

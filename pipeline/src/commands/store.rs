@@ -27,7 +27,12 @@ pub fn ls(args: &StoreDirArgs) -> anyhow::Result<ExitCode> {
             bytes(m.bytes())
         );
     }
-    println!("{} datasets in {}, {}", names.len(), args.store.display(), bytes(total));
+    println!(
+        "{} datasets in {}, {}",
+        names.len(),
+        args.store.display(),
+        bytes(total)
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -39,8 +44,20 @@ pub fn info(args: &DatasetArgs) -> anyhow::Result<ExitCode> {
     let raw = (m.steps() * m.dims.len() * 4) as f64;
     println!("dataset      {}", args.dataset.display());
     println!("format       v{}", m.format_version);
-    println!("dims         {} (C x H x W = {} values)", m.dims, m.dims.len());
-    println!("dtype        {}{}", m.dtype, if m.has_denoised { ", with denoised" } else { "" });
+    println!(
+        "dims         {} (C x H x W = {} values)",
+        m.dims,
+        m.dims.len()
+    );
+    println!(
+        "dtype        {}{}",
+        m.dtype,
+        if m.has_denoised {
+            ", with denoised"
+        } else {
+            ""
+        }
+    );
     println!(
         "grid         {} steps: {} points, sigma {} .. {}, rho {}{}",
         m.steps(),
@@ -48,19 +65,44 @@ pub fn info(args: &DatasetArgs) -> anyhow::Result<ExitCode> {
         m.grid.sigma_max,
         m.grid.sigma_min,
         m.grid.rho,
-        if m.grid.appends_zero { ", then sigma = 0" } else { "" }
+        if m.grid.appends_zero {
+            ", then sigma = 0"
+        } else {
+            ""
+        }
     );
-    println!("trajectories {} of {} planned, {} shards of {}", m.trajectories(), m.planned_count, m.shards.len(), m.rows_per_shard);
-    println!("bytes        {} on disk, {} per trajectory ({:.2}x of raw f32)", bytes(m.bytes()), bytes(per_traj as u64), per_traj / raw);
-    println!("teacher      {} (checkpoint {})", t.kind, t.checkpoint_hash.as_deref().unwrap_or("-"));
+    println!(
+        "trajectories {} of {} planned, {} shards of {}",
+        m.trajectories(),
+        m.planned_count,
+        m.shards.len(),
+        m.rows_per_shard
+    );
+    println!(
+        "bytes        {} on disk, {} per trajectory ({:.2}x of raw f32)",
+        bytes(m.bytes()),
+        bytes(per_traj as u64),
+        per_traj / raw
+    );
+    println!(
+        "teacher      {} (checkpoint {})",
+        t.kind,
+        t.checkpoint_hash.as_deref().unwrap_or("-")
+    );
     println!("solver       {} (order {})", t.solver, t.order);
     for (k, v) in &t.params {
         println!("  {k:<11} {v}");
     }
-    println!("seeds        base {} ({})", m.seeds.base_seed, m.seeds.scheme);
+    println!(
+        "seeds        base {} ({})",
+        m.seeds.base_seed, m.seeds.scheme
+    );
     println!("snapshot     {}", m.snapshot_hash());
     if !m.missing_shards().is_empty() {
-        println!("incomplete   {} shards missing (generate --resume fills them)", m.missing_shards().len());
+        println!(
+            "incomplete   {} shards missing (generate --resume fills them)",
+            m.missing_shards().len()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -80,14 +122,26 @@ pub fn verify(args: &DatasetArgs) -> anyhow::Result<ExitCode> {
         report.problems.len(),
         args.dataset.display()
     );
-    Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 pub fn gc(args: &GcArgs) -> anyhow::Result<ExitCode> {
     let report = collect_garbage(&args.dataset, args.dry_run)
         .with_context(|| format!("collecting garbage in {}", args.dataset.display()))?;
     for p in &report.removed {
-        println!("{} {}", if args.dry_run { "would remove" } else { "removed" }, p.display());
+        println!(
+            "{} {}",
+            if args.dry_run {
+                "would remove"
+            } else {
+                "removed"
+            },
+            p.display()
+        );
     }
     println!(
         "gc {}: {} files, {} in {}",

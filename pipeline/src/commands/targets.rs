@@ -21,10 +21,23 @@ pub fn run(args: &TargetsArgs) -> anyhow::Result<ExitCode> {
     let mut stream = TargetStream::open(dataset, &spec, 0)?;
     if args.preview || args.out.is_none() {
         print_layout(stream.layout());
-        let first = stream.next_batch().context("the dataset yielded no batch")??;
+        let first = stream
+            .next_batch()
+            .context("the dataset yielded no batch")??;
         println!("first batch (epoch 0, seed {}):", args.seed);
-        for (field, column) in first.batch.schema().fields().iter().zip(first.batch.columns()) {
-            println!("  {:<16} {:<40} {} rows", field.name(), short_type(field.data_type()), column.len());
+        for (field, column) in first
+            .batch
+            .schema()
+            .fields()
+            .iter()
+            .zip(first.batch.columns())
+        {
+            println!(
+                "  {:<16} {:<40} {} rows",
+                field.name(),
+                short_type(field.data_type()),
+                column.len()
+            );
         }
         println!(
             "  start [{}, {}], targets [{}, {}, {}, {}], trajectory ids {:?}...",
@@ -38,7 +51,8 @@ pub fn run(args: &TargetsArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if let Some(out) = &args.out {
-        let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+        let file =
+            std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
         let mut writer: Option<parquet::arrow::ArrowWriter<std::fs::File>> = None;
         let mut file = Some(file);
         let (mut rows, mut batches) = (0usize, 0usize);
@@ -46,13 +60,19 @@ pub fn run(args: &TargetsArgs) -> anyhow::Result<ExitCode> {
         while let Some(batch) = stream.next_batch() {
             let batch = batch?;
             if writer.is_none() {
-                writer = Some(parquet::arrow::ArrowWriter::try_new(file.take().expect("file"), batch.batch.schema(), None)?);
+                writer = Some(parquet::arrow::ArrowWriter::try_new(
+                    file.take().expect("file"),
+                    batch.batch.schema(),
+                    None,
+                )?);
             }
             writer.as_mut().expect("writer").write(&batch.batch)?;
             rows += batch.len();
             batches += 1;
         }
-        let Some(writer) = writer else { bail!("no batches to write") };
+        let Some(writer) = writer else {
+            bail!("no batches to write")
+        };
         writer.close()?;
         let size = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
         println!(
@@ -93,7 +113,11 @@ fn print_layout(l: &StudentLayout) {
             .zip(&l.target_sigmas[i])
             .map(|(s, sigma)| format!("{s}@{sigma:.4}"))
             .collect();
-        let note = if l.afs && i == 0 { "  (AFS: no network call)" } else { "" };
+        let note = if l.afs && i == 0 {
+            "  (AFS: no network call)"
+        } else {
+            ""
+        };
         println!(
             "  interval {i}: s={:.4} (step {}) -> targets {}{note}",
             l.sigmas[i],
@@ -101,7 +125,11 @@ fn print_layout(l: &StudentLayout) {
             targets.join(", ")
         );
     }
-    println!("  final: s={:.4} (step {})", l.sigmas[l.n - 1], l.timestamps[l.n - 1]);
+    println!(
+        "  final: s={:.4} (step {})",
+        l.sigmas[l.n - 1],
+        l.timestamps[l.n - 1]
+    );
 }
 
 fn short_type(t: &bdense_queries::datafusion::arrow::datatypes::DataType) -> String {

@@ -16,12 +16,22 @@ pub fn train(args: &TeacherTrainArgs) -> anyhow::Result<ExitCode> {
     let source: DatasetSource = args.dataset.parse().context("--dataset")?;
     let device = bdense_trainer::backend::parse_device(&args.device).map_err(anyhow::Error::msg)?;
     if !args.resume && args.out.join("config.json").exists() {
-        bail!("{} already holds a teacher run; pass --resume or choose another --out", args.out.display());
+        bail!(
+            "{} already holds a teacher run; pass --resume or choose another --out",
+            args.out.display()
+        );
     }
-    let classes = if args.conditional { source.load(bdense_trainer::data::Split::Test)?.classes } else { 0 };
+    let classes = if args.conditional {
+        source.load(bdense_trainer::data::Split::Test)?.classes
+    } else {
+        0
+    };
     let mut config = TeacherTrainConfig::new(source, args.steps, args.batch, args.seed);
     config.net = config.net.with_base(args.base).with_num_classes(classes);
-    config.optim = OptimConfig { lr: args.lr, ..config.optim };
+    config.optim = OptimConfig {
+        lr: args.lr,
+        ..config.optim
+    };
     config.checkpoint_every = args.checkpoint_every.max(1);
     config.limit = args.limit;
     let progress = bar(args.steps, "steps");

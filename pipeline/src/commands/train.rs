@@ -54,17 +54,24 @@ pub struct StudentLayoutRecord {
 impl RunRecord {
     pub fn load(run: &Path) -> anyhow::Result<RunRecord> {
         let path = run.join("run.json");
-        let text = std::fs::read(&path).with_context(|| format!("{}: not a bdense run directory", run.display()))?;
-        let record: RunRecord = serde_json::from_slice(&text).with_context(|| format!("{}: not a valid run.json", path.display()))?;
+        let text = std::fs::read(&path)
+            .with_context(|| format!("{}: not a bdense run directory", run.display()))?;
+        let record: RunRecord = serde_json::from_slice(&text)
+            .with_context(|| format!("{}: not a valid run.json", path.display()))?;
         if record.format != RUN_FORMAT {
-            bail!("{}: format {:?}, this bdense reads {RUN_FORMAT:?}", path.display(), record.format);
+            bail!(
+                "{}: format {:?}, this bdense reads {RUN_FORMAT:?}",
+                path.display(),
+                record.format
+            );
         }
         Ok(record)
     }
 
     fn save(&self, run: &Path) -> anyhow::Result<()> {
         let path = run.join("run.json");
-        std::fs::write(&path, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", path.display()))
+        std::fs::write(&path, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     pub fn target_spec(&self) -> TargetSpec {
@@ -97,7 +104,10 @@ impl StreamSource {
                 record.dataset_snapshot
             );
         }
-        Ok(StreamSource { stream: TargetStream::open(dataset, &record.target_spec(), position)?, dims: record.dims })
+        Ok(StreamSource {
+            stream: TargetStream::open(dataset, &record.target_spec(), position)?,
+            dims: record.dims,
+        })
     }
 }
 
@@ -106,7 +116,11 @@ impl BatchSource for StreamSource {
         let batch = self
             .stream
             .next_batch()
-            .unwrap_or_else(|| Err(bdense_queries::QueryError::Layout("the target stream ended".into())))
+            .unwrap_or_else(|| {
+                Err(bdense_queries::QueryError::Layout(
+                    "the target stream ended".into(),
+                ))
+            })
             .map_err(|e| bdense_trainer::TrainerError::Config(format!("target stream: {e}")))?;
         Ok(to_train_batch(&batch, self.dims))
     }
@@ -151,16 +165,26 @@ pub fn train(args: &TrainArgs, show_progress: bool) -> anyhow::Result<String> {
         (Some(_), _, _) => bail!("--resume RUN takes no dataset or --out"),
         _ => bail!("give STORE/NAME and --out RUN, or --resume RUN"),
     };
-    let device = bdense_trainer::backend::parse_device(&record.device).map_err(anyhow::Error::msg)?;
+    let device =
+        bdense_trainer::backend::parse_device(&record.device).map_err(anyhow::Error::msg)?;
     let channels = record.dims[0];
     let (state, position) = if resume {
-        let (state, loop_state) = StudentState::resume(&record.config, channels, &device, &run_dir)?;
+        let (state, loop_state) =
+            StudentState::resume(&record.config, channels, &device, &run_dir)?;
         (state, loop_state.source_position)
     } else {
-        if run_dir.exists() && std::fs::read_dir(&run_dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
-            bail!("{} already exists and is not empty: a run never overwrites another run's directory", run_dir.display());
+        if run_dir.exists()
+            && std::fs::read_dir(&run_dir)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(true)
+        {
+            bail!(
+                "{} already exists and is not empty: a run never overwrites another run's directory",
+                run_dir.display()
+            );
         }
-        std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+        std::fs::create_dir_all(&run_dir)
+            .with_context(|| format!("creating {}", run_dir.display()))?;
         record.save(&run_dir)?;
         (StudentState::fresh(&record.config, channels, &device)?, 0)
     };
@@ -170,21 +194,32 @@ pub fn train(args: &TrainArgs, show_progress: bool) -> anyhow::Result<String> {
     let header = student::log_header(record.config.method.k);
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
     let mut log = CsvLog::open(&run_dir.join("log.csv"), &header, start_step)?;
-    let progress = if show_progress { bar(record.config.steps, "steps") } else { indicatif::ProgressBar::hidden() };
+    let progress = if show_progress {
+        bar(record.config.steps, "steps")
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     progress.set_position(start_step);
     let abort_after = args_abort_after();
     let (mut wait, mut compute) = (0.0, 0.0);
-    let state = student::train(&record.config, state, &mut source, &run_dir, &mut log, &mut |r| {
-        progress.set_position(r.step);
-        let branches: Vec<String> = r.per_branch.iter().map(|v| format!("{v:.4}")).collect();
-        progress.set_message(format!("loss {:.4} [{}]", r.loss, branches.join(" ")));
-        wait += r.wait_s;
-        compute += r.compute_s;
-        if abort_after == Some(r.step) {
-            // Crash simulation for tests.
-            std::process::abort();
-        }
-    })?;
+    let state = student::train(
+        &record.config,
+        state,
+        &mut source,
+        &run_dir,
+        &mut log,
+        &mut |r| {
+            progress.set_position(r.step);
+            let branches: Vec<String> = r.per_branch.iter().map(|v| format!("{v:.4}")).collect();
+            progress.set_message(format!("loss {:.4} [{}]", r.loss, branches.join(" ")));
+            wait += r.wait_s;
+            compute += r.compute_s;
+            if abort_after == Some(r.step) {
+                // Crash simulation for tests.
+                std::process::abort();
+            }
+        },
+    )?;
     progress.finish_and_clear();
     let trained = state.step - start_step;
     let secs = started.elapsed().as_secs_f64();
@@ -205,30 +240,61 @@ pub fn train(args: &TrainArgs, show_progress: bool) -> anyhow::Result<String> {
 
 /// Hidden crash-test hook: `BDENSE_ABORT_AFTER_STEP=n` aborts right after step n.
 fn args_abort_after() -> Option<u64> {
-    std::env::var("BDENSE_ABORT_AFTER_STEP").ok().and_then(|v| v.parse().ok())
+    std::env::var("BDENSE_ABORT_AFTER_STEP")
+        .ok()
+        .and_then(|v| v.parse().ok())
 }
 
 fn new_record(args: &TrainArgs, dataset_path: &Path) -> anyhow::Result<RunRecord> {
     let dataset = Dataset::open(dataset_path)?;
     let m = dataset.manifest();
-    let method: Method = args.method.parse().map_err(anyhow::Error::msg).context("--method")?;
+    let method: Method = args
+        .method
+        .parse()
+        .map_err(anyhow::Error::msg)
+        .context("--method")?;
     let mut mc = MethodConfig::new(method, args.k);
-    mc.distance = args.distance.parse().map_err(anyhow::Error::msg).context("--distance")?;
-    mc.weights = args.weights.parse().map_err(anyhow::Error::msg).context("--weights")?;
+    mc.distance = args
+        .distance
+        .parse()
+        .map_err(anyhow::Error::msg)
+        .context("--distance")?;
+    mc.weights = args
+        .weights
+        .parse()
+        .map_err(anyhow::Error::msg)
+        .context("--weights")?;
     mc.afs = args.afs;
     mc.teacher_forcing = args.teacher_forcing;
-    mc.step_per = if args.step_per_trajectory { StepPer::Trajectory } else { StepPer::Interval };
-    mc.branch_weights().map_err(anyhow::Error::msg).context("--weights")?;
+    mc.step_per = if args.step_per_trajectory {
+        StepPer::Trajectory
+    } else {
+        StepPer::Interval
+    };
+    mc.branch_weights()
+        .map_err(anyhow::Error::msg)
+        .context("--weights")?;
     let layout = StudentLayout::new(&m.grid.sigmas, m.grid.points(), args.n, mc.k, args.afs)?;
-    let classes = m.teacher.params.get("num_classes").and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+    let classes = m
+        .teacher
+        .params
+        .get("num_classes")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0) as usize;
     let (init, net) = match args.init.as_str() {
         "scratch" => {
-            let net = UNetConfig::new().with_base(args.base).with_in_channels(m.dims.c as usize).with_num_classes(classes);
+            let net = UNetConfig::new()
+                .with_base(args.base)
+                .with_in_channels(m.dims.c as usize)
+                .with_num_classes(classes);
             (Init::Scratch, net)
         }
         other => match other.strip_prefix("teacher:") {
             // The student is the teacher's architecture, whatever --base says.
-            Some(dir) => (Init::Teacher(dir.into()), UnetTeacher::card(Path::new(dir))?.net),
+            Some(dir) => (
+                Init::Teacher(dir.into()),
+                UnetTeacher::card(Path::new(dir))?.net,
+            ),
             None => bail!("--init {other:?}: expected scratch or teacher:DIR"),
         },
     };
@@ -241,7 +307,11 @@ fn new_record(args: &TrainArgs, dataset_path: &Path) -> anyhow::Result<RunRecord
         seed: args.seed,
         optim: OptimConfig {
             lr: args.lr,
-            schedule: args.lr_schedule.parse().map_err(anyhow::Error::msg).context("--lr-schedule")?,
+            schedule: args
+                .lr_schedule
+                .parse()
+                .map_err(anyhow::Error::msg)
+                .context("--lr-schedule")?,
             grad_clip: (args.grad_clip > 0.0).then_some(args.grad_clip),
             ema_decay: args.ema,
             ..OptimConfig::default()
@@ -250,7 +320,9 @@ fn new_record(args: &TrainArgs, dataset_path: &Path) -> anyhow::Result<RunRecord
         init,
         checkpoint_every: args.checkpoint_every.max(1),
     };
-    bdense_trainer::backend::parse_device(&args.device).map_err(anyhow::Error::msg).context("--device")?;
+    bdense_trainer::backend::parse_device(&args.device)
+        .map_err(anyhow::Error::msg)
+        .context("--device")?;
     Ok(RunRecord {
         format: RUN_FORMAT.into(),
         config,
@@ -268,6 +340,8 @@ fn new_record(args: &TrainArgs, dataset_path: &Path) -> anyhow::Result<RunRecord
         },
         device: args.device.clone(),
         bdense_version: env!("CARGO_PKG_VERSION").into(),
-        git_revision: option_env!("BDENSE_GIT_REVISION").unwrap_or("unknown").into(),
+        git_revision: option_env!("BDENSE_GIT_REVISION")
+            .unwrap_or("unknown")
+            .into(),
     })
 }

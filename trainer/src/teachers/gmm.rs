@@ -123,7 +123,11 @@ impl GmmParams {
     /// `sigma0` (`x - mu` scales by `sqrt((v + sigma^2) / (v + sigma0^2))` along each
     /// eigendirection of variance `v`). Host f64; the reference for solver tests.
     pub fn exact_ode_state(&self, x0: &[f32], sigma0: f64, sigma: f64) -> Vec<f32> {
-        assert_eq!(self.components.len(), 1, "closed form holds for one Gaussian");
+        assert_eq!(
+            self.components.len(),
+            1,
+            "closed form holds for one Gaussian"
+        );
         let c = &self.components[0];
         let (d, r) = (self.dim(), c.rank());
         let scale = |v: f64| ((v + sigma * sigma) / (v + sigma0 * sigma0)).sqrt();
@@ -192,7 +196,9 @@ pub fn top_eigenpairs(a: &DMatrix<f64>, r: usize) -> (Vec<f64>, DMatrix<f64>) {
     let k = (r + 16).min(d);
     let mut state = 0x5EED_u64;
     let mut next = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((state >> 11) as f64 / (1u64 << 53) as f64) - 0.5
     };
     let mut q = DMatrix::from_fn(d, k, |_, _| next()).qr().q();
@@ -203,7 +209,10 @@ pub fn top_eigenpairs(a: &DMatrix<f64>, r: usize) -> (Vec<f64>, DMatrix<f64>) {
     let eig = SymmetricEigen::new((&small + small.transpose()) * 0.5);
     let mut order: Vec<usize> = (0..k).collect();
     order.sort_by(|&i, &j| eig.eigenvalues[j].total_cmp(&eig.eigenvalues[i]));
-    let values = order[..r].iter().map(|&i| eig.eigenvalues[i].max(0.0)).collect();
+    let values = order[..r]
+        .iter()
+        .map(|&i| eig.eigenvalues[i].max(0.0))
+        .collect();
     let rotated = &q * &eig.eigenvectors;
     let vectors = DMatrix::from_fn(d, r, |row, col| rotated[(row, order[col])]);
     (values, vectors)
@@ -231,7 +240,12 @@ impl GmmDenoiser {
     }
 
     /// Per-component (log-likelihood, posterior mean given the component) of `x: [B, D]`.
-    fn component_terms(&self, c: &DeviceComponent, x: &Tensor<2>, s2: f64) -> (Tensor<2>, Tensor<2>) {
+    fn component_terms(
+        &self,
+        c: &DeviceComponent,
+        x: &Tensor<2>,
+        s2: f64,
+    ) -> (Tensor<2>, Tensor<2>) {
         let v = x.clone() - c.mean.clone();
         let rest_noisy = c.rest.clone() + s2;
         let mut maha = (v.clone().square() / rest_noisy.clone()).sum_dim(1);
@@ -247,7 +261,11 @@ impl GmmDenoiser {
             let p = v.matmul(basis.clone());
             let inv = row(&|l| 1.0 / (l + s2) - 1.0 / (tau + s2));
             maha = maha + (p.clone().square() * inv).sum_dim(1);
-            logdet += c.lambda.iter().map(|l| (l + s2).ln() - (tau + s2).ln()).sum::<f64>();
+            logdet += c
+                .lambda
+                .iter()
+                .map(|l| (l + s2).ln() - (tau + s2).ln())
+                .sum::<f64>();
             let shrink = row(&|l| l / (l + s2) - tau / (tau + s2));
             mean = mean + (p * shrink).matmul(basis.clone().transpose());
         }
@@ -293,16 +311,23 @@ mod tests {
         let d = 60;
         let mut s = 1u64;
         let mut next = move || {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 11) as f64 / (1u64 << 53) as f64) - 0.5
         };
         let basis = DMatrix::from_fn(d, d, |_, _| next()).qr().q();
-        let spectrum = DMatrix::from_diagonal(&nalgebra::DVector::from_fn(d, |i, _| 5.0 * 0.8f64.powi(i as i32)));
+        let spectrum = DMatrix::from_diagonal(&nalgebra::DVector::from_fn(d, |i, _| {
+            5.0 * 0.8f64.powi(i as i32)
+        }));
         let a = &basis * spectrum * basis.transpose();
         let (values, vectors) = top_eigenpairs(&a, 8);
         for (i, v) in values.iter().enumerate() {
             let expect = 5.0 * 0.8f64.powi(i as i32);
-            assert!((v - expect).abs() < 1e-8 * expect, "eigenvalue {i}: {v} vs {expect}");
+            assert!(
+                (v - expect).abs() < 1e-8 * expect,
+                "eigenvalue {i}: {v} vs {expect}"
+            );
             // Same direction as the true eigenvector (up to sign), and A v = lambda v.
             let dot = vectors.column(i).dot(&basis.column(i)).abs();
             assert!((dot - 1.0).abs() < 1e-6, "eigenvector {i}: |cos| = {dot}");

@@ -47,8 +47,14 @@ impl std::str::FromStr for TeacherSpec {
         match s {
             "gaussian" => Ok(TeacherSpec::Gaussian { rank: 32 }),
             "gaussian-diag" => Ok(TeacherSpec::Gaussian { rank: 0 }),
-            "gmm" => Ok(TeacherSpec::Gmm { rank: 32, conditional: false }),
-            "gmm-cond" => Ok(TeacherSpec::Gmm { rank: 32, conditional: true }),
+            "gmm" => Ok(TeacherSpec::Gmm {
+                rank: 32,
+                conditional: false,
+            }),
+            "gmm-cond" => Ok(TeacherSpec::Gmm {
+                rank: 32,
+                conditional: true,
+            }),
             _ => match s.strip_prefix("unet:") {
                 Some(dir) => Ok(TeacherSpec::Unet(dir.into())),
                 None => Err(format!(
@@ -64,8 +70,12 @@ impl std::fmt::Display for TeacherSpec {
         match self {
             TeacherSpec::Gaussian { rank: 0 } => f.write_str("gaussian-diag"),
             TeacherSpec::Gaussian { .. } => f.write_str("gaussian"),
-            TeacherSpec::Gmm { conditional: false, .. } => f.write_str("gmm"),
-            TeacherSpec::Gmm { conditional: true, .. } => f.write_str("gmm-cond"),
+            TeacherSpec::Gmm {
+                conditional: false, ..
+            } => f.write_str("gmm"),
+            TeacherSpec::Gmm {
+                conditional: true, ..
+            } => f.write_str("gmm-cond"),
             TeacherSpec::Unet(dir) => write!(f, "unet:{}", dir.display()),
         }
     }
@@ -105,22 +115,43 @@ impl Teacher for GmmTeacher {
             num_classes: if self.params.conditional { c.len() } else { 0 },
             params: vec![
                 ("components".into(), c.len().to_string()),
-                ("pca_rank".into(), c.first().map_or(0, |c| c.rank()).to_string()),
+                (
+                    "pca_rank".into(),
+                    c.first().map_or(0, |c| c.rank()).to_string(),
+                ),
             ],
         }
     }
 }
 
 /// Builds the teacher `spec` names: fits the analytic ones to `train`, loads the U-Net.
-pub fn load(spec: &TeacherSpec, train: &ImageSet, device: &Device) -> crate::Result<Box<dyn Teacher>> {
+pub fn load(
+    spec: &TeacherSpec,
+    train: &ImageSet,
+    device: &Device,
+) -> crate::Result<Box<dyn Teacher>> {
     Ok(match spec {
         TeacherSpec::Gaussian { rank } => {
-            let fit = FitConfig { per_class: false, rank: *rank };
-            Box::new(GmmTeacher::new(GmmParams::fit(train, fit, false), "gaussian", device))
+            let fit = FitConfig {
+                per_class: false,
+                rank: *rank,
+            };
+            Box::new(GmmTeacher::new(
+                GmmParams::fit(train, fit, false),
+                "gaussian",
+                device,
+            ))
         }
         TeacherSpec::Gmm { rank, conditional } => {
-            let fit = FitConfig { per_class: true, rank: *rank };
-            Box::new(GmmTeacher::new(GmmParams::fit(train, fit, *conditional), "gmm", device))
+            let fit = FitConfig {
+                per_class: true,
+                rank: *rank,
+            };
+            Box::new(GmmTeacher::new(
+                GmmParams::fit(train, fit, *conditional),
+                "gmm",
+                device,
+            ))
         }
         TeacherSpec::Unet(dir) => Box::new(unet::UnetTeacher::load(dir, device)?),
     })

@@ -110,41 +110,88 @@ pub fn train_teacher(
         .with_out_channels(train.channels);
     let autodiff = device.clone().autodiff();
     let fresh = EdmNet::new(&net_config, train.channels, &autodiff, config.seed);
-    let fresh_ema = EdmNet::new(&net_config, train.channels, &device.clone().inner(), config.seed);
-    let (mut model, mut ema, mut optim, mut step, mut rng, mut last_loss) = match checkpoint::latest(dir)? {
-        Some(ckpt) if resume => {
-            let r = checkpoint::load::<LoopState>(&ckpt, "teacher", fresh, fresh_ema, config.optim.build())?;
-            let s = r.meta.state;
-            (r.model, r.ema, r.optim, r.meta.step, Stream::restore(&s.rng), s.last_loss)
-        }
-        _ if resume => {
-            return Err(TrainerError::checkpoint(dir, "no checkpoint to resume from"));
-        }
-        _ => {
-            std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
-            write_json(&dir.join("config.json"), config)?;
-            (fresh, fresh_ema, config.optim.build(), 0, Stream::new(config.seed), f64::NAN)
-        }
-    };
-    let mut log = crate::log::CsvLog::open(&dir.join("log.csv"), &["step", "loss", "lr", "grad_norm"], step)?;
+    let fresh_ema = EdmNet::new(
+        &net_config,
+        train.channels,
+        &device.clone().inner(),
+        config.seed,
+    );
+    let (mut model, mut ema, mut optim, mut step, mut rng, mut last_loss) =
+        match checkpoint::latest(dir)? {
+            Some(ckpt) if resume => {
+                let r = checkpoint::load::<LoopState>(
+                    &ckpt,
+                    "teacher",
+                    fresh,
+                    fresh_ema,
+                    config.optim.build(),
+                )?;
+                let s = r.meta.state;
+                (
+                    r.model,
+                    r.ema,
+                    r.optim,
+                    r.meta.step,
+                    Stream::restore(&s.rng),
+                    s.last_loss,
+                )
+            }
+            _ if resume => {
+                return Err(TrainerError::checkpoint(
+                    dir,
+                    "no checkpoint to resume from",
+                ));
+            }
+            _ => {
+                std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
+                write_json(&dir.join("config.json"), config)?;
+                (
+                    fresh,
+                    fresh_ema,
+                    config.optim.build(),
+                    0,
+                    Stream::new(config.seed),
+                    f64::NAN,
+                )
+            }
+        };
+    let mut log = crate::log::CsvLog::open(
+        &dir.join("log.csv"),
+        &["step", "loss", "lr", "grad_norm"],
+        step,
+    )?;
     while step < config.steps {
         let batch = edm_batch(&train, config, &mut rng, &autodiff);
         let loss = edm_loss(&model, &batch);
         let value = loss.clone().into_scalar::<f64>();
         if !value.is_finite() {
-            return Err(TrainerError::Diverged { step, detail: format!("loss {value}") });
+            return Err(TrainerError::Diverged {
+                step,
+                detail: format!("loss {value}"),
+            });
         }
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        let norm = config.optim.grad_clip.map_or(f64::NAN, |max| clip_global_norm(&model, &mut grads, max));
+        let norm = config
+            .optim
+            .grad_clip
+            .map_or(f64::NAN, |max| clip_global_norm(&model, &mut grads, max));
         let lr = config.optim.lr_at(step, config.steps);
         model = optim.step(lr, model, grads);
         ema = ema_update(ema, &model, config.optim.ema_decay);
         step += 1;
         last_loss = value;
         log.row(&[step as f64, value, lr, norm])?;
-        on_step(StepReport { step, total: config.steps, loss: value, lr });
+        on_step(StepReport {
+            step,
+            total: config.steps,
+            loss: value,
+            lr,
+        });
         if step % config.checkpoint_every == 0 || step == config.steps {
-            let state = LoopState { rng: rng.state(config.seed), last_loss };
+            let state = LoopState {
+                rng: rng.state(config.seed),
+                last_loss,
+            };
             checkpoint::save(dir, "teacher", step, &model, &ema, &optim, &state)?;
         }
     }
@@ -175,7 +222,12 @@ pub struct EdmBatch {
     pub labels: Option<Tensor<1, Int>>,
 }
 
-fn edm_batch(train: &ImageSet, config: &TeacherTrainConfig, rng: &mut Stream, device: &Device) -> EdmBatch {
+fn edm_batch(
+    train: &ImageSet,
+    config: &TeacherTrainConfig,
+    rng: &mut Stream,
+    device: &Device,
+) -> EdmBatch {
     let (b, d) = (config.batch, train.dim());
     let mut pixels = Vec::with_capacity(b * d);
     let mut labels = Vec::with_capacity(b);
@@ -193,7 +245,8 @@ fn edm_batch(train: &ImageSet, config: &TeacherTrainConfig, rng: &mut Stream, de
         clean: Tensor::from_data(TensorData::new(pixels, shape), device),
         noise: Tensor::from_data(TensorData::new(noise, shape), device),
         sigma: Tensor::from_data(TensorData::new(sigmas, [b]), device),
-        labels: (config.net.num_classes > 0).then(|| Tensor::from_data(TensorData::new(labels, [b]), device)),
+        labels: (config.net.num_classes > 0)
+            .then(|| Tensor::from_data(TensorData::new(labels, [b]), device)),
     }
 }
 
@@ -220,7 +273,10 @@ impl UnetTeacher {
         let card_path = dir.join("teacher.json");
         let card: TeacherCard = read_json(&card_path)?;
         if card.format != CARD_FORMAT {
-            return Err(TrainerError::checkpoint(&card_path, format!("format {:?}, expected {CARD_FORMAT:?}", card.format)));
+            return Err(TrainerError::checkpoint(
+                &card_path,
+                format!("format {:?}, expected {CARD_FORMAT:?}", card.format),
+            ));
         }
         Ok(card)
     }
@@ -231,7 +287,11 @@ impl UnetTeacher {
         let card = Self::card(dir)?;
         let template = EdmNet::new(&card.net, card.dims[0], device, 0);
         let net = checkpoint::load_module(template, &dir.join("model.bpk"), &card.weights_hash)?;
-        Ok(UnetTeacher { net, card, dir: dir.to_path_buf() })
+        Ok(UnetTeacher {
+            net,
+            card,
+            dir: dir.to_path_buf(),
+        })
     }
 }
 
