@@ -31,28 +31,32 @@ pub fn write_npy(path: &Path, values: &[f32], shape: &[usize]) -> anyhow::Result
 }
 
 /// A PNG with one row of `per_row` images per entry of `rows` (each `[per_row, C, H, W]`),
-/// 1-pixel gaps; channels beyond the first three are dropped, one channel is grey.
+/// each pixel drawn as a `scale` x `scale` block, 1-pixel gaps; channels beyond the first
+/// three are dropped, one channel is grey.
 pub fn write_grid(
     path: &Path,
     rows: &[Vec<f32>],
     per_row: usize,
     [c, h, w]: [usize; 3],
+    scale: usize,
 ) -> anyhow::Result<()> {
     let cols = per_row.min(16);
     let lines_per_row = per_row.div_ceil(cols);
     let total_lines = rows.len() * lines_per_row;
-    let (width, height) = (cols * (w + 1) + 1, total_lines * (h + 1) + 1);
+    let (ch, cw) = (h * scale, w * scale);
+    let (width, height) = (cols * (cw + 1) + 1, total_lines * (ch + 1) + 1);
     let mut img =
         image::RgbImage::from_pixel(width as u32, height as u32, image::Rgb([40, 40, 40]));
     let dim = c * h * w;
     for (r, values) in rows.iter().enumerate() {
         for i in 0..per_row {
             let (line, col) = (r * lines_per_row + i / cols, i % cols);
-            let (x0, y0) = (col * (w + 1) + 1, line * (h + 1) + 1);
-            let img_values = &values[i * dim..(i + 1) * dim];
-            for y in 0..h {
-                for x in 0..w {
-                    let px = |ch: usize| to_byte(img_values[(ch.min(c - 1) * h + y) * w + x]);
+            let (x0, y0) = (col * (cw + 1) + 1, line * (ch + 1) + 1);
+            let pixels = &values[i * dim..(i + 1) * dim];
+            for y in 0..ch {
+                for x in 0..cw {
+                    let px =
+                        |k: usize| to_byte(pixels[(k.min(c - 1) * h + y / scale) * w + x / scale]);
                     img.put_pixel(
                         (x0 + x) as u32,
                         (y0 + y) as u32,

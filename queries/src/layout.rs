@@ -37,7 +37,7 @@ impl StudentLayout {
         afs: bool,
     ) -> Result<StudentLayout> {
         let intervals = points.saturating_sub(1);
-        if n < 2 || k < 1 || intervals == 0 || intervals % (k * (n - 1)) != 0 {
+        if n < 2 || k < 1 || intervals == 0 || !intervals.is_multiple_of(k * (n - 1)) {
             return Err(QueryError::Layout(format!(
                 "N = {n}, K = {k} does not fit this dataset's grid of {points} points: K (N-1) must divide {intervals}. Supported: {}",
                 supported_pairs(points, 9)
@@ -86,7 +86,7 @@ pub fn supported_pairs(points: usize, max_n: usize) -> String {
     let rows: Vec<String> = (2..=max_n)
         .filter_map(|n| {
             let ks: Vec<String> = (1..=intervals)
-                .filter(|k| intervals % (k * (n - 1)) == 0)
+                .filter(|k| intervals.is_multiple_of(k * (n - 1)))
                 .map(|k| k.to_string())
                 .collect();
             (!ks.is_empty()).then(|| format!("N={n}: K in {{{}}}", ks.join(", ")))

@@ -403,9 +403,8 @@ impl Producer {
             let mut picks = Vec::with_capacity(chunk.len());
             for &id in chunk {
                 let s = shard_of(id);
-                if !loaded.contains_key(&s) {
-                    let shard = self.load_shard(&self.plans[s], left[&s]).await?;
-                    loaded.insert(s, shard);
+                if let std::collections::hash_map::Entry::Vacant(slot) = loaded.entry(s) {
+                    slot.insert(self.load_shard(&self.plans[s], left[&s]).await?);
                 }
                 picks.push((s, id));
             }

@@ -91,14 +91,13 @@ impl std::hash::Hash for VectorUdf {
     }
 }
 
-impl VectorUdf {
-    fn new(name: &'static str, kernel: Kernel) -> ScalarUDF {
-        ScalarUDF::from(VectorUdf {
-            name,
-            kernel,
-            signature: Signature::user_defined(Volatility::Immutable),
-        })
-    }
+/// The scalar function `name` computing `kernel` over vector arguments.
+fn vector_udf(name: &'static str, kernel: Kernel) -> ScalarUDF {
+    ScalarUDF::from(VectorUdf {
+        name,
+        kernel,
+        signature: Signature::user_defined(Volatility::Immutable),
+    })
 }
 
 /// `FixedSizeList<Float32, n>`, the type every vector argument is coerced to.
@@ -218,12 +217,12 @@ impl ScalarUDFImpl for VectorUdf {
 /// The scalar vector functions.
 pub fn scalar_functions() -> Vec<ScalarUDF> {
     vec![
-        VectorUdf::new("l2", Kernel::Unary(l2)),
-        VectorUdf::new("l2_dist", Kernel::Binary(l2_dist)),
-        VectorUdf::new("cos_sim", Kernel::Binary(cos_sim)),
-        VectorUdf::new("vmean", Kernel::Unary(vmean)),
-        VectorUdf::new("vstd", Kernel::Unary(vstd)),
-        VectorUdf::new("all_finite", Kernel::Predicate(all_finite)),
+        vector_udf("l2", Kernel::Unary(l2)),
+        vector_udf("l2_dist", Kernel::Binary(l2_dist)),
+        vector_udf("cos_sim", Kernel::Binary(cos_sim)),
+        vector_udf("vmean", Kernel::Unary(vmean)),
+        vector_udf("vstd", Kernel::Unary(vstd)),
+        vector_udf("all_finite", Kernel::Predicate(all_finite)),
     ]
 }
 

@@ -120,6 +120,14 @@ impl MethodConfig {
     }
 
     /// `w_k`, k = 1..=K.
+    /// The loss this method trains with.
+    pub fn objective(&self) -> Result<Objective, String> {
+        Ok(Objective {
+            weights: self.branch_weights()?,
+            distance: self.distance,
+        })
+    }
+
     pub fn branch_weights(&self) -> Result<Vec<f64>, String> {
         let k = self.k;
         match &self.weights {
@@ -136,6 +144,13 @@ impl MethodConfig {
 /// The analytical first step's derivative.
 pub fn afs_derivative(x: Tensor<4>, sigma: f64) -> Tensor<4> {
     x / (1.0 + sigma * sigma).sqrt()
+}
+
+/// How the branches' errors combine into one loss: `sum_k weights[k] distance(xhat_k, target_k)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Objective {
+    pub weights: Vec<f64>,
+    pub distance: Distance,
 }
 
 /// One interval's loss, with what the loop needs next.
@@ -159,8 +174,7 @@ pub fn interval_loss(
     s: f64,
     targets: &[Tensor<4>],
     target_sigmas: &[f64],
-    weights: &[f64],
-    distance: Distance,
+    objective: &Objective,
     labels: Option<&Tensor<1, Int>>,
 ) -> IntervalLoss {
     let [b, _, _, _] = x.dims();
@@ -172,12 +186,12 @@ pub fn interval_loss(
     for (k, denoised) in branches.into_iter().enumerate() {
         let xhat = euler_step(x.clone(), to_d(x.clone(), denoised, s), s, target_sigmas[k]);
         let diff = xhat.clone() - targets[k].clone();
-        let d = match distance {
+        let d = match objective.distance {
             Distance::L1 => diff.abs().mean(),
             Distance::L2 => diff.square().mean(),
         };
         per_branch.push(d.clone().inner().into_scalar::<f64>());
-        let term = d * weights[k];
+        let term = d * objective.weights[k];
         loss = Some(match loss {
             Some(l) => l + term,
             None => term,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint;
 use crate::edm::EdmNet;
 use crate::error::{Result, TrainerError};
-use crate::method::{MethodConfig, StepPer, afs_derivative, interval_loss};
+use crate::method::{MethodConfig, Objective, StepPer, afs_derivative, interval_loss};
 use crate::optim::{OptimConfig, clip_global_norm, ema_update};
 use crate::solvers::euler_step;
 use crate::unet::UNetConfig;
@@ -180,10 +180,7 @@ pub fn train(
     log: &mut crate::log::CsvLog,
     on_step: &mut dyn FnMut(&StepReport),
 ) -> Result<StudentState> {
-    let weights = config
-        .method
-        .branch_weights()
-        .map_err(TrainerError::Config)?;
+    let objective = config.method.objective().map_err(TrainerError::Config)?;
     let device = state
         .model
         .devices()
@@ -197,7 +194,7 @@ pub fn train(
         let started = Instant::now();
         let lr = config.optim.lr_at(state.step, config.steps);
         let (loss, per_branch, grad_norm) =
-            train_batch(config, &mut state, &batch, &weights, lr, &device)?;
+            train_batch(config, &mut state, &batch, &objective, lr, &device)?;
         state.step += 1;
         state.last_loss = loss;
         let report = StepReport {
@@ -214,7 +211,7 @@ pub fn train(
         row.extend(&report.per_branch);
         log.row(&row)?;
         on_step(&report);
-        if state.step % config.checkpoint_every == 0 || state.step == config.steps {
+        if state.step.is_multiple_of(config.checkpoint_every) || state.step == config.steps {
             log.flush()?;
             let loop_state = LoopState {
                 source_position: source.position(),
@@ -240,7 +237,7 @@ fn train_batch(
     config: &StudentConfig,
     state: &mut StudentState,
     batch: &TrainBatch,
-    weights: &[f64],
+    objective: &Objective,
     lr: f64,
     device: &Device,
 ) -> Result<(f64, Vec<f64>, f64)> {
@@ -301,8 +298,7 @@ fn train_batch(
             s,
             &ts,
             &batch.target_sigmas[i],
-            weights,
-            m.distance,
+            objective,
             labels.as_ref(),
         );
         total += out.loss.clone().inner().into_scalar::<f64>();

@@ -234,7 +234,7 @@ fn conv3(i: usize, o: usize, device: &Device) -> Conv2d {
 fn group_norm_layer(channels: usize, device: &Device) -> GroupNorm {
     let groups = [8, 4, 2, 1]
         .into_iter()
-        .find(|g| channels % g == 0)
+        .find(|g| channels.is_multiple_of(*g))
         .unwrap_or(1);
     GroupNormConfig::new(groups, channels).init(device)
 }

@@ -3,7 +3,7 @@
 
 use bdense_trainer::backend::cpu;
 use bdense_trainer::edm::EdmNet;
-use bdense_trainer::method::{Distance, interval_loss};
+use bdense_trainer::method::{Distance, Objective, interval_loss};
 use bdense_trainer::precond::sigma_batch;
 use bdense_trainer::schedule::polynomial_sigmas;
 use bdense_trainer::solvers::{Denoiser, Solver, host};
@@ -124,7 +124,8 @@ fn solver_orders_match_theory_on_the_gaussian_ode() {
     // Global error over the whole 80 -> 0.002 grid: doubling the steps divides it by about
     // 2^order. (The multistep methods start with a first-order step, which caps their
     // asymptotic global order at 2; their own order is checked locally below.)
-    let cases: Vec<(&str, Box<dyn Fn(usize) -> f64>, f64, f64)> = vec![
+    type Case<'a> = (&'a str, Box<dyn Fn(usize) -> f64 + 'a>, f64, f64);
+    let cases: Vec<Case> = vec![
         ("euler", Box::new(solver(Solver::Euler)), 1.7, 2.3),
         ("heun", Box::new(solver(Solver::Heun)), 3.4, 4.8),
         ("dpm-solver++ 2m", Box::new(pure(2)), 3.4, 5.0),
@@ -429,8 +430,10 @@ fn endpoint_only_weights_reproduce_the_sfd_loss() {
             10.0,
             &ts[3..],
             &sig[3..],
-            &[1.0],
-            distance,
+            &Objective {
+                weights: vec![1.0],
+                distance,
+            },
             None,
         );
         let b = interval_loss(
@@ -439,8 +442,10 @@ fn endpoint_only_weights_reproduce_the_sfd_loss() {
             10.0,
             &ts,
             &sig,
-            &[0.0, 0.0, 0.0, 1.0],
-            distance,
+            &Objective {
+                weights: vec![0.0, 0.0, 0.0, 1.0],
+                distance,
+            },
             None,
         );
         let (a, b) = (a.loss.into_scalar::<f64>(), b.loss.into_scalar::<f64>());
@@ -472,8 +477,10 @@ fn every_branch_gradient_reaches_the_shared_backbone() {
             5.0,
             &ts,
             &[4.0, 3.0, 2.0],
-            &w,
-            Distance::L1,
+            &Objective {
+                weights: w,
+                distance: Distance::L1,
+            },
             None,
         );
         let grads = out.loss.backward();

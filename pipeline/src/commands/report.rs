@@ -215,7 +215,7 @@ pub fn write_report(
             .map(|r| r[..per_row * d].to_vec())
             .collect();
         let name = format!("samples-nfe{nfe}.png");
-        images::write_grid(&out.join(&name), &rows, per_row, dims)?;
+        images::write_grid(&out.join(&name), &rows, per_row, dims, 2)?;
         pictures.push((
             name,
             format!(

@@ -99,7 +99,7 @@ pub fn run(args: &SampleArgs) -> anyhow::Result<ExitCode> {
         rows.push(out);
     }
     let png = args.out.join("grid.png");
-    images::write_grid(&png, &rows, args.count, [c, h, w])?;
+    images::write_grid(&png, &rows, args.count, [c, h, w], 2)?;
     println!(
         "sampled {} images with the {} student (NFE {}) into {} ({}{}) in {:.1}s",
         args.count,
