@@ -391,6 +391,9 @@ pub struct BenchStoreArgs {
     /// Take the states from this dataset instead of synthetic Gaussian trajectories.
     #[arg(long)]
     pub from: Option<PathBuf>,
+    /// Drop the page cache before every read (needs root): disk-bound reads.
+    #[arg(long)]
+    pub cold: bool,
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
 }
@@ -410,6 +413,9 @@ pub struct BenchTargetsArgs {
     /// Scratch directory for the raw baseline file.
     #[arg(long, default_value = "runs/bench-targets")]
     pub dir: PathBuf,
+    /// Drop the page cache before every timed run (needs root): disk-bound reads.
+    #[arg(long)]
+    pub cold: bool,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+// glibc's allocator hands large tensor and Parquet buffers back to the kernel and page-faults
+// them in again on every step; mimalloc keeps them (docs/perf.md has the measurement).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = bdense_pipeline::cli::Cli::parse();
     match bdense_pipeline::run(cli) {

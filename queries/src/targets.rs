@@ -350,9 +350,17 @@ struct Producer {
     batches_per_epoch: u64,
 }
 
+/// Shards decoded ahead of the one being assembled, each in its own task, so decoding runs on
+/// every core while batches are cut.
+const LOOKAHEAD_SHARDS: usize = 2;
+
+type ShardLoad = tokio::task::JoinHandle<Result<LoadedShard>>;
+
 impl Producer {
     fn run(self, start_batch: u64, tx: SyncSender<Result<TargetBatch>>) {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .thread_name("bdense-targets-io")
             .enable_all()
             .build()
             .expect("runtime");
@@ -372,6 +380,17 @@ impl Producer {
         }
     }
 
+    /// Starts decoding shard `s` in the background.
+    fn spawn_load(&self, s: usize, remaining: usize) -> ShardLoad {
+        let ctx = self.session.ctx().clone();
+        let (name, steps, plan) = (
+            self.name.clone(),
+            self.layout.steps(),
+            self.plans[s].clone(),
+        );
+        tokio::spawn(async move { load_shard(&ctx, &name, &steps, &plan, remaining).await })
+    }
+
     /// Sends one epoch's batches after skipping `skip` trajectories; false when the consumer
     /// has hung up.
     async fn run_epoch(
@@ -389,22 +408,37 @@ impl Producer {
                 })
                 .expect("ids come from the plan")
         };
-        let mut loaded: HashMap<usize, LoadedShard> = HashMap::new();
-        // How many of each shard's rows this epoch still has to emit (after the skip).
+        let todo = &order[skip.min(order.len())..];
+        // How many of each shard's rows this epoch still emits, and the order shards are needed.
         let mut left: HashMap<usize, usize> = HashMap::new();
-        for &id in &order[skip.min(order.len())..] {
-            *left.entry(shard_of(id)).or_default() += 1;
+        let mut load_order = Vec::new();
+        for &id in todo {
+            let n = left.entry(shard_of(id)).or_default();
+            if *n == 0 {
+                load_order.push(shard_of(id));
+            }
+            *n += 1;
         }
+        let mut upcoming = load_order.into_iter();
+        let mut pending: std::collections::VecDeque<(usize, ShardLoad)> = Default::default();
+        let mut loaded: HashMap<usize, LoadedShard> = HashMap::new();
         let first_index = epoch * self.batches_per_epoch + (skip / self.spec.batch) as u64;
-        for (i, chunk) in order[skip.min(order.len())..]
-            .chunks(self.spec.batch)
-            .enumerate()
-        {
+        for (i, chunk) in todo.chunks(self.spec.batch).enumerate() {
             let mut picks = Vec::with_capacity(chunk.len());
             for &id in chunk {
                 let s = shard_of(id);
-                if let std::collections::hash_map::Entry::Vacant(slot) = loaded.entry(s) {
-                    slot.insert(self.load_shard(&self.plans[s], left[&s]).await?);
+                while !loaded.contains_key(&s) {
+                    while pending.len() <= LOOKAHEAD_SHARDS {
+                        let Some(next) = upcoming.next() else { break };
+                        pending.push_back((next, self.spawn_load(next, left[&next])));
+                    }
+                    let (ready, load) = pending
+                        .pop_front()
+                        .expect("shards load in the order needed");
+                    let shard = load
+                        .await
+                        .map_err(|e| QueryError::Layout(format!("shard loader failed: {e}")))??;
+                    loaded.insert(ready, shard);
                 }
                 picks.push((s, id));
             }
@@ -416,90 +450,12 @@ impl Producer {
                     loaded.remove(s);
                 }
             }
-            if tx.send(Ok(batch)).is_err() {
+            // A full channel blocks here: the consumer sets the pace.
+            if tokio::task::block_in_place(|| tx.send(Ok(batch))).is_err() {
                 return Ok(false);
             }
         }
         Ok(true)
-    }
-
-    /// Reads the layout's steps of one shard with DataFusion (partition-pruned to exactly
-    /// those files) and indexes every (slot, row) cell.
-    async fn load_shard(&self, plan: &ShardPlan, remaining: usize) -> Result<LoadedShard> {
-        let ctx: &SessionContext = self.session.ctx();
-        let steps = self.layout.steps();
-        let slot_of: HashMap<u16, usize> = steps.iter().enumerate().map(|(i, &s)| (s, i)).collect();
-        let df = ctx
-            .table(self.name.as_str())
-            .await?
-            .filter(
-                col(SHARD)
-                    .eq(lit(plan.index))
-                    .and(col(STEP).in_list(steps.iter().map(|&s| lit(s)).collect(), false)),
-            )?
-            .select_columns(&[cols::TRAJ_ID, STEP, cols::SEED, cols::LABEL, cols::X])?;
-        let batches = df.collect().await?;
-        let rows: usize = plan.row_groups.iter().sum();
-        let mut cells = vec![(u32::MAX, u32::MAX); steps.len() * rows];
-        let mut seeds = vec![0u64; rows];
-        let mut labels = vec![None; rows];
-        for (b, batch) in batches.iter().enumerate() {
-            let ids = batch.column(0).as_primitive::<UInt64Type>();
-            let step_col = batch.column(1).as_primitive::<UInt16Type>();
-            let seed_col = batch.column(2).as_primitive::<UInt64Type>();
-            let label_col = batch
-                .column(3)
-                .as_primitive::<datafusion::arrow::datatypes::Int32Type>();
-            for r in 0..batch.num_rows() {
-                let row = ids
-                    .value(r)
-                    .checked_sub(plan.first_id)
-                    .map(|v| v as usize)
-                    .filter(|&v| v < rows);
-                let (Some(row), Some(&slot)) = (row, slot_of.get(&step_col.value(r))) else {
-                    return Err(self.corrupt(
-                        plan,
-                        format!(
-                            "unexpected row (trajectory {}, step {})",
-                            ids.value(r),
-                            step_col.value(r)
-                        ),
-                    ));
-                };
-                cells[slot * rows + row] = (b as u32, r as u32);
-                if slot == 0 {
-                    seeds[row] = seed_col.value(r);
-                    labels[row] = label_col.is_valid(r).then(|| label_col.value(r));
-                }
-            }
-        }
-        if let Some(missing) = cells.iter().position(|c| c.0 == u32::MAX) {
-            let (slot, row) = (missing / rows, missing % rows);
-            return Err(self.corrupt(
-                plan,
-                format!(
-                    "trajectory {} has no state at step {}",
-                    plan.first_id + row as u64,
-                    steps[slot]
-                ),
-            ));
-        }
-        Ok(LoadedShard {
-            batches,
-            cells,
-            rows,
-            first_id: plan.first_id,
-            seeds,
-            labels,
-            remaining,
-        })
-    }
-
-    fn corrupt(&self, plan: &ShardPlan, detail: String) -> QueryError {
-        QueryError::Dataset {
-            dataset: self.name.clone(),
-            detail: format!("shard {}: {detail}", plan.index),
-        }
     }
 
     /// Copies the picked trajectories' cells, straight from the decoded Arrow buffers, into
@@ -603,5 +559,90 @@ fn vectors(values: Vec<f32>, dim: usize, per_row: Option<usize>) -> ArrayRef {
                 None,
             ))
         }
+    }
+}
+
+/// Reads the layout's steps of one shard with DataFusion (partition-pruned to exactly
+/// those files) and indexes every (slot, row) cell.
+async fn load_shard(
+    ctx: &SessionContext,
+    name: &str,
+    steps: &[u16],
+    plan: &ShardPlan,
+    remaining: usize,
+) -> Result<LoadedShard> {
+    let slot_of: HashMap<u16, usize> = steps.iter().enumerate().map(|(i, &s)| (s, i)).collect();
+    let df = ctx
+        .table(name)
+        .await?
+        .filter(
+            col(SHARD)
+                .eq(lit(plan.index))
+                .and(col(STEP).in_list(steps.iter().map(|&s| lit(s)).collect(), false)),
+        )?
+        .select_columns(&[cols::TRAJ_ID, STEP, cols::SEED, cols::LABEL, cols::X])?;
+    let batches = df.collect().await?;
+    let rows: usize = plan.row_groups.iter().sum();
+    let mut cells = vec![(u32::MAX, u32::MAX); steps.len() * rows];
+    let mut seeds = vec![0u64; rows];
+    let mut labels = vec![None; rows];
+    for (b, batch) in batches.iter().enumerate() {
+        let ids = batch.column(0).as_primitive::<UInt64Type>();
+        let step_col = batch.column(1).as_primitive::<UInt16Type>();
+        let seed_col = batch.column(2).as_primitive::<UInt64Type>();
+        let label_col = batch
+            .column(3)
+            .as_primitive::<datafusion::arrow::datatypes::Int32Type>();
+        for r in 0..batch.num_rows() {
+            let row = ids
+                .value(r)
+                .checked_sub(plan.first_id)
+                .map(|v| v as usize)
+                .filter(|&v| v < rows);
+            let (Some(row), Some(&slot)) = (row, slot_of.get(&step_col.value(r))) else {
+                return Err(corrupt(
+                    name,
+                    plan,
+                    format!(
+                        "unexpected row (trajectory {}, step {})",
+                        ids.value(r),
+                        step_col.value(r)
+                    ),
+                ));
+            };
+            cells[slot * rows + row] = (b as u32, r as u32);
+            if slot == 0 {
+                seeds[row] = seed_col.value(r);
+                labels[row] = label_col.is_valid(r).then(|| label_col.value(r));
+            }
+        }
+    }
+    if let Some(missing) = cells.iter().position(|c| c.0 == u32::MAX) {
+        let (slot, row) = (missing / rows, missing % rows);
+        return Err(corrupt(
+            name,
+            plan,
+            format!(
+                "trajectory {} has no state at step {}",
+                plan.first_id + row as u64,
+                steps[slot]
+            ),
+        ));
+    }
+    Ok(LoadedShard {
+        batches,
+        cells,
+        rows,
+        first_id: plan.first_id,
+        seeds,
+        labels,
+        remaining,
+    })
+}
+
+fn corrupt(name: &str, plan: &ShardPlan, detail: String) -> QueryError {
+    QueryError::Dataset {
+        dataset: name.to_string(),
+        detail: format!("shard {}: {detail}", plan.index),
     }
 }

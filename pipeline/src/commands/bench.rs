@@ -94,10 +94,32 @@ fn chosen_steps(steps: usize) -> Vec<usize> {
     (0..13).map(|i| i * (steps - 1) / 12).collect()
 }
 
-fn best<T>(repeats: usize, mut f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<(f64, T)> {
+/// Empties the kernel's page cache so the next read comes from the disk.
+fn drop_page_cache() -> anyhow::Result<()> {
+    let synced = std::process::Command::new("sync")
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    std::fs::write("/proc/sys/vm/drop_caches", "3")
+        .context("dropping the page cache for --cold (needs root)")?;
+    anyhow::ensure!(synced, "sync failed");
+    Ok(())
+}
+
+fn best<T>(repeats: usize, f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<(f64, T)> {
+    best_with(repeats, || Ok(()), f)
+}
+
+/// The fastest of `repeats` runs of `f`, each after an untimed `before`.
+fn best_with<T>(
+    repeats: usize,
+    mut before: impl FnMut() -> anyhow::Result<()>,
+    mut f: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<(f64, T)> {
     let mut out = None;
     let mut best = f64::MAX;
     for _ in 0..repeats.max(1) {
+        before()?;
         let t = Instant::now();
         let v = f()?;
         best = best.min(t.elapsed().as_secs_f64());
@@ -114,7 +136,7 @@ pub fn store(args: &BenchStoreArgs) -> anyhow::Result<ExitCode> {
     let chosen = chosen_steps(s.steps);
     let read_bytes = (chosen.len() * s.count * s.dim * 4) as f64;
     println!(
-        "store benchmark: {} trajectories x {} steps x {} f32 = {} raw ({}); best of {}",
+        "store benchmark: {} trajectories x {} steps x {} f32 = {} raw ({}); best of {}{}",
         s.count,
         s.steps,
         s.dim,
@@ -124,7 +146,12 @@ pub fn store(args: &BenchStoreArgs) -> anyhow::Result<ExitCode> {
             .map_or("synthetic Gaussian trajectories".to_string(), |p| p
                 .display()
                 .to_string()),
-        args.repeats
+        args.repeats,
+        if args.cold {
+            ", reads from a cold page cache"
+        } else {
+            ", reads from the page cache"
+        }
     );
     // Baseline: the same bytes as one flat f32 file, written and synced, then the 13 steps read.
     let raw = args.dir.join("raw.f32");
@@ -137,7 +164,8 @@ pub fn store(args: &BenchStoreArgs) -> anyhow::Result<ExitCode> {
         f.sync_all()?;
         Ok(())
     })?;
-    let (raw_read, _) = best(args.repeats, || {
+    let before_read = || if args.cold { drop_page_cache() } else { Ok(()) };
+    let (raw_read, _) = best_with(args.repeats, before_read, || {
         let mut f = std::fs::File::open(&raw)?;
         let mut buf = vec![0u8; s.count * s.dim * 4];
         let mut sum = 0f64;
@@ -184,7 +212,7 @@ pub fn store(args: &BenchStoreArgs) -> anyhow::Result<ExitCode> {
             write_dataset(&dir, &s, dtype, rows_per_shard, options.clone())
         })?;
         let ds = Dataset::open(&dir)?;
-        let (read_s, _) = best(args.repeats, || {
+        let (read_s, _) = best_with(args.repeats, before_read, || {
             let mut sum = 0f64;
             for shard in ds.shards() {
                 for &step in &chosen {
@@ -269,8 +297,9 @@ pub fn targets(args: &BenchTargetsArgs) -> anyhow::Result<ExitCode> {
         bdense_queries::StudentLayout::new(&m.grid.sigmas, m.grid.points(), args.n, args.k, false)?;
     let steps = layout.steps();
     let per_traj = (steps.len() * dim * 4) as f64;
+    let before = || if args.cold { drop_page_cache() } else { Ok(()) };
     // The stream, one epoch; keep the order for the baseline.
-    let (stream_s, order) = best(args.repeats, || {
+    let (stream_s, order) = best_with(args.repeats, before, || {
         let mut order = Vec::with_capacity(count);
         let mut check = 0f64;
         for b in TargetStream::open(ds.clone(), &spec, 0)? {
@@ -299,7 +328,7 @@ pub fn targets(args: &BenchTargetsArgs) -> anyhow::Result<ExitCode> {
             f.write_all(bytemuck_f32(&rows))?;
         }
     }
-    let (raw_s, _) = best(args.repeats, || {
+    let (raw_s, _) = best_with(args.repeats, before, || {
         use std::os::unix::fs::FileExt;
         let f = std::fs::File::open(&raw)?;
         let mut check = 0f64;
@@ -328,12 +357,13 @@ pub fn targets(args: &BenchTargetsArgs) -> anyhow::Result<ExitCode> {
         );
     };
     println!(
-        "branch targets N={} K={} ({} steps per trajectory), {count} trajectories x {dim} values, batch {}, best of {}:",
+        "branch targets N={} K={} ({} steps per trajectory), {count} trajectories x {dim} values, batch {}, best of {}, {} page cache:",
         args.n,
         args.k,
         steps.len(),
         args.batch,
-        args.repeats
+        args.repeats,
+        if args.cold { "cold" } else { "warm" }
     );
     report("raw f32 file, same access pattern (ceiling)", raw_s);
     report("bdense TargetStream (DataFusion, Parquet)", stream_s);

@@ -51,6 +51,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         .map_err(anyhow::Error::msg)
         .context("--device")?;
     let built = teacher_source::build(&args.teacher, &args.source, args.fit_limit, &device)?;
+    let teacher_s = started.elapsed().as_secs_f64();
     let [c, h, w] = built.info.dims;
     let grid = GridSpec {
         points: args.grid,
@@ -145,13 +146,14 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
     let m = writer.manifest();
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "generated {} trajectories x {} steps ({} shards, {}) into {} in {secs:.1}s: {:.1} traj/s, writing {:.0}% of the time; dataset holds {}/{} trajectories",
+        "generated {} trajectories x {} steps ({} shards, {}) into {} in {secs:.1}s: {:.1} traj/s; teacher ready in {teacher_s:.1}s, solving {:.0}%, writing {:.0}% of the time; dataset holds {}/{} trajectories",
         todo_rows,
         m.steps(),
         todo.len(),
         bytes(written_bytes),
         args.dataset.display(),
         todo_rows as f64 / secs,
+        100.0 * (secs - teacher_s - write_s) / secs,
         100.0 * write_s / secs,
         m.trajectories(),
         m.planned_count
