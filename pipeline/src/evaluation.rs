@@ -223,6 +223,9 @@ pub struct EvalContext {
     pub device: Device,
 }
 
+/// Inception FID of a set of samples (`[n, C, H, W]` values) against reference images.
+pub type FidScorer<'a> = dyn Fn(&[f32], [usize; 3]) -> anyhow::Result<f64> + Sync + 'a;
+
 /// Evaluates one run on `heldout`.
 pub fn evaluate(
     run: &Path,
@@ -230,6 +233,7 @@ pub fn evaluate(
     heldout: &Dataset,
     ctx: &EvalContext,
     keep: usize,
+    fid: Option<&FidScorer>,
 ) -> anyhow::Result<Evaluation> {
     let device = &ctx.device;
     let net = load_student(run, record, device)?;
@@ -332,7 +336,9 @@ pub fn evaluate(
         label_entropy: entropy,
         label_coverage: coverage,
         classifier_accuracy: ctx.card.test_accuracy,
-        fid_inception: None,
+        fid_inception: fid
+            .map(|score| score(&student_end, [c, h, w]))
+            .transpose()?,
     };
     let keep = keep.min(count) * d;
     Ok(Evaluation {

@@ -30,6 +30,57 @@ pub fn write_npy(path: &Path, values: &[f32], shape: &[usize]) -> anyhow::Result
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// Reads a float32 little-endian C-order .npy file: (values, shape).
+pub fn read_npy(path: &Path) -> anyhow::Result<(Vec<f32>, Vec<usize>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bad = |what: &str| anyhow::anyhow!("{}: {what}", path.display());
+    if !bytes.starts_with(b"\x93NUMPY") || bytes.len() < 10 {
+        return Err(bad("not a .npy file"));
+    }
+    let (header_len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        _ => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+    };
+    let header = std::str::from_utf8(
+        bytes
+            .get(start..start + header_len)
+            .ok_or_else(|| bad("truncated header"))?,
+    )
+    .map_err(|_| bad("header is not text"))?;
+    if !header.contains("'<f4'") || header.contains("'fortran_order': True") {
+        return Err(bad("expected little-endian float32 in C order"));
+    }
+    let dims = header
+        .split("'shape': (")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .ok_or_else(|| bad("no shape in header"))?;
+    let shape: Vec<usize> = dims
+        .split(',')
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| d.trim().parse())
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad("bad shape"))?;
+    let data = &bytes[start + header_len..];
+    let n: usize = shape.iter().product();
+    if data.len() != n * 4 {
+        return Err(bad(&format!(
+            "shape {shape:?} needs {} data bytes, found {}",
+            n * 4,
+            data.len()
+        )));
+    }
+    Ok((
+        data.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        shape,
+    ))
+}
+
 /// A PNG with one row of `per_row` images per entry of `rows` (each `[per_row, C, H, W]`),
 /// each pixel drawn as a `scale` x `scale` block, 1-pixel gaps; channels beyond the first
 /// three are dropped, one channel is grey.
@@ -72,4 +123,23 @@ pub fn write_grid(
 
 fn to_byte(v: f32) -> u8 {
     ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn npy_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.npy");
+        let values: Vec<f32> = (0..24).map(|i| i as f32 * 0.5 - 3.0).collect();
+        super::write_npy(&path, &values, &[2, 3, 4]).unwrap();
+        assert_eq!(super::read_npy(&path).unwrap(), (values, vec![2, 3, 4]));
+        std::fs::write(&path, b"nope").unwrap();
+        assert!(
+            super::read_npy(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("not a .npy file")
+        );
+    }
 }

@@ -30,6 +30,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(a) => commands::eval::run(&a),
         Command::Report(a) => commands::report::run(&a),
         Command::Demo(a) => commands::demo::run(&a),
+        Command::Fid(a) => commands::fid::run(&a),
         Command::Bench(BenchCommand::Store(a)) => commands::bench::store(&a),
         Command::Bench(BenchCommand::Targets(a)) => commands::bench::targets(&a),
         Command::Bench(BenchCommand::Train(a)) => commands::bench::train(&a),

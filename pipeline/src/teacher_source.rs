@@ -33,6 +33,8 @@ pub fn build(
     let mut train = match &spec {
         // A trained U-Net carries everything it needs.
         TeacherSpec::Unet(_) => bdense_trainer::data::procedural(0, 0),
+        // Only the image shape is needed.
+        TeacherSpec::TorchScript(_) => source.load(Split::Test)?.take(1),
         _ => source.load(Split::Train)?,
     };
     if let Some(n) = fit_limit {

@@ -263,17 +263,8 @@ impl Manifest {
 
     /// Internal consistency a reader relies on.
     fn check(&self, path: &Path) -> Result<()> {
-        if self.dims.is_empty() {
-            return Err(StoreError::invalid(path, "dims have zero size"));
-        }
-        if self.grid.sigmas.len() < 2 || self.grid.sigmas.len() > u16::MAX as usize {
-            return Err(StoreError::invalid(
-                path,
-                format!("grid has {} steps (need 2..=65535)", self.grid.sigmas.len()),
-            ));
-        }
-        if self.rows_per_shard == 0 {
-            return Err(StoreError::invalid(path, "rows_per_shard is 0"));
+        if let Some(problem) = layout_problem(self.dims, self.rows_per_shard, &self.grid.sigmas) {
+            return Err(StoreError::invalid(path, problem));
         }
         for shard in &self.shards {
             if shard.files.len() != self.steps() {
@@ -295,6 +286,22 @@ impl Manifest {
     pub(crate) fn commit(&self, dataset_dir: &Path) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(self).expect("manifest serialises");
         fsutil::write_atomic(&Manifest::path(dataset_dir), &bytes)
+    }
+}
+
+/// What makes a dataset's shape unusable, if anything: shared by writers (before creating)
+/// and readers (after loading a manifest).
+pub(crate) fn layout_problem(dims: Dims, rows_per_shard: u32, sigmas: &[f64]) -> Option<String> {
+    if dims.is_empty() {
+        Some("dims have zero size".into())
+    } else if rows_per_shard == 0 {
+        Some("rows per shard must be positive".into())
+    } else if sigmas.len() < 2 || sigmas.len() > u16::MAX as usize {
+        Some(format!("grid has {} steps (need 2..=65535)", sigmas.len()))
+    } else if sigmas.windows(2).any(|w| w[1] >= w[0]) {
+        Some("grid sigmas must be strictly decreasing".into())
+    } else {
+        None
     }
 }
 

@@ -398,18 +398,7 @@ impl DatasetWriter {
 }
 
 fn check_spec(dir: &Path, spec: &DatasetSpec) -> Result<()> {
-    let problem = if spec.dims.is_empty() {
-        Some("dims have zero size".to_string())
-    } else if spec.rows_per_shard == 0 {
-        Some("rows per shard must be positive".to_string())
-    } else if spec.grid.sigmas.len() < 2 || spec.grid.sigmas.len() > u16::MAX as usize {
-        Some(format!("grid has {} steps", spec.grid.sigmas.len()))
-    } else if spec.grid.sigmas.windows(2).any(|w| w[1] >= w[0]) {
-        Some("grid sigmas must be strictly decreasing".to_string())
-    } else {
-        None
-    };
-    match problem {
+    match manifest::layout_problem(spec.dims, spec.rows_per_shard, &spec.grid.sigmas) {
         Some(p) => Err(StoreError::invalid(dir, p)),
         None => Ok(()),
     }

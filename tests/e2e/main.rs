@@ -4,10 +4,32 @@ mod generate;
 mod queries;
 mod report;
 mod store;
+mod torch;
 mod train;
 
 use bdense_tests::TestDir;
 
 pub fn dir() -> TestDir {
     TestDir::new(env!("CARGO_BIN_EXE_bdense"))
+}
+
+/// `store/p`: 64 GMM trajectories of the procedural shapes on a 13-point grid, 2 shards.
+pub fn procedural_store(t: &TestDir) {
+    t.bdense([
+        "generate",
+        "store/p",
+        "--dataset",
+        "procedural",
+        "--teacher",
+        "gmm",
+        "--grid",
+        "13",
+        "--count",
+        "64",
+        "--rows-per-shard",
+        "32",
+        "--fit-limit",
+        "1024",
+    ])
+    .ok();
 }

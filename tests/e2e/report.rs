@@ -1,28 +1,12 @@
 //! `bdense eval`, `bdense report` and the quick `bdense demo`, end to end.
 
-use crate::dir;
+use crate::{dir, procedural_store};
 
 /// Trains sfd and bdense (two seeds each) on a small procedural store, evaluates, reports.
 #[test]
 fn eval_and_report_compare_methods_with_every_table_and_picture() {
     let t = dir();
-    t.bdense([
-        "generate",
-        "store/p",
-        "--dataset",
-        "procedural",
-        "--teacher",
-        "gmm",
-        "--grid",
-        "13",
-        "--count",
-        "64",
-        "--rows-per-shard",
-        "32",
-        "--fit-limit",
-        "1024",
-    ])
-    .ok();
+    procedural_store(&t);
     let mut runs = Vec::new();
     for method in ["sfd", "bdense"] {
         for seed in ["0", "1"] {

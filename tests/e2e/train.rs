@@ -1,26 +1,6 @@
 //! `bdense train` and `bdense sample`: students from one store, resumable bit for bit.
 
-use crate::dir;
-
-fn store(t: &bdense_tests::TestDir) {
-    t.bdense([
-        "generate",
-        "store/p",
-        "--dataset",
-        "procedural",
-        "--teacher",
-        "gmm",
-        "--grid",
-        "13",
-        "--count",
-        "64",
-        "--rows-per-shard",
-        "32",
-        "--fit-limit",
-        "1024",
-    ])
-    .ok();
-}
+use crate::{dir, procedural_store as store};
 
 fn train_args(method: &str, out: &str, steps: &str, extra: &[&str]) -> Vec<String> {
     let mut a: Vec<String> = [

@@ -1,48 +1,21 @@
+//! burn-ndarray's Conv2d against the U-Net's tap-wise convolution (`bdense_trainer::conv`),
+//! forward + backward, same numbers.
+//!     cargo build --workspace --all-targets && $CARGO_TARGET_DIR/debug/examples/conv_bench
+use std::time::Instant;
+
 use bdense_trainer::backend::cpu;
+use bdense_trainer::conv::conv_same;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2dConfig;
 use burn::prelude::*;
-use std::time::Instant;
-
-fn im2col_conv(x: Tensor<4>, w: Tensor<4>, b: Tensor<1>) -> Tensor<4> {
-    let [bs, c, h, wd] = x.dims();
-    let [o, _, _, _] = w.dims();
-    let xp = x.pad((1, 1, 1, 1), burn::tensor::ops::PadMode::Constant(0.0));
-    let mut cols = Vec::with_capacity(9);
-    for dh in 0..3 {
-        for dw in 0..3 {
-            cols.push(xp.clone().slice([0..bs, 0..c, dh..dh + h, dw..dw + wd]));
-        }
-    }
-    let cols: Tensor<5> = Tensor::stack(cols, 2); // [B, C, 9, H, W]
-    let cols = cols
-        .reshape([bs, c * 9, h * wd])
-        .swap_dims(1, 2)
-        .reshape([bs * h * wd, c * 9]);
-    let out = cols.matmul(w.reshape([o, c * 9]).transpose()) + b.reshape([1, o]);
-    out.reshape([bs, h * wd, o])
-        .swap_dims(1, 2)
-        .reshape([bs, o, h, wd])
-}
-
-fn im2col_batched(x: Tensor<4>, w: Tensor<4>, b: Tensor<1>) -> Tensor<4> {
-    let [bs, c, h, wd] = x.dims();
-    let [o, _, _, _] = w.dims();
-    let xp = x.pad((1, 1, 1, 1), burn::tensor::ops::PadMode::Constant(0.0));
-    let cols: Vec<Tensor<4>> = (0..9)
-        .map(|i| {
-            xp.clone()
-                .slice([0..bs, 0..c, i / 3..i / 3 + h, i % 3..i % 3 + wd])
-        })
-        .collect();
-    let cols = Tensor::stack::<5>(cols, 2).reshape([bs, c * 9, h * wd]);
-    let out = w.reshape([1, o, c * 9]).matmul(cols) + b.reshape([1, o, 1]);
-    out.reshape([bs, o, h, wd])
-}
 
 fn main() {
     let dev = cpu().autodiff();
-    for (bs, c, hw) in [(16, 16, 28), (32, 32, 14), (16, 8, 16)] {
+    println!(
+        "{:<24} {:>14} {:>14} {:>8}",
+        "shape [B, C, H, W]", "burn conv2d", "conv_same", "ratio"
+    );
+    for (bs, c, hw) in [(16, 16, 28), (32, 32, 14), (32, 64, 7), (16, 8, 16)] {
         let conv = Conv2dConfig::new([c, c], [3, 3])
             .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
             .init(&dev);
@@ -52,25 +25,32 @@ fn main() {
             &dev,
         )
         .require_grad();
-        for name in ["burn conv2d", "im2col", "batched"] {
-            let t = Instant::now();
+        let time = |ours: bool| {
             let reps = 5;
-            let mut out = vec![];
+            let t = Instant::now();
+            let mut check = 0.0;
             for _ in 0..reps {
-                let (w, b) = (conv.weight.val(), conv.bias.as_ref().unwrap().val());
-                let y = match name {
-                    "im2col" => im2col_conv(x.clone(), w, b),
-                    "batched" => im2col_batched(x.clone(), w, b),
-                    _ => conv.forward(x.clone()),
+                let y = if ours {
+                    conv_same(&conv, x.clone())
+                } else {
+                    conv.forward(x.clone())
                 };
-                let g = y.clone().square().sum().backward();
-                out.push(x.grad(&g).unwrap().sum().into_scalar::<f32>());
+                let g = y.square().sum().backward();
+                check += x.grad(&g).unwrap().sum().into_scalar::<f64>();
             }
-            println!(
-                "B={bs} C={c} {hw}x{hw} {name}: {:.1} ms per fwd+bwd (check {:.3})",
-                t.elapsed().as_secs_f64() * 1000.0 / reps as f64,
-                out[0]
-            );
-        }
+            (t.elapsed().as_secs_f64() * 1e3 / reps as f64, check)
+        };
+        let ((burn_ms, a), (ours_ms, b)) = (time(false), time(true));
+        assert!(
+            (a - b).abs() <= 1e-3 * a.abs().max(1.0),
+            "gradients differ: {a} vs {b}"
+        );
+        println!(
+            "{:<24} {:>11.1} ms {:>11.1} ms {:>7.1}x",
+            format!("[{bs}, {c}, {hw}, {hw}]"),
+            burn_ms,
+            ours_ms,
+            burn_ms / ours_ms
+        );
     }
 }

@@ -25,3 +25,5 @@ pub mod method;
 pub mod metrics;
 pub mod sample;
 pub mod student;
+#[cfg(feature = "tch")]
+pub mod torch;

@@ -178,30 +178,34 @@ pub fn store(args: &BenchStoreArgs) -> anyhow::Result<ExitCode> {
     })?;
     std::fs::remove_file(&raw).ok();
     println!(
-        "{:<28} {:>10} {:>10} {:>10} {:>10} {:>12}",
-        "variant", "write MB/s", "x raw", "read MB/s", "x raw", "disk/raw"
+        "{:<28} {:>10} {:>6} {:>10} {:>6} {:>12} {:>6} {:>9}",
+        "variant", "write MB/s", "x raw", "read MB/s", "x raw", "read, cores", "x raw", "disk/raw"
     );
     println!(
-        "{:<28} {:>10.0} {:>10.2} {:>10.0} {:>10.2} {:>12.3}",
+        "{:<28} {:>10.0} {:>6.2} {:>10.0} {:>6.2} {:>12} {:>6} {:>9.3}",
         "raw f32 file (baseline)",
         raw_bytes as f64 / raw_write / 1e6,
         1.0,
         read_bytes / raw_read / 1e6,
         1.0,
+        "-",
+        "-",
         1.0
     );
-    let variants: [(&str, Dtype, Option<i32>, bool); 5] = [
-        ("f32 zstd-1 + byte-split", Dtype::F32, Some(1), true),
-        ("f32 zstd-1 plain", Dtype::F32, Some(1), false),
-        ("f32 zstd-3 + byte-split", Dtype::F32, Some(3), true),
-        ("f32 uncompressed", Dtype::F32, None, false),
-        ("f16 zstd-1 + byte-split", Dtype::F16, Some(1), true),
+    let variants: [(&str, Dtype, Option<i32>, bool, usize); 6] = [
+        ("f32 zstd-1 + byte-split", Dtype::F32, Some(1), true, 128),
+        ("  same, 256-row groups", Dtype::F32, Some(1), true, 256),
+        ("f32 zstd-1 plain", Dtype::F32, Some(1), false, 128),
+        ("f32 zstd-3 + byte-split", Dtype::F32, Some(3), true, 128),
+        ("f32 uncompressed", Dtype::F32, None, false, 128),
+        ("f16 zstd-1 + byte-split", Dtype::F16, Some(1), true, 128),
     ];
-    for (name, dtype, zstd, bss) in variants {
+    for (name, dtype, zstd, bss, row_group_rows) in variants {
         let dir = args.dir.join("ds");
         let options = WriteOptions {
             zstd_level: zstd,
             byte_stream_split: bss,
+            row_group_rows,
             ..WriteOptions::default()
         };
         let rows_per_shard = 256u32;
@@ -222,12 +226,24 @@ pub fn store(args: &BenchStoreArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(sum)
         })?;
+        let steps: Vec<u16> = chosen.iter().map(|&s| s as u16).collect();
+        let (par_s, _) = best_with(args.repeats, before_read, || {
+            let mut sum = 0f64;
+            for shard in ds.shards() {
+                for b in ds.read_steps(shard, &steps, Some(&["x"]))? {
+                    sum += b.x()[0] as f64;
+                }
+            }
+            Ok(sum)
+        })?;
         println!(
-            "{name:<28} {:>10.0} {:>10.2} {:>10.0} {:>10.2} {:>12.3}",
+            "{name:<28} {:>10.0} {:>6.2} {:>10.0} {:>6.2} {:>12.0} {:>6.2} {:>9.3}",
             raw_bytes as f64 / write_s / 1e6,
             raw_write / write_s,
             read_bytes / read_s / 1e6,
             raw_read / read_s,
+            read_bytes / par_s / 1e6,
+            raw_read / par_s,
             on_disk as f64 / raw_bytes as f64
         );
         std::fs::remove_dir_all(&dir).ok();
@@ -406,9 +422,9 @@ fn time_training(
     dims: [usize; 3],
     source: &mut dyn BatchSource,
     dir: &Path,
+    device: &burn::prelude::Device,
 ) -> anyhow::Result<Timed> {
-    let device = bdense_trainer::backend::cpu();
-    let state = StudentState::fresh(config, dims[0], &device)?;
+    let state = StudentState::fresh(config, dims[0], device)?;
     std::fs::create_dir_all(dir)?;
     let mut log = CsvLog::open(&dir.join("log.csv"), &["step"], 0)?;
     let mut t = Timed {
@@ -432,8 +448,10 @@ pub fn train(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
     let ds = Dataset::open(&args.dataset)?;
     let m = ds.manifest().clone();
     let dims = [m.dims.c as usize, m.dims.h as usize, m.dims.w as usize];
+    let device = bdense_trainer::backend::parse_device(&args.device).map_err(anyhow::Error::msg)?;
     println!(
-        "student training throughput, N={} batch {} on {}, U-Net base {}, {} timed steps after one warm-up:",
+        "student training throughput on {}, N={} batch {} from {}, U-Net base {}, {} timed steps after one warm-up:",
+        args.device,
         args.n,
         args.batch,
         args.dataset.display(),
@@ -475,6 +493,7 @@ pub fn train(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
             dims,
             &mut MemorySource { batches, at: 0 },
             &args.dataset.with_file_name(".bench-train-mem"),
+            &device,
         )?;
         let mut streamed_source =
             StreamSource::new(TargetStream::open(ds.clone(), &spec, 0)?, dims);
@@ -483,6 +502,7 @@ pub fn train(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
             dims,
             &mut streamed_source,
             &args.dataset.with_file_name(".bench-train-stream"),
+            &device,
         )?;
         let traj_s = (memory.steps as f64 * args.batch as f64) / memory.compute;
         per_traj.push(1.0 / traj_s);

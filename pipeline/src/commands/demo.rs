@@ -101,6 +101,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         nfe: None,
         heldout: None,
         count: p.heldout,
+        fid_inception: None,
+        fid_images: 0,
         device: args.device.clone(),
     })?;
     let loaded = report::load_runs(&runs)?;

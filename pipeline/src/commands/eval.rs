@@ -1,4 +1,5 @@
-//! `bdense eval RUN...`: teacher fidelity, FD-cls and label statistics on held-out seeds.
+//! `bdense eval RUN...`: teacher fidelity, FD-cls and label statistics on held-out seeds, and
+//! Inception FID in a libtorch build.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,16 +16,22 @@ use crate::parallel;
 
 pub fn run(args: &EvalArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    let fid = args.fid_inception.as_deref().map(|p| (p, args.fid_images));
     let results = evaluate_runs(
         &args.runs,
         args.nfe.as_deref(),
         args.heldout.as_deref(),
         args.count,
         &args.device,
+        fid,
     )?;
     for (run, r) in args.runs.iter().zip(&results) {
+        let inception = r
+            .fid_inception
+            .map(|f| format!(", Inception FID {f:.3}"))
+            .unwrap_or_default();
         println!(
-            "{}: {} N={} K={} NFE {}: RMSE {:.4} ({:.2} dB) to the teacher, FD-cls {:.3} (teacher {:.3}), label entropy {:.3}, coverage {:.2}, on {} held-out trajectories",
+            "{}: {} N={} K={} NFE {}: RMSE {:.4} ({:.2} dB) to the teacher, FD-cls {:.3} (teacher {:.3}){inception}, label entropy {:.3}, coverage {:.2}, on {} held-out trajectories",
             run.display(),
             r.method,
             r.n,
@@ -55,15 +62,17 @@ struct Job {
     context: usize,
 }
 
-/// Evaluates `runs` (several at a time) and saves each one's results in its directory.
+/// Evaluates `runs` (several at a time) and saves each one's results in its directory;
+/// `fid` = (Inception TorchScript, images per side) adds Inception FID (libtorch build).
 pub fn evaluate_runs(
     runs: &[PathBuf],
     nfe: Option<&[usize]>,
     heldout: Option<&Path>,
     count: u64,
-    device: &str,
+    device_name: &str,
+    fid: Option<(&Path, usize)>,
 ) -> anyhow::Result<Vec<EvalResult>> {
-    let device = bdense_trainer::backend::parse_device(device).map_err(anyhow::Error::msg)?;
+    let device = bdense_trainer::backend::parse_device(device_name).map_err(anyhow::Error::msg)?;
     let mut contexts: Vec<(DatasetSource, EvalContext)> = Vec::new();
     let mut jobs = Vec::with_capacity(runs.len());
     for run in runs {
@@ -104,15 +113,71 @@ pub fn evaluate_runs(
             context,
         });
     }
-    parallel::map(&jobs, parallel::workers(), |job| {
+    let scorer = match fid {
+        Some((inception, images)) => Some(inception_scorer(
+            inception,
+            images,
+            &contexts[0].0,
+            device_name,
+        )?),
+        None => None,
+    };
+    // The Inception network takes a lock per batch, so FID runs go one at a time.
+    let workers = if scorer.is_some() {
+        1
+    } else {
+        parallel::workers()
+    };
+    parallel::map(&jobs, workers, |job| {
         let e = evaluation::evaluate(
             &job.run,
             &job.record,
             &job.heldout,
             &contexts[job.context].1,
             16,
+            scorer.as_deref(),
         )?;
         evaluation::save(&job.run, &e, job.record.dims)?;
         Ok(e.result)
     })
+}
+
+type Scorer = Box<evaluation::FidScorer<'static>>;
+
+/// FID against `images` real test images of `source`, whose statistics are computed once.
+#[cfg(feature = "tch")]
+fn inception_scorer(
+    inception: &Path,
+    images: usize,
+    source: &DatasetSource,
+    device: &str,
+) -> anyhow::Result<Scorer> {
+    use crate::commands::fid::inception::statistics;
+    use bdense_trainer::data::Split;
+    let net = bdense_trainer::torch::InceptionFeatures::load(inception, device)?;
+    let test = source.load(Split::Test)?.take(images);
+    let dims = [test.channels, test.height, test.width];
+    let real = statistics(&net, &test.images, dims);
+    let net = std::sync::Mutex::new(net);
+    Ok(Box::new(move |samples: &[f32], dims: [usize; 3]| {
+        let n = (samples.len() / dims.iter().product::<usize>()).min(images);
+        let d: usize = dims.iter().product();
+        let stats = statistics(
+            &net.lock().expect("inception lock"),
+            &samples[..n * d],
+            dims,
+        );
+        Ok(bdense_trainer::metrics::frechet_distance(&stats, &real))
+    }))
+}
+
+#[cfg(not(feature = "tch"))]
+fn inception_scorer(
+    _inception: &Path,
+    _images: usize,
+    _source: &DatasetSource,
+    _device: &str,
+) -> anyhow::Result<Scorer> {
+    crate::commands::fid::inception::fid_between(Path::new(""), Path::new(""), Path::new(""), "")
+        .map(|_| unreachable!())
 }

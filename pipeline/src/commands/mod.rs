@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod demo;
 pub mod eval;
+pub mod fid;
 pub mod generate;
 pub mod report;
 pub mod sample;

@@ -190,13 +190,7 @@ pub fn write_report(
         // Samples from the same held-out noise: teacher, then the first seed of each method.
         let dims = at[0].record.dims;
         let d: usize = dims.iter().product();
-        let read = |p: PathBuf| -> anyhow::Result<Vec<f32>> {
-            let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
-            Ok(bytes[128..]
-                .chunks(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect())
-        };
+        let read = |p: PathBuf| -> anyhow::Result<Vec<f32>> { Ok(images::read_npy(&p)?.0) };
         let mut rows = vec![read(at[0].dir.join("eval_teacher.npy"))?];
         let mut labels = vec!["teacher".to_string()];
         for method in ["sfd", "bdense"] {

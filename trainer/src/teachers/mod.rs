@@ -36,9 +36,16 @@ pub struct TeacherInfo {
 /// Which teacher, as the command line names it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TeacherSpec {
-    Gaussian { rank: usize },
-    Gmm { rank: usize, conditional: bool },
+    Gaussian {
+        rank: usize,
+    },
+    Gmm {
+        rank: usize,
+        conditional: bool,
+    },
     Unet(PathBuf),
+    /// A TorchScript denoiser (needs a build with `--features tch`).
+    TorchScript(PathBuf),
 }
 
 impl std::str::FromStr for TeacherSpec {
@@ -55,12 +62,17 @@ impl std::str::FromStr for TeacherSpec {
                 rank: 32,
                 conditional: true,
             }),
-            _ => match s.strip_prefix("unet:") {
-                Some(dir) => Ok(TeacherSpec::Unet(dir.into())),
-                None => Err(format!(
-                    "unknown teacher {s:?} (expected gaussian, gaussian-diag, gmm, gmm-cond or unet:DIR)"
-                )),
-            },
+            _ => {
+                if let Some(dir) = s.strip_prefix("unet:") {
+                    Ok(TeacherSpec::Unet(dir.into()))
+                } else if let Some(file) = s.strip_prefix("torchscript:") {
+                    Ok(TeacherSpec::TorchScript(file.into()))
+                } else {
+                    Err(format!(
+                        "unknown teacher {s:?} (expected gaussian, gaussian-diag, gmm, gmm-cond, unet:DIR or torchscript:FILE)"
+                    ))
+                }
+            }
         }
     }
 }
@@ -77,6 +89,7 @@ impl std::fmt::Display for TeacherSpec {
                 conditional: true, ..
             } => f.write_str("gmm-cond"),
             TeacherSpec::Unet(dir) => write!(f, "unet:{}", dir.display()),
+            TeacherSpec::TorchScript(file) => write!(f, "torchscript:{}", file.display()),
         }
     }
 }
@@ -154,5 +167,32 @@ pub fn load(
             ))
         }
         TeacherSpec::Unet(dir) => Box::new(unet::UnetTeacher::load(dir, device)?),
+        TeacherSpec::TorchScript(file) => {
+            torchscript(file, [train.channels, train.height, train.width], "cpu")?
+        }
     })
+}
+
+/// A TorchScript denoiser on a torch device (`cpu` or `cuda:N`) for images of `dims`.
+#[cfg(feature = "tch")]
+pub fn torchscript(
+    file: &std::path::Path,
+    dims: [usize; 3],
+    device: &str,
+) -> crate::Result<Box<dyn Teacher>> {
+    Ok(Box::new(crate::torch::TorchScriptTeacher::load(
+        file, dims, 0, device,
+    )?))
+}
+
+#[cfg(not(feature = "tch"))]
+pub fn torchscript(
+    file: &std::path::Path,
+    _dims: [usize; 3],
+    _device: &str,
+) -> crate::Result<Box<dyn Teacher>> {
+    Err(crate::TrainerError::Config(format!(
+        "teacher torchscript:{}: this bdense was built without libtorch; rebuild with --features tch (README, \"The libtorch path\")",
+        file.display()
+    )))
 }
