@@ -16,7 +16,7 @@ def features(module, images, batch=100):
     with torch.no_grad():
         for i in range(0, len(images), batch):
             x = torch.from_numpy(images[i:i + batch]).float()
-            x = (x + 1.0) * 127.5
+            x = (x.clamp(-1.0, 1.0) + 1.0) * 127.5
             if x.shape[1] == 1:
                 x = x.repeat(1, 3, 1, 1)
             x = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)

@@ -36,7 +36,39 @@ pub fn supported_devices() -> &'static str {
     }
 }
 
+/// The torch device (`cpu` or `cuda:N`) on which TorchScript modules should run next to
+/// `device`. burn keeps its dispatch device private; its Debug form
+/// (`Device<LibTorch(Cuda(0))>`) is the one public view of which GPU a device is.
+pub fn torch_device_name(device: &Device) -> String {
+    let debug = format!("{device:?}");
+    match debug.split_once("Cuda(") {
+        Some((_, rest)) => format!("cuda:{}", rest.split(')').next().unwrap_or("0")),
+        None => "cpu".into(),
+    }
+}
+
 /// A short name for run records.
 pub fn describe(device: &Device) -> String {
     format!("{device:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torch_device_names_follow_the_burn_device() {
+        assert_eq!(torch_device_name(&cpu()), "cpu");
+        assert!(parse_device("cuda").is_err());
+        #[cfg(feature = "tch")]
+        {
+            let name = |d: &str| torch_device_name(&parse_device(d).unwrap());
+            assert_eq!(name("tch-cpu"), "cpu");
+            assert_eq!(name("cuda:1"), "cuda:1");
+            assert_eq!(
+                torch_device_name(&parse_device("cuda:3").unwrap().autodiff()),
+                "cuda:3"
+            );
+        }
+    }
 }

