@@ -148,6 +148,7 @@ mod libtorch {
         };
         let (a, b) = (value(&ours), value(&theirs));
         println!("Inception FID on 1,000 images: bdense {a:.4}, Python {b:.4}");
-        assert!((a - b).abs() <= 0.01 * b, "bdense {a} vs Python {b}");
+        // Measured equal to 7 digits (253.6187 both); 1e-3 leaves room for BLAS order only.
+        assert!((a - b).abs() <= 1e-3 * b, "bdense {a} vs Python {b}");
     }
 }
