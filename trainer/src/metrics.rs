@@ -107,13 +107,7 @@ mod tests {
     use super::*;
 
     fn random_spd(d: usize, seed: u64) -> DMatrix<f64> {
-        let mut s = seed;
-        let mut next = move || {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 11) as f64 / (1u64 << 53) as f64) - 0.5
-        };
+        let mut next = crate::rng::centered_uniform(seed);
         let m = DMatrix::from_fn(d, d, |_, _| next());
         &m * m.transpose() + DMatrix::identity(d, d) * 0.1
     }

@@ -49,6 +49,20 @@ impl Stream {
     }
 }
 
+/// A cheap, fixed pseudo-random stream of values in [-0.5, 0.5) (Knuth's 64-bit LCG, top 53
+/// bits): random sketches and test matrices, where no state needs saving. Fixed here, not
+/// taken from a crate, so fitted teachers (and the results built on them) never change with a
+/// dependency upgrade.
+pub fn centered_uniform(seed: u64) -> impl FnMut() -> f64 {
+    let mut state = seed;
+    move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 11) as f64 / (1u64 << 53) as f64) - 0.5
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

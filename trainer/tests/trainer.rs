@@ -14,13 +14,8 @@ use nalgebra::{DMatrix, DVector};
 
 /// A deterministic pseudo-random stream for test data.
 fn stream(seed: u64) -> impl FnMut() -> f64 {
-    let mut s = seed;
-    move || {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-    }
+    let mut next = bdense_trainer::rng::centered_uniform(seed);
+    move || 2.0 * next()
 }
 
 /// `r` orthonormal columns in `d` dimensions (Gram-Schmidt on random vectors), row-major.

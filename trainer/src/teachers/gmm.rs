@@ -194,13 +194,7 @@ fn fit_component(set: &ImageSet, rows: &[usize], rank: usize, weight: f64) -> Co
 pub fn top_eigenpairs(a: &DMatrix<f64>, r: usize) -> (Vec<f64>, DMatrix<f64>) {
     let d = a.nrows();
     let k = (r + 16).min(d);
-    let mut state = 0x5EED_u64;
-    let mut next = move || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((state >> 11) as f64 / (1u64 << 53) as f64) - 0.5
-    };
+    let mut next = crate::rng::centered_uniform(0x5EED);
     let mut q = DMatrix::from_fn(d, k, |_, _| next()).qr().q();
     for _ in 0..8 {
         q = (a * &q).qr().q();
@@ -309,13 +303,7 @@ mod tests {
     fn randomized_eigenpairs_match_the_full_decomposition() {
         // A covariance with a decaying spectrum, like image data's.
         let d = 60;
-        let mut s = 1u64;
-        let mut next = move || {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 11) as f64 / (1u64 << 53) as f64) - 0.5
-        };
+        let mut next = crate::rng::centered_uniform(1);
         let basis = DMatrix::from_fn(d, d, |_, _| next()).qr().q();
         let spectrum = DMatrix::from_diagonal(&nalgebra::DVector::from_fn(d, |i, _| {
             5.0 * 0.8f64.powi(i as i32)
