@@ -53,6 +53,14 @@ pub enum StoreError {
     Schema { path: PathBuf, detail: String },
     #[error("{path}: {detail}")]
     Invalid { path: PathBuf, detail: String },
+    #[error(
+        "{path}: damaged or changed since it was committed: {detail} (`bdense store verify` lists every problem)"
+    )]
+    Damaged { path: PathBuf, detail: String },
+    #[error(
+        "{path}: holds files but no dataset (no manifest.json); a dataset is written only into a new or empty directory"
+    )]
+    NotEmpty { path: PathBuf },
     #[error("{path}: shard {shard} is already committed; refusing to overwrite it")]
     ShardCommitted { path: PathBuf, shard: u32 },
 }

@@ -10,10 +10,16 @@
 //!
 //! Files are written under a temporary name and renamed when complete; the manifest is replaced
 //! atomically last, so a reader sees either the old snapshot or the new one. Files the manifest
-//! does not name are ignored by readers and removed by [`gc::collect_garbage`].
+//! does not name are ignored by readers; [`gc::collect_garbage`] removes those a dead writer
+//! left (only names the store creates, never while their writer lives).
+//!
+//! Every read is checked: a manifest is range-checked and its paths confined to the dataset
+//! when loaded, and a step file's size, xxh3 hash, row count and trajectory ids are compared
+//! with the manifest before its data are handed out ([`integrity`]).
 
 pub mod error;
 pub mod gc;
+pub mod integrity;
 pub mod manifest;
 pub mod reader;
 pub mod schema;
@@ -25,6 +31,7 @@ pub mod writer;
 mod fsutil;
 
 pub use arrow;
+pub use integrity::VerifiedFiles;
 pub use parquet;
 
 pub use error::{Result, StoreError};

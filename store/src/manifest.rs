@@ -21,9 +21,23 @@ pub struct Dims {
     pub w: u32,
 }
 
+/// The most values one state may hold (C x H x W): a manifest asking for more is refused, so no
+/// reader allocates from a number a file supplied (2^28 f32 values = 1 GiB per state).
+pub const MAX_STATE_VALUES: u64 = 1 << 28;
+
 impl Dims {
+    /// C x H x W, without overflow (`None` when the product does not fit in a u64).
+    pub fn values(&self) -> Option<u64> {
+        (self.c as u64)
+            .checked_mul(self.h as u64)?
+            .checked_mul(self.w as u64)
+    }
+
+    /// C x H x W; saturates on dims no checked manifest holds (see [`MAX_STATE_VALUES`]).
     pub fn len(&self) -> usize {
-        (self.c * self.h * self.w) as usize
+        self.values()
+            .and_then(|v| usize::try_from(v).ok())
+            .unwrap_or(usize::MAX)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -136,12 +150,15 @@ pub struct ShardEntry {
 }
 
 impl ShardEntry {
+    /// Saturates instead of overflowing; a checked manifest never needs to.
     pub fn id_range(&self) -> std::ops::Range<u64> {
-        self.first_id..self.first_id + self.rows
+        self.first_id..self.first_id.saturating_add(self.rows)
     }
 
     pub fn bytes(&self) -> u64 {
-        self.files.iter().map(|f| f.bytes).sum()
+        self.files
+            .iter()
+            .fold(0u64, |a, f| a.saturating_add(f.bytes))
     }
 
     pub fn file(&self, step: u16) -> Option<&FileEntry> {
@@ -176,33 +193,58 @@ impl Manifest {
     }
 
     pub fn trajectories(&self) -> u64 {
-        self.shards.iter().map(|s| s.rows).sum()
+        self.shards
+            .iter()
+            .fold(0u64, |a, s| a.saturating_add(s.rows))
     }
 
     pub fn bytes(&self) -> u64 {
-        self.shards.iter().map(|s| s.bytes()).sum()
+        self.shards
+            .iter()
+            .fold(0u64, |a, s| a.saturating_add(s.bytes()))
     }
 
     pub fn shard(&self, index: u32) -> Option<&ShardEntry> {
         self.shards.iter().find(|s| s.index == index)
     }
 
-    /// Number of shards a complete dataset has.
+    /// Number of shards a complete dataset has (saturates at `u32::MAX`; a checked manifest
+    /// and [`plan_problem`] never let it).
     pub fn planned_shards(&self) -> u32 {
-        self.planned_count.div_ceil(self.rows_per_shard as u64) as u32
+        planned_shards(self.planned_count, self.rows_per_shard)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(u32::MAX)
     }
 
-    /// Id range shard `index` holds when complete.
+    /// Id range shard `index` holds when complete. Cannot overflow: both factors are u32.
     pub fn planned_range(&self, index: u32) -> std::ops::Range<u64> {
         let start = index as u64 * self.rows_per_shard as u64;
-        start..(start + self.rows_per_shard as u64).min(self.planned_count)
+        let end = (start + self.rows_per_shard as u64).min(self.planned_count);
+        start.min(end)..end
     }
 
-    /// Shards not yet committed, in index order.
+    /// Shards not yet committed, in index order. Allocates one entry per missing shard: for
+    /// datasets of unbounded size use [`Manifest::missing_shard_iter`].
     pub fn missing_shards(&self) -> Vec<u32> {
-        (0..self.planned_shards())
-            .filter(|&i| self.shard(i).is_none())
-            .collect()
+        self.missing_shard_iter().collect()
+    }
+
+    /// Shards not yet committed, in index order, lazily (memory bounded by the committed
+    /// shards, not by `planned_count`).
+    pub fn missing_shard_iter(&self) -> impl Iterator<Item = u32> + '_ {
+        let committed: std::collections::HashSet<u32> =
+            self.shards.iter().map(|s| s.index).collect();
+        (0..self.planned_shards()).filter(move |i| !committed.contains(i))
+    }
+
+    /// How many shards are not yet committed, without listing them.
+    pub fn missing_shard_count(&self) -> u64 {
+        let committed = self
+            .shards
+            .iter()
+            .filter(|s| s.index < self.planned_shards())
+            .count() as u64;
+        (self.planned_shards() as u64).saturating_sub(committed)
     }
 
     /// A stable content hash of the committed snapshot (the file hashes, in order).
@@ -261,25 +303,72 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Internal consistency a reader relies on.
+    /// Internal consistency a reader relies on: after this, no number from the file can
+    /// overflow an addition, size an allocation beyond the data it describes, or name a path
+    /// outside the dataset.
     fn check(&self, path: &Path) -> Result<()> {
-        if let Some(problem) = layout_problem(self.dims, self.rows_per_shard, &self.grid.sigmas) {
-            return Err(StoreError::invalid(path, problem));
+        let problem = layout_problem(self.dims, self.rows_per_shard, &self.grid.sigmas)
+            .or_else(|| plan_problem(self.planned_count, self.rows_per_shard))
+            .or_else(|| self.shards_problem());
+        match problem {
+            Some(problem) => Err(StoreError::invalid(path, problem)),
+            None => Ok(()),
         }
-        for shard in &self.shards {
-            if shard.files.len() != self.steps() {
-                return Err(StoreError::invalid(
-                    path,
-                    format!(
-                        "shard {} lists {} step files but the grid has {} steps",
-                        shard.index,
-                        shard.files.len(),
-                        self.steps()
-                    ),
+    }
+
+    /// What is wrong with the shard list, if anything: each shard once, in order, holding
+    /// exactly its planned ids, one file per step at a confined path named once.
+    fn shards_problem(&self) -> Option<String> {
+        let mut paths = std::collections::HashSet::new();
+        let mut total_bytes = 0u64;
+        for (i, shard) in self.shards.iter().enumerate() {
+            let at = format!("shards[{i}] (shard {})", shard.index);
+            if i > 0 && shard.index <= self.shards[i - 1].index {
+                return Some(format!(
+                    "{at}: shard indices must be unique and increasing (after {})",
+                    self.shards[i - 1].index
                 ));
             }
+            if shard.index >= self.planned_shards() {
+                return Some(format!(
+                    "{at}: outside the planned {} shards",
+                    self.planned_shards()
+                ));
+            }
+            let planned = self.planned_range(shard.index);
+            if shard.first_id != planned.start
+                || Some(planned.end) != shard.first_id.checked_add(shard.rows)
+            {
+                return Some(format!(
+                    "{at}: first_id {} and rows {} do not match the planned ids {planned:?}",
+                    shard.first_id, shard.rows
+                ));
+            }
+            if shard.files.len() != self.steps() {
+                return Some(format!(
+                    "shard {} lists {} step files but the grid has {} steps",
+                    shard.index,
+                    shard.files.len(),
+                    self.steps()
+                ));
+            }
+            for (step, f) in shard.files.iter().enumerate() {
+                if f.step as usize != step {
+                    return Some(format!("{at}: files[{step}] is for step {}", f.step));
+                }
+                if let Err(why) = check_relative_path(&f.path) {
+                    return Some(format!("{at}: file path {:?} {why}", f.path));
+                }
+                if !paths.insert(f.path.as_str()) {
+                    return Some(format!("{at}: file {:?} is listed twice", f.path));
+                }
+                match total_bytes.checked_add(f.bytes) {
+                    Some(t) => total_bytes = t,
+                    None => return Some(format!("{at}: bytes of {:?} overflow the total", f.path)),
+                }
+            }
         }
-        Ok(())
+        None
     }
 
     /// Writes the manifest atomically: temp file, fsync, rename, fsync of the directory.
@@ -292,16 +381,58 @@ impl Manifest {
 /// What makes a dataset's shape unusable, if anything: shared by writers (before creating)
 /// and readers (after loading a manifest).
 pub(crate) fn layout_problem(dims: Dims, rows_per_shard: u32, sigmas: &[f64]) -> Option<String> {
-    if dims.is_empty() {
+    let values = dims.values();
+    if values == Some(0) {
         Some("dims have zero size".into())
+    } else if values.is_none_or(|v| v > MAX_STATE_VALUES) {
+        Some(format!(
+            "dims {dims} hold more than {MAX_STATE_VALUES} values per state"
+        ))
     } else if rows_per_shard == 0 {
         Some("rows per shard must be positive".into())
     } else if sigmas.len() < 2 || sigmas.len() > u16::MAX as usize {
         Some(format!("grid has {} steps (need 2..=65535)", sigmas.len()))
+    } else if sigmas.iter().any(|s| !s.is_finite() || *s < 0.0) {
+        Some("grid sigmas must be finite and non-negative".into())
     } else if sigmas.windows(2).any(|w| w[1] >= w[0]) {
         Some("grid sigmas must be strictly decreasing".into())
     } else {
         None
+    }
+}
+
+/// Shards needed for `count` trajectories, `None` when `rows_per_shard` is 0.
+fn planned_shards(count: u64, rows_per_shard: u32) -> Option<u64> {
+    (rows_per_shard > 0).then(|| count.div_ceil(rows_per_shard as u64))
+}
+
+/// What makes a planned size unusable: shard indices are u32.
+pub(crate) fn plan_problem(count: u64, rows_per_shard: u32) -> Option<String> {
+    match planned_shards(count, rows_per_shard) {
+        Some(n) if n > u32::MAX as u64 => Some(format!(
+            "planned_count {count} at {rows_per_shard} rows per shard needs {n} shards, more than {}",
+            u32::MAX
+        )),
+        _ => None,
+    }
+}
+
+/// Why a manifest's file path is unsafe to open, if it is: it must be relative, normalised
+/// (no `.`, `..` or empty components) and plain, so that it names a file inside the dataset.
+pub(crate) fn check_relative_path(path: &str) -> std::result::Result<(), &'static str> {
+    if path.is_empty() {
+        Err("is empty")
+    } else if path.starts_with('/') {
+        Err("is absolute")
+    } else if path.contains('\\') || path.contains('\0') {
+        Err("holds a backslash or NUL")
+    } else if path
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        Err("is not normalised (empty, `.` or `..` components)")
+    } else {
+        Ok(())
     }
 }
 
@@ -315,4 +446,20 @@ pub fn now_unix() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Whether `name` is a step partition directory this store writes (`step=0007`).
+pub(crate) fn is_step_dir_name(name: &str) -> bool {
+    name.strip_prefix("step=").is_some_and(all_digits)
+}
+
+/// Whether `name` is a step file name this store writes (`shard-00003.parquet`).
+pub(crate) fn is_shard_file_name(name: &str) -> bool {
+    name.strip_prefix("shard-")
+        .and_then(|s| s.strip_suffix(".parquet"))
+        .is_some_and(all_digits)
+}
+
+fn all_digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
 }

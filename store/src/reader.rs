@@ -1,8 +1,10 @@
 //! Reads a committed snapshot: only files the manifest names, checked against its schema.
 
 use std::borrow::Cow;
-use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
 
 use arrow::array::{Array, AsArray, FixedSizeListArray, RecordBatch};
 use arrow::datatypes::{Float16Type, Float32Type, Int32Type, SchemaRef, UInt64Type};
@@ -10,6 +12,7 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::error::{Result, StoreError};
+use crate::integrity::{self, VerifiedFiles};
 use crate::manifest::{FileEntry, Manifest, ShardEntry};
 use crate::schema;
 
@@ -23,6 +26,8 @@ pub struct Dataset {
     dir: PathBuf,
     manifest: Manifest,
     schema: SchemaRef,
+    /// Files checked by [`Dataset::check_file`], shared by every clone.
+    verified: Arc<VerifiedFiles>,
 }
 
 impl Dataset {
@@ -33,7 +38,15 @@ impl Dataset {
             dir: dir.to_path_buf(),
             manifest,
             schema,
+            verified: Arc::default(),
         })
+    }
+
+    /// Checks `entry` of `shard` against the manifest (size, content hash, rows, trajectory
+    /// ids) for a reader that opens the file itself (DataFusion); hashed once while the file
+    /// stays unchanged, however many clones of this dataset ask. Returns the file's path.
+    pub fn check_file(&self, shard: &ShardEntry, entry: &FileEntry) -> Result<PathBuf> {
+        self.verified.check(&self.dir, shard, entry)
     }
 
     pub fn dir(&self) -> &Path {
@@ -76,7 +89,8 @@ impl Dataset {
         self.read_step_columns(shard, step, None, None)
     }
 
-    /// Selected columns (`None`: all) and row groups (`None`: all) of one step file.
+    /// Selected columns (`None`: all) and row groups (`None`: all) of one step file, after
+    /// checking the file against the manifest (size, content hash, rows, trajectory ids).
     pub fn read_step_columns(
         &self,
         shard: &ShardEntry,
@@ -84,13 +98,36 @@ impl Dataset {
         columns: Option<&[&str]>,
         row_groups: Option<Vec<usize>>,
     ) -> Result<StepBatch> {
-        let path = self.file_path(self.file(shard, step)?);
-        let builder = self.open_file(&path)?;
+        let (path, bytes) = integrity::read_verified(&self.dir, self.file(shard, step)?)?;
+        let whole = row_groups.is_none();
+        let batch = self.decode(path, bytes, shard, step, columns, row_groups)?;
+        check_ids(&batch, shard, whole)?;
+        Ok(batch)
+    }
+
+    /// Decodes one step file's bytes, checking only what decoding needs (schema, row counts):
+    /// the shared core of [`Dataset::read_step_columns`] and `verify` (which checks ids
+    /// itself, to report more than the first problem).
+    pub(crate) fn decode(
+        &self,
+        path: PathBuf,
+        bytes: Bytes,
+        shard: &ShardEntry,
+        step: u16,
+        columns: Option<&[&str]>,
+        row_groups: Option<Vec<usize>>,
+    ) -> Result<StepBatch> {
+        let builder = self.open_bytes(&path, bytes)?;
+        let meta = builder.metadata().clone();
         let rows = match &row_groups {
             Some(groups) => groups
                 .iter()
-                .map(|&g| builder.metadata().row_group(g).num_rows() as usize)
-                .sum(),
+                .map(|&g| {
+                    (g < meta.num_row_groups())
+                        .then(|| meta.row_group(g).num_rows() as usize)
+                        .ok_or_else(|| StoreError::invalid(&path, format!("has no row group {g}")))
+                })
+                .sum::<Result<usize>>()?,
             None => shard.rows as usize,
         };
         let mut builder = builder.with_batch_size(rows.max(1));
@@ -145,9 +182,11 @@ impl Dataset {
         })
     }
 
-    /// Opens a step file for reading and checks that it is one of ours.
-    pub fn open_file(&self, path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
-        let file = File::open(path).map_err(|e| StoreError::io(path, e))?;
+    /// Opens any Parquet file for a look at its schema and footer, checking only that the
+    /// schema is this dataset's. Nothing here is checked against the manifest: data is read
+    /// through [`Dataset::read_step_columns`], which is.
+    pub fn open_file(&self, path: &Path) -> Result<ParquetRecordBatchReaderBuilder<std::fs::File>> {
+        let file = std::fs::File::open(path).map_err(|e| StoreError::io(path, e))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(|e| StoreError::parquet(path, e))?;
         if let Some(problem) = schema::schema_mismatch(&self.schema, builder.schema()) {
@@ -156,10 +195,26 @@ impl Dataset {
         Ok(builder)
     }
 
-    /// Row-group sizes of `shard`'s file for `step` (every step file of a shard has the same).
+    /// A Parquet reader over a step file's bytes, after checking that it is one of ours.
+    fn open_bytes(
+        &self,
+        path: &Path,
+        bytes: Bytes,
+    ) -> Result<ParquetRecordBatchReaderBuilder<Bytes>> {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .map_err(|e| StoreError::parquet(path, e))?;
+        if let Some(problem) = schema::schema_mismatch(&self.schema, builder.schema()) {
+            return Err(StoreError::schema(path, problem));
+        }
+        Ok(builder)
+    }
+
+    /// Row-group sizes of `shard`'s file for `step` (every step file of a shard has the same),
+    /// after checking the file against the manifest.
     pub fn row_groups(&self, shard: &ShardEntry, step: u16) -> Result<Vec<usize>> {
-        let path = self.file_path(self.file(shard, step)?);
-        let builder = self.open_file(&path)?;
+        let (path, bytes) = integrity::read_verified(&self.dir, self.file(shard, step)?)?;
+        let builder = self.open_bytes(&path, bytes)?;
+        integrity::check_footer(&path, builder.metadata(), shard)?;
         Ok(builder
             .metadata()
             .row_groups()
@@ -217,13 +272,11 @@ impl Dataset {
         let mut first = None;
         for step in 0..steps as u16 {
             let b = self.read_step_columns(shard, step, None, Some(vec![group]))?;
-            if b.traj_ids()[row_in_group] != traj_id {
+            let found = b.traj_ids().get(row_in_group).copied();
+            if found != Some(traj_id) {
                 return Err(StoreError::invalid(
                     &b.path,
-                    format!(
-                        "row {row} holds trajectory {} instead of {traj_id}",
-                        b.traj_ids()[row_in_group]
-                    ),
+                    format!("row {row} holds trajectory {found:?} instead of {traj_id}"),
                 ));
             }
             states.extend_from_slice(&b.x()[row_in_group * dim..(row_in_group + 1) * dim]);
@@ -242,6 +295,33 @@ impl Dataset {
             denoised,
         })
     }
+}
+
+/// Trajectory ids (when read) must be the shard's: all of `first_id..first_id + rows` in
+/// order for a whole file, strictly increasing inside that range for some row groups.
+fn check_ids(batch: &StepBatch, shard: &ShardEntry, whole: bool) -> Result<()> {
+    if batch.column(schema::TRAJ_ID).is_none() {
+        return Ok(());
+    }
+    let ids = batch.traj_ids();
+    let range = shard.id_range();
+    let fine = if whole {
+        range.clone().eq(ids.iter().copied())
+    } else {
+        ids.windows(2).all(|w| w[0] < w[1]) && ids.iter().all(|id| range.contains(id))
+    };
+    if fine {
+        return Ok(());
+    }
+    Err(integrity::damaged(
+        &batch.path,
+        format!(
+            "holds trajectory ids {:?}..={:?} (not the sorted ids {range:?} of shard {})",
+            ids.first(),
+            ids.last(),
+            shard.index
+        ),
+    ))
 }
 
 /// (row group, row within it) of `row`, given the row groups' sizes.

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use crate::error::Result;
+use crate::integrity::RawFile;
 use crate::manifest::ShardEntry;
 use crate::reader::{Dataset, StepBatch};
-use crate::writer::hash_file;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Problem {
@@ -31,6 +31,25 @@ impl Report {
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
     }
+}
+
+/// The cheap check: every file the manifest names is a regular file of the manifest's size
+/// (one `stat` each, nothing read). What `store info` runs; `verify` reads the contents.
+pub fn stat_files(dataset: &Dataset) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for entry in dataset.shards().iter().flat_map(|s| &s.files) {
+        let path = dataset.file_path(entry);
+        let message = match std::fs::symlink_metadata(&path) {
+            Err(e) => format!("cannot read: {e}"),
+            Ok(m) if !m.is_file() => "is not a regular file".to_string(),
+            Ok(m) if m.len() != entry.bytes => {
+                format!("size {} bytes, manifest says {}", m.len(), entry.bytes)
+            }
+            Ok(_) => continue,
+        };
+        problems.push(Problem { path, message });
+    }
+    problems
 }
 
 /// Checks every file the manifest names: size and hash, schema, ids sorted and equal across
@@ -68,27 +87,28 @@ fn verify_shard(dataset: &Dataset, shard: &ShardEntry, report: &mut Report) {
             });
             continue;
         };
-        let path = dataset.file_path(entry);
+        let raw = match RawFile::read(dataset.dir(), entry) {
+            Ok(raw) => raw,
+            Err(e) => {
+                report.problems.push(Problem {
+                    path: dataset.file_path(entry),
+                    message: format!("cannot read: {}", root_message(&e)),
+                });
+                continue;
+            }
+        };
+        let path = raw.path.clone();
         let mut problem = |message: String| {
             report.problems.push(Problem {
                 path: path.clone(),
                 message,
             })
         };
-        match hash_file(&path) {
-            Err(e) => {
-                problem(format!("cannot read: {}", root_message(&e)));
-                continue;
-            }
-            Ok((bytes, hash)) => {
-                if bytes != entry.bytes {
-                    problem(format!("size {bytes} bytes, manifest says {}", entry.bytes));
-                } else if hash != entry.xxh3 {
-                    problem(format!("content hash {hash}, manifest says {}", entry.xxh3));
-                }
-            }
+        if let Some(mismatch) = raw.mismatch(entry) {
+            problem(mismatch);
         }
-        let batch = match dataset.read_step(shard, step) {
+        // Decoded without the reader's id checks: the checks below say more.
+        let batch = match dataset.decode(raw.path, raw.bytes, shard, step, None, None) {
             Ok(b) => b,
             Err(e) => {
                 problem(root_message(&e));

@@ -22,7 +22,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
 use crate::error::{Result, StoreError};
-use crate::fsutil::{self, DatasetLock};
+use crate::fsutil::{self, DatasetLock, WriterLock};
 use crate::manifest::{
     self, Dims, Dtype, FileEntry, GridInfo, Manifest, Provenance, SeedPolicy, ShardEntry,
 };
@@ -92,10 +92,14 @@ pub struct DatasetWriter {
     manifest: Manifest,
     options: WriteOptions,
     schema: SchemaRef,
+    /// Tells `gc` this writer is alive, so its staged files are not garbage.
+    _writer_lock: WriterLock,
 }
 
 impl DatasetWriter {
-    /// Creates a new, empty dataset at `dir` and commits its manifest.
+    /// Creates a new, empty dataset at `dir` and commits its manifest. `dir` must not exist
+    /// or be empty: a dataset never shares its directory with files it does not own (gc
+    /// deletes inside it).
     pub fn create(dir: &Path, spec: DatasetSpec, options: WriteOptions) -> Result<Self> {
         if Manifest::path(dir).exists() {
             return Err(StoreError::AlreadyExists {
@@ -103,6 +107,7 @@ impl DatasetWriter {
             });
         }
         check_spec(dir, &spec)?;
+        refuse_foreign_files(dir)?;
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
         let now = manifest::now_unix();
         let manifest = Manifest {
@@ -120,29 +125,42 @@ impl DatasetWriter {
             updated_unix: now,
             shards: Vec::new(),
         };
-        let _lock = DatasetLock::acquire(dir)?;
-        if Manifest::path(dir).exists() {
-            return Err(StoreError::AlreadyExists {
-                path: dir.to_path_buf(),
-            });
+        let writer_lock = WriterLock::acquire(dir)?;
+        {
+            let _lock = DatasetLock::acquire(dir)?;
+            if Manifest::path(dir).exists() {
+                return Err(StoreError::AlreadyExists {
+                    path: dir.to_path_buf(),
+                });
+            }
+            manifest.commit(dir)?;
         }
-        manifest.commit(dir)?;
-        Ok(Self::with_manifest(dir, manifest, options))
+        // Write from the manifest as read back, so a fresh and a resumed writer use the very
+        // same (JSON round-tripped) sigmas.
+        let manifest = Manifest::load(dir)?;
+        Ok(Self::with_manifest(dir, manifest, options, writer_lock))
     }
 
     /// Opens an existing dataset to add the shards it is missing (resume).
     pub fn open(dir: &Path, options: WriteOptions) -> Result<Self> {
         let manifest = Manifest::load(dir)?;
-        Ok(Self::with_manifest(dir, manifest, options))
+        let writer_lock = WriterLock::acquire(dir)?;
+        Ok(Self::with_manifest(dir, manifest, options, writer_lock))
     }
 
-    fn with_manifest(dir: &Path, manifest: Manifest, options: WriteOptions) -> Self {
+    fn with_manifest(
+        dir: &Path,
+        manifest: Manifest,
+        options: WriteOptions,
+        writer_lock: WriterLock,
+    ) -> Self {
         let schema = schema::manifest_schema(&manifest);
         DatasetWriter {
             dir: dir.to_path_buf(),
             manifest,
             options,
             schema,
+            _writer_lock: writer_lock,
         }
     }
 
@@ -398,10 +416,37 @@ impl DatasetWriter {
 }
 
 fn check_spec(dir: &Path, spec: &DatasetSpec) -> Result<()> {
-    match manifest::layout_problem(spec.dims, spec.rows_per_shard, &spec.grid.sigmas) {
+    let problem = manifest::layout_problem(spec.dims, spec.rows_per_shard, &spec.grid.sigmas)
+        .or_else(|| manifest::plan_problem(spec.planned_count, spec.rows_per_shard));
+    match problem {
         Some(p) => Err(StoreError::invalid(dir, p)),
         None => Ok(()),
     }
+}
+
+/// A new dataset goes into a new or empty directory only (the lock and temporary manifest
+/// files of a create that died aside): never into a store root or a directory of someone
+/// else's files.
+fn refuse_foreign_files(dir: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::io(dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io(dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ours = name == manifest::LOCK_FILE
+            || WriterLock::owner(&name).is_some()
+            || fsutil::temp_owner(&name).is_some_and(|(_, base)| base == manifest::MANIFEST_FILE);
+        if !ours {
+            return Err(StoreError::NotEmpty {
+                path: dir.to_path_buf(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Parquet path of the float leaf inside a FixedSizeList column.

@@ -7,7 +7,7 @@ use bdense_store::arrow::array::{
     ArrayRef, FixedSizeListArray, Float32Array, Int32Array, RecordBatch, UInt64Array,
 };
 use bdense_store::arrow::datatypes::{DataType, Field, Schema};
-use bdense_store::gc::collect_garbage;
+use bdense_store::gc::{GcOptions, collect_garbage_with as collect_garbage};
 use bdense_store::manifest::{FORMAT_VERSION, Manifest};
 use bdense_store::parquet::arrow::ArrowWriter;
 use bdense_store::synthetic::{SyntheticSpec, gaussian_shard, write_gaussian};
@@ -183,8 +183,13 @@ fn flipped_bytes_are_caught_by_the_hash_and_never_panic() {
         bytes[i] ^= 0x5a;
     }
     std::fs::write(&victim, bytes).unwrap();
-    // Decoding may fail or return altered numbers; it must not panic, and verify must say so.
-    let _ = ds.read_step(&ds.shards()[0], 1);
+    // The reader checks the hash before decoding: an error naming the file, never altered
+    // numbers, never a panic.
+    let err = ds.read_step(&ds.shards()[0], 1).unwrap_err().to_string();
+    assert!(
+        err.contains("step=0001/shard-00000.parquet") && err.contains("content hash"),
+        "{err}"
+    );
     let p = problems(&ds);
     assert!(
         p.iter()
@@ -460,6 +465,7 @@ fn writer_stopped_between_files_leaves_last_snapshot_and_resumes_identically() {
     let mut w = DatasetWriter::create(&dir, s.dataset_spec(), WriteOptions::default()).unwrap();
     w.write_shard(&gaussian_shard(&s, 0).data()).unwrap();
     let committed = snapshot(&Dataset::open(&dir).unwrap());
+    drop(w); // a live writer's staged files are never garbage
     let crashing = WriteOptions {
         fail_after_files: Some(4),
         ..WriteOptions::default()
@@ -485,7 +491,7 @@ fn writer_stopped_between_files_leaves_last_snapshot_and_resumes_identically() {
     );
 
     // gc removes exactly them; a new writer continues from the manifest.
-    let report = collect_garbage(&dir, false).unwrap();
+    let report = collect_garbage(&dir, &now(false)).unwrap();
     assert_eq!(report.removed.len(), 4);
     let mut w = DatasetWriter::open(&dir, WriteOptions::default()).unwrap();
     assert_eq!(w.manifest().missing_shards(), vec![1, 2]);
@@ -502,6 +508,14 @@ fn writer_stopped_between_files_leaves_last_snapshot_and_resumes_identically() {
         strip(snapshot(&resumed), &dir),
         strip(snapshot(&reference), reference.dir())
     );
+}
+
+/// gc without a grace period: what tests that play a dead writer use.
+fn now(dry_run: bool) -> GcOptions {
+    GcOptions {
+        dry_run,
+        grace: std::time::Duration::ZERO,
+    }
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -525,10 +539,10 @@ fn gc_removes_strays_and_keeps_every_committed_file() {
     std::fs::write(ds.dir().join("step=0002/shard-00099.parquet"), b"stray").unwrap();
     std::fs::create_dir_all(ds.dir().join("step=0042")).unwrap();
     std::fs::write(ds.dir().join("step=0042/shard-00000.parquet"), b"stray").unwrap();
-    let dry = collect_garbage(ds.dir(), true).unwrap();
+    let dry = collect_garbage(ds.dir(), &now(true)).unwrap();
     assert_eq!(dry.removed.len(), 2);
     assert!(ds.dir().join("step=0042").exists());
-    let report = collect_garbage(ds.dir(), false).unwrap();
+    let report = collect_garbage(ds.dir(), &now(false)).unwrap();
     assert_eq!(report.removed.len(), 2);
     assert_eq!(report.bytes, 10);
     assert!(!ds.dir().join("step=0042").exists());
@@ -580,4 +594,255 @@ fn readers_during_commits_see_whole_snapshots() {
         }
     });
     assert!(verify(&Dataset::open(&dir).unwrap()).unwrap().ok());
+}
+
+/// Rewrites the manifest of `ds` through `edit` on its JSON.
+fn edit_manifest(ds: &Dataset, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = ds.dir().join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut m);
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+fn open_error(ds: &Dataset) -> String {
+    Dataset::open(ds.dir()).unwrap_err().to_string()
+}
+
+/// Finding 7: numbers from a manifest are range-checked at load, with the file and field named;
+/// nothing overflows and nothing allocates in proportion to them.
+#[test]
+fn manifest_integers_are_range_checked_at_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = small(tmp.path());
+    let original = std::fs::read(ds.dir().join("manifest.json")).unwrap();
+    let restore = || std::fs::write(ds.dir().join("manifest.json"), &original).unwrap();
+    let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+        (
+            Box::new(|m| m["dims"] = serde_json::json!({"c": 65536, "h": 65536, "w": 65536})),
+            "values per state",
+        ),
+        (
+            Box::new(|m| m["shards"][1]["first_id"] = u64::MAX.into()),
+            "first_id",
+        ),
+        (
+            Box::new(|m| m["shards"][1]["rows"] = u64::MAX.into()),
+            "rows",
+        ),
+        (Box::new(|m| m["shards"][1]["rows"] = 0.into()), "rows 0"),
+        (
+            Box::new(|m| m["planned_count"] = 10_000_000_000_000_000_000u64.into()),
+            "planned_count",
+        ),
+        (
+            Box::new(|m| m["shards"][0]["index"] = 7.into()),
+            "outside the planned 3 shards",
+        ),
+        (
+            Box::new(|m| {
+                m["shards"][0]["files"][0]["bytes"] = u64::MAX.into();
+                m["shards"][0]["files"][1]["bytes"] = u64::MAX.into();
+            }),
+            "overflow",
+        ),
+    ];
+    for (edit, needle) in cases {
+        edit_manifest(&ds, edit);
+        let err = open_error(&ds);
+        assert!(
+            err.contains("manifest.json") && err.contains(needle),
+            "{needle}: {err}"
+        );
+        restore();
+    }
+    // One file's byte count beyond its size is a size mismatch when read, not a huge read.
+    edit_manifest(&ds, |m| {
+        m["shards"][0]["files"][2]["bytes"] = (1u64 << 40).into()
+    });
+    let ds2 = Dataset::open(ds.dir()).unwrap();
+    let err = ds2.read_step(&ds2.shards()[0], 2).unwrap_err().to_string();
+    assert!(
+        err.contains("step=0002/shard-00000.parquet") && err.contains("size"),
+        "{err}"
+    );
+    assert_eq!(problems(&ds2).len(), 1);
+}
+
+/// Finding 6: manifest paths must be relative, normalised and name regular files inside the
+/// dataset; a file listed twice is refused.
+#[test]
+fn manifest_paths_cannot_escape_the_dataset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = small(tmp.path());
+    let original = std::fs::read(ds.dir().join("manifest.json")).unwrap();
+    for evil in [
+        "../../../../etc/passwd",
+        "/etc/hostname",
+        "/dev/zero",
+        "step=0001//x",
+        "./a",
+        "",
+    ] {
+        edit_manifest(&ds, |m| m["shards"][0]["files"][1]["path"] = evil.into());
+        let err = open_error(&ds);
+        assert!(
+            err.contains("manifest.json") && err.contains("file path"),
+            "{evil:?}: {err}"
+        );
+        std::fs::write(ds.dir().join("manifest.json"), &original).unwrap();
+    }
+    edit_manifest(&ds, |m| {
+        m["shards"][1]["files"][1]["path"] = "step=0001/shard-00000.parquet".into()
+    });
+    assert!(open_error(&ds).contains("listed twice"));
+    std::fs::write(ds.dir().join("manifest.json"), &original).unwrap();
+    edit_manifest(&ds, |m| {
+        let first = m["shards"][0].clone();
+        m["shards"].as_array_mut().unwrap().insert(1, first);
+    });
+    assert!(open_error(&ds).contains("unique and increasing"));
+    std::fs::write(ds.dir().join("manifest.json"), &original).unwrap();
+
+    // Symlinks (even to a device that never ends) are refused, not followed.
+    let victim = ds.file_path(&ds.shards()[0].files[3]);
+    std::fs::remove_file(&victim).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &victim).unwrap();
+    let err = ds.read_step(&ds.shards()[0], 3).unwrap_err().to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+    let p = problems(&ds);
+    assert!(
+        p.iter()
+            .any(|p| p.contains("step=0003/shard-00000") && p.contains("not a regular file")),
+        "{p:?}"
+    );
+}
+
+/// Finding 5: a file rewritten consistently with a re-hashed manifest entry but holding other
+/// rows or ids is still refused by the reader (row counts and ids are checked, not only the
+/// hash).
+#[test]
+fn reader_checks_rows_and_ids_against_the_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = small(tmp.path());
+    let good = ds.read_step(&ds.shards()[0], 1).unwrap();
+    let seeds = good.seeds().to_vec();
+    let x = good.x().to_vec();
+    let d = good.denoised().unwrap().to_vec();
+    let shifted: Vec<u64> = (100..108).collect();
+    replace_file(
+        &ds,
+        0,
+        1,
+        &step_batch(shifted, seeds.clone(), 20.0, 16, x.clone(), d.clone()),
+    );
+    let ds = Dataset::open(ds.dir()).unwrap();
+    let err = ds.read_step(&ds.shards()[0], 1).unwrap_err().to_string();
+    assert!(
+        err.contains("step=0001/shard-00000") && err.contains("trajectory ids"),
+        "{err}"
+    );
+    let err = ds
+        .check_file(&ds.shards()[0], &ds.shards()[0].files[1])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("step=0001/shard-00000") && err.contains("trajectory ids"),
+        "{err}"
+    );
+
+    let few: Vec<u64> = (0..4).collect();
+    replace_file(
+        &ds,
+        0,
+        1,
+        &step_batch(
+            few,
+            seeds[..4].to_vec(),
+            20.0,
+            16,
+            x[..64].to_vec(),
+            d[..64].to_vec(),
+        ),
+    );
+    let ds = Dataset::open(ds.dir()).unwrap();
+    let err = ds.read_step(&ds.shards()[0], 1).unwrap_err().to_string();
+    assert!(err.contains("holds 4 rows") && err.contains("8"), "{err}");
+    let err = ds
+        .check_file(&ds.shards()[0], &ds.shards()[0].files[1])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("holds 4 rows"), "{err}");
+}
+
+/// Finding 1: a dataset is created only in a new or empty directory.
+#[test]
+fn create_refuses_a_directory_of_other_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    small(tmp.path());
+    std::fs::write(tmp.path().join("README"), "mine").unwrap();
+    let s = spec("root", 8, Dtype::F32);
+    let err = DatasetWriter::create(tmp.path(), s.dataset_spec(), WriteOptions::default())
+        .err()
+        .unwrap();
+    assert!(matches!(err, StoreError::NotEmpty { .. }), "{err}");
+    assert!(!tmp.path().join("manifest.json").exists());
+    let file = tmp.path().join("README");
+    let err = DatasetWriter::create(&file, s.dataset_spec(), WriteOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("README"), "{err}");
+    // An empty directory is fine.
+    std::fs::create_dir(tmp.path().join("empty")).unwrap();
+    DatasetWriter::create(
+        &tmp.path().join("empty"),
+        s.dataset_spec(),
+        WriteOptions::default(),
+    )
+    .unwrap();
+}
+
+/// Findings 1 and 3: gc deletes the temporary files of dead writers and of unknown writers
+/// past the grace period, keeps those of a live writer, and never touches other names.
+#[test]
+fn gc_keeps_live_writers_files_and_foreign_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = small(tmp.path());
+    let before = snapshot(&ds);
+    let step = ds.dir().join("step=0001");
+    let mine = step.join(format!(".shard-00009.parquet.tmp-{}", std::process::id()));
+    let dead = step.join(".shard-00010.parquet.tmp-999999999");
+    let unknown = step.join(".shard-00011.parquet.tmp-999999998");
+    let foreign = [
+        ds.dir().join("notes.txt"),
+        step.join("plot.png"),
+        step.join("shard-1.csv"),
+    ];
+    for f in [&mine, &dead, &unknown].into_iter().chain(&foreign) {
+        std::fs::write(f, b"x").unwrap();
+    }
+    // A lock file nobody holds: its writer (pid 999999999) died.
+    std::fs::write(ds.dir().join(".writer-999999999-0.lock"), b"").unwrap();
+    let writer = DatasetWriter::open(ds.dir(), WriteOptions::default()).unwrap();
+    let report = collect_garbage(ds.dir(), &GcOptions::default()).unwrap();
+    assert_eq!(report.removed, vec![dead.clone()], "{report:?}");
+    let kept: Vec<&PathBuf> = report.kept.iter().map(|(p, _)| p).collect();
+    assert_eq!(kept, vec![&mine, &unknown], "{report:?}");
+    // No grace: the unknown writer's file goes, the live writer's stays.
+    let report = collect_garbage(ds.dir(), &now(false)).unwrap();
+    assert_eq!(report.removed, vec![unknown.clone()], "{report:?}");
+    assert!(mine.exists());
+    drop(writer);
+    let report = collect_garbage(ds.dir(), &now(false)).unwrap();
+    assert_eq!(report.removed, vec![mine.clone()], "{report:?}");
+    assert!(
+        foreign.iter().all(|f| f.exists()),
+        "gc deleted a file it does not own"
+    );
+    assert_eq!(snapshot(&ds), before);
+
+    // Not a dataset: refused, and no lock file is created there.
+    let err = collect_garbage(tmp.path(), &now(false)).unwrap_err();
+    assert!(matches!(err, StoreError::NotADataset { .. }), "{err}");
+    assert!(!tmp.path().join("manifest.lock").exists());
 }
