@@ -6,6 +6,8 @@
 //! <run>/checkpoints/step-000100/{model.bpk, ema.bpk, optim.bpk, meta.json}
 //! ```
 
+use std::fs::{File, TryLockError};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
@@ -81,16 +83,122 @@ pub fn latest(run: &Path) -> Result<Option<PathBuf>> {
     let Ok(entries) = std::fs::read_dir(&root) else {
         return Ok(None);
     };
-    let mut steps: Vec<PathBuf> = entries
+    // By number: past step 999999 the names grow a digit and no longer sort as text.
+    Ok(entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("step-"))
+        .filter_map(|p| {
+            let step = p
+                .file_name()?
+                .to_str()?
+                .strip_prefix("step-")?
+                .parse::<u64>();
+            Some((step.ok()?, p))
         })
-        .collect();
-    steps.sort();
-    Ok(steps.pop())
+        .max_by_key(|(step, _)| *step)
+        .map(|(_, p)| p))
+}
+
+/// Whether `name` is one of the temporary names a writer gives a file or checkpoint before
+/// renaming it into place (`.step-000100.tmp-PID`, `run.tmp-PID`).
+fn is_temporary(name: &str) -> bool {
+    name.rsplit_once(".tmp-")
+        .is_some_and(|(_, pid)| pid.parse::<u32>().is_ok())
+}
+
+/// Removes what a killed trainer left half-written in the run and its checkpoints; returns
+/// how many entries went. Call it holding the run's [`RunLock`]: then no live process can
+/// still be writing them.
+pub fn remove_stale_temporaries(run: &Path) -> Result<usize> {
+    let mut removed = 0;
+    for dir in [run.to_path_buf(), checkpoints_dir(run)] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.filter_map(|e| e.ok()) {
+            if !entry.file_name().to_str().is_some_and(is_temporary) {
+                continue;
+            }
+            let path = entry.path();
+            let gone = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            gone.map_err(|e| TrainerError::io(&path, e))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Writes a run's file through a synced temporary file and a rename: a crash leaves the old
+/// content or the new, never half of it.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    crate::error::write_atomic(path, bytes)
+}
+
+/// The lock file inside a run directory (hidden, like the store's).
+pub const LOCK_FILE: &str = ".lock";
+
+/// The one process allowed to write a run directory. An advisory lock on [`LOCK_FILE`], the
+/// same kind the store takes on a dataset: the OS drops it when its holder exits or is
+/// killed, so a dead trainer never leaves a stale lock. The file names its holder (pid and
+/// host) for the error another trainer gets.
+#[derive(Debug)]
+pub struct RunLock {
+    file: File,
+}
+
+impl RunLock {
+    /// Takes the lock on `run` (an existing directory), or says who holds it.
+    pub fn acquire(run: &Path) -> Result<RunLock> {
+        let path = run.join(LOCK_FILE);
+        let io = |e| TrainerError::io(&path, e);
+        let mut file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                let holder = match holder.trim() {
+                    "" => "another process".to_string(),
+                    who => who.to_string(),
+                };
+                return Err(TrainerError::checkpoint(
+                    run,
+                    format!(
+                        "this run is being trained by {holder}; one trainer per run (wait for it, or stop it and resume)"
+                    ),
+                ));
+            }
+            Err(TryLockError::Error(e)) => return Err(io(e)),
+        }
+        let holder = format!("pid {} on {}\n", std::process::id(), host_name());
+        file.set_len(0)
+            .and_then(|()| file.write_all(holder.as_bytes()))
+            .map_err(io)?;
+        Ok(RunLock { file })
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "this host".into())
 }
 
 /// What a checkpoint restores.
@@ -159,4 +267,45 @@ pub fn load_module<M: Module>(template: M, path: &Path, expected_hash: &str) -> 
         ));
     }
     Ok(loaded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_lock_per_run_released_on_drop() {
+        let run = tempfile::tempdir().unwrap();
+        let held = RunLock::acquire(run.path()).unwrap();
+        let refused = RunLock::acquire(run.path()).unwrap_err().to_string();
+        let me = format!("pid {}", std::process::id());
+        assert!(refused.contains(&me), "{refused}");
+        drop(held);
+        RunLock::acquire(run.path()).expect("free again once dropped");
+    }
+
+    #[test]
+    fn latest_is_the_highest_step_and_temporaries_are_swept() {
+        let run = tempfile::tempdir().unwrap();
+        let root = checkpoints_dir(run.path());
+        for name in [
+            "step-999999",
+            "step-1000000",
+            ".step-1000001.tmp-4242",
+            "notes",
+        ] {
+            std::fs::create_dir_all(root.join(name)).unwrap();
+        }
+        std::fs::write(run.path().join("run.tmp-17"), "{").unwrap();
+        let newest = latest(run.path()).unwrap().unwrap();
+        assert!(newest.ends_with("step-1000000"), "{newest:?}");
+        assert_eq!(remove_stale_temporaries(run.path()).unwrap(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["notes", "step-1000000", "step-999999"]);
+        assert!(!run.path().join("run.tmp-17").exists());
+    }
 }

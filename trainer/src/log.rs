@@ -31,7 +31,8 @@ impl CsvLog {
                 }
             }
         }
-        std::fs::write(path, kept).map_err(io)?;
+        // Atomically: a crash here must not lose the rows already logged.
+        crate::error::write_atomic(path, kept.as_bytes())?;
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(path)

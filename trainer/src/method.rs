@@ -73,14 +73,30 @@ impl std::str::FromStr for BranchWeights {
         match s {
             "uniform" => Ok(BranchWeights::Uniform),
             "linear" => Ok(BranchWeights::Linear),
-            list => list
-                .split(',')
-                .map(|w| w.trim().parse::<f64>())
-                .collect::<Result<Vec<_>, _>>()
-                .map(BranchWeights::Custom)
-                .map_err(|_| format!("bad branch weights {list:?} (uniform, linear or w1,w2,...)")),
+            list => {
+                let bad = || format!("bad branch weights {list:?} (uniform, linear or w1,w2,...)");
+                let weights = list
+                    .split(',')
+                    .map(|w| w.trim().parse::<f64>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| bad())?;
+                check_weights(&weights)?;
+                Ok(BranchWeights::Custom(weights))
+            }
         }
     }
+}
+
+/// Weights the loss can use: a negative weight rewards a branch for missing its target, and
+/// all zeros make the loss 0 whatever the network does (nothing would be trained).
+fn check_weights(weights: &[f64]) -> Result<(), String> {
+    if let Some(w) = weights.iter().find(|w| !w.is_finite() || **w < 0.0) {
+        return Err(format!("branch weight {w} must be a finite number >= 0"));
+    }
+    if weights.iter().all(|w| *w == 0.0) {
+        return Err("branch weights are all 0: the loss would be 0 and nothing trained".into());
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,7 +135,6 @@ impl MethodConfig {
         }
     }
 
-    /// `w_k`, k = 1..=K.
     /// The loss this method trains with.
     pub fn objective(&self) -> Result<Objective, String> {
         Ok(Objective {
@@ -128,12 +143,13 @@ impl MethodConfig {
         })
     }
 
+    /// `w_k`, k = 1..=K (checked again here: a run.json may carry them).
     pub fn branch_weights(&self) -> Result<Vec<f64>, String> {
         let k = self.k;
         match &self.weights {
             BranchWeights::Uniform => Ok(vec![1.0; k]),
             BranchWeights::Linear => Ok((1..=k).map(|i| i as f64 / k as f64).collect()),
-            BranchWeights::Custom(w) if w.len() == k => Ok(w.clone()),
+            BranchWeights::Custom(w) if w.len() == k => check_weights(w).map(|()| w.clone()),
             BranchWeights::Custom(w) => {
                 Err(format!("{} branch weights given for K = {k}", w.len()))
             }
@@ -202,5 +218,26 @@ pub fn interval_loss(
         loss: loss.expect("at least one branch"),
         per_branch,
         endpoint: endpoint.expect("at least one branch").detach(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn branch_weights_refuse_a_loss_that_trains_nothing() {
+        let parse = |s: &str| s.parse::<BranchWeights>();
+        assert!(parse("0,0,0,0").unwrap_err().contains("all 0"));
+        for bad in ["1,-1", "1,NaN", "1,inf", "1,x"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse("0,1"), Ok(BranchWeights::Custom(vec![0.0, 1.0])));
+        let mut config = MethodConfig::new(Method::Bdense, 2);
+        config.weights = BranchWeights::Custom(vec![0.0, 0.0]);
+        assert!(
+            config.branch_weights().is_err(),
+            "a run.json is checked too"
+        );
     }
 }
