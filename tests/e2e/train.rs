@@ -152,3 +152,97 @@ fn corrupt_or_foreign_checkpoints_are_named() {
     t.bdense(["train", "--resume", "store"])
         .fails_with("not a bdense run directory");
 }
+
+/// Waits until the run's log has `rows` rows (the trainer holds its lock by then).
+fn wait_for_rows(run: &std::path::Path, rows: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while std::fs::read_to_string(run.join("log.csv"))
+        .map_or(0, |l| l.lines().count().saturating_sub(1))
+        < rows
+    {
+        assert!(std::time::Instant::now() < deadline, "no training progress");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn one_trainer_per_run_and_a_killed_run_always_continues() {
+    let t = dir();
+    store(&t);
+    let never = ["--checkpoint-every", "1000000"];
+    let mut first = t
+        .bdense(train_args("bdense", "r", "1000000", &never))
+        .cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_rows(&t.join("r"), 2);
+    let refused = t
+        .bdense(["train", "--resume", "r", "--steps", "4"])
+        .fails_with("this run is being trained by pid");
+    assert!(
+        refused.contains(&format!("pid {}", first.id())),
+        "{refused}"
+    );
+    t.bdense(train_args("bdense", "r", "4", &never))
+        .fails_with("already holds a run");
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    // Killed before its first checkpoint, leaving a half-written one: it continues from step
+    // 0 with its recorded config, exactly as a run that was never stopped.
+    let stale = t.join("r/checkpoints/.step-000002.tmp-4000000");
+    std::fs::create_dir_all(&stale).unwrap();
+    let (out, err) = t.bdense(["train", "--resume", "r", "--steps", "4"]).code(0);
+    assert!(out.contains("steps 0..4"), "{out}");
+    assert!(
+        err.contains("no checkpoint yet") && err.contains("removed 1 half-written"),
+        "{err}"
+    );
+    assert!(!stale.exists());
+    t.bdense(train_args("bdense", "whole", "4", &never)).ok();
+    assert_eq!(weights(&t.join("r")), weights(&t.join("whole")));
+    let log = |run: &str| std::fs::read_to_string(t.join(run).join("log.csv")).unwrap();
+    assert_eq!(log("r"), log("whole"), "each step logged once");
+}
+
+#[test]
+fn run_directories_that_cannot_be_used_say_why() {
+    let t = dir();
+    store(&t);
+    std::fs::create_dir(t.join("notes")).unwrap();
+    std::fs::write(t.join("notes/todo.txt"), "mine").unwrap();
+    t.bdense(train_args("bdense", "notes", "2", &[]))
+        .fails_with("notes is not empty and holds no run");
+    std::fs::write(t.join("file"), "").unwrap();
+    t.bdense(train_args("bdense", "file/r", "2", &[]))
+        .fails_with("--out file/r");
+    t.bdense(["train", "--resume", "missing"])
+        .fails_with("missing: not a bdense run directory");
+}
+
+#[test]
+fn a_store_path_with_any_characters_trains() {
+    let t = dir();
+    let store = "ü %#?";
+    t.bdense([
+        "generate",
+        &format!("{store}/p"),
+        "--dataset",
+        "procedural",
+        "--teacher",
+        "gaussian",
+        "--grid",
+        "13",
+        "--count",
+        "16",
+        "--rows-per-shard",
+        "16",
+    ])
+    .ok();
+    let mut args = train_args("sfd", "r", "2", &[]);
+    args[1] = format!("{store}/p");
+    let out = t.bdense(args).ok();
+    assert!(out.contains("steps 0..2"), "{out}");
+}

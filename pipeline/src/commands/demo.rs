@@ -172,10 +172,11 @@ fn ensure_run(
         println!("{}: already trained, reusing it", run.display());
         return Ok(());
     }
-    let resume =
-        run.join("run.json").exists() && bdense_trainer::checkpoint::latest(run)?.is_some();
+    // `train --resume` continues a run from its checkpoint, or from step 0 if it died before
+    // its first one.
+    let resume = run.join("run.json").exists();
     if run.exists() && !resume {
-        std::fs::remove_dir_all(run)?; // a run that died before its first checkpoint
+        std::fs::remove_dir_all(run)?; // died before writing its record
     }
     let summary = train::train(
         &TrainArgs {
@@ -192,7 +193,7 @@ fn ensure_run(
             lr: p.lr,
             lr_schedule: "constant".into(),
             distance: "l1".into(),
-            weights: "uniform".into(),
+            weights: bdense_trainer::method::BranchWeights::Uniform,
             afs: false,
             teacher_forcing: false,
             step_per_trajectory: false,

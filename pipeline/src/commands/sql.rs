@@ -3,24 +3,25 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use bdense_queries::format::{self, Format};
+use bdense_queries::format;
 use bdense_queries::session::{StoreSession, runtime};
 
 use crate::cli::SqlArgs;
 
 pub fn run(args: &SqlArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let format: Format = args.format.parse().map_err(anyhow::Error::msg)?;
     let session = StoreSession::open(&args.store)?;
+    let (query, allow_writes) = (args.query.clone(), args.allow_writes);
     let rt = runtime();
-    let batches = rt.block_on(async {
-        let df = session.sql(&args.query, args.allow_writes).await?;
+    // Spawned, not polled in `block_on`: a worker thread has the stack deep queries need.
+    let batches = rt.block_on(rt.spawn(async move {
+        let df = session.sql(&query, allow_writes).await?;
         Ok::<_, bdense_queries::QueryError>(df.collect().await?)
-    })?;
+    }))??;
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     format::write(
         &batches,
-        format,
+        args.format,
         args.out.as_deref(),
         &mut std::io::stdout(),
     )?;

@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use bdense_queries::{StudentLayout, TargetSpec, TargetStream};
 use bdense_store::Dataset;
+use bdense_trainer::checkpoint::{self, RunLock};
 use bdense_trainer::log::CsvLog;
 use bdense_trainer::method::{Method, MethodConfig, StepPer};
 use bdense_trainer::optim::OptimConfig;
@@ -70,8 +71,10 @@ impl RunRecord {
 
     fn save(&self, run: &Path) -> anyhow::Result<()> {
         let path = run.join("run.json");
-        std::fs::write(&path, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("writing {}", path.display()))
+        Ok(checkpoint::write_atomic(
+            &path,
+            &serde_json::to_vec_pretty(self)?,
+        )?)
     }
 
     pub fn target_spec(&self) -> TargetSpec {
@@ -153,42 +156,43 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
 /// draws a progress bar (off when several runs train side by side).
 pub fn train(args: &TrainArgs, show_progress: bool) -> anyhow::Result<String> {
     let started = Instant::now();
-    let (run_dir, record, resume) = match (&args.resume, &args.dataset, &args.out) {
+    // Held until training ends: a second trainer on this run is refused, not interleaved.
+    let (_lock, record, run_dir) = match (&args.resume, &args.dataset, &args.out) {
         (Some(run), None, None) => {
-            let mut record = RunRecord::load(run)?;
-            if let Some(steps) = args.steps {
-                record.config.steps = steps;
-            }
-            (run.clone(), record, true)
+            let (lock, record) = open_run(run, args.steps)?;
+            (lock, record, run.clone())
         }
-        (None, Some(dataset), Some(out)) => (out.clone(), new_record(args, dataset)?, false),
+        (None, Some(dataset), Some(out)) => {
+            let record = new_record(args, dataset)?;
+            (create_run(out, &record)?, record, out.clone())
+        }
         (Some(_), _, _) => bail!("--resume RUN takes no dataset or --out"),
         _ => bail!("give STORE/NAME and --out RUN, or --resume RUN"),
     };
+    let removed = checkpoint::remove_stale_temporaries(&run_dir)?;
+    if removed > 0 {
+        eprintln!(
+            "note: removed {removed} half-written file(s) a stopped trainer left in {}",
+            run_dir.display()
+        );
+    }
     let device =
         bdense_trainer::backend::parse_device(&record.device).map_err(anyhow::Error::msg)?;
     let channels = record.dims[0];
-    let (state, position) = if resume {
+    let (state, position) = if checkpoint::latest(&run_dir)?.is_some() {
         let (state, loop_state) =
             StudentState::resume(&record.config, channels, &device, &run_dir)?;
         (state, loop_state.source_position)
     } else {
-        if run_dir.exists()
-            && std::fs::read_dir(&run_dir)
-                .map(|mut d| d.next().is_some())
-                .unwrap_or(true)
-        {
-            bail!(
-                "{} already exists and is not empty: a run never overwrites another run's directory",
+        if args.resume.is_some() {
+            // A trainer killed before its first checkpoint: its config is all there is.
+            eprintln!(
+                "note: {} has no checkpoint yet: training it from step 0 with its recorded config",
                 run_dir.display()
             );
         }
-        std::fs::create_dir_all(&run_dir)
-            .with_context(|| format!("creating {}", run_dir.display()))?;
-        record.save(&run_dir)?;
         (StudentState::fresh(&record.config, channels, &device)?, 0)
     };
-    record.save(&run_dir)?;
     let start_step = state.step;
     let mut source = StreamSource::open(&record, position)?;
     let header = student::log_header(record.config.method.k);
@@ -238,6 +242,59 @@ pub fn train(args: &TrainArgs, show_progress: bool) -> anyhow::Result<String> {
     ))
 }
 
+/// Locks an existing run and reads its record, with `steps` as the new total if given.
+fn open_run(run: &Path, steps: Option<u64>) -> anyhow::Result<(RunLock, RunRecord)> {
+    // Read once before locking so that a directory holding no run is named as such and
+    // gets no lock file, and again after: another trainer may have just changed it.
+    RunRecord::load(run)?;
+    let lock = RunLock::acquire(run)?;
+    let mut record = RunRecord::load(run)?;
+    if let Some(steps) = steps {
+        record.config.steps = steps;
+        record.save(run)?;
+    }
+    Ok((lock, record))
+}
+
+/// Creates the run directory `dir` for `record` and locks it; never takes over a directory
+/// that holds anything else.
+fn create_run(dir: &Path, record: &RunRecord) -> anyhow::Result<RunLock> {
+    refuse_existing(dir)?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the run directory {}", dir.display()))?;
+    let lock = RunLock::acquire(dir)?;
+    // Again under the lock: another `train --out` of the same name may have got there first.
+    refuse_existing(dir)?;
+    record.save(dir)?;
+    Ok(lock)
+}
+
+/// Fails unless `dir` is missing or empty (a lock file alone counts as empty), with a
+/// message for each way it is not.
+fn refuse_existing(dir: &Path) -> anyhow::Result<()> {
+    if dir.join("run.json").exists() {
+        bail!(
+            "{} already holds a run, and a run never overwrites another run's directory: `bdense train --resume {}` continues it",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        entries => entries.with_context(|| format!("--out {}", dir.display()))?,
+    };
+    let mut others = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name() != checkpoint::LOCK_FILE);
+    if others.next().is_some() {
+        bail!(
+            "{} is not empty and holds no run: a run never overwrites another run's directory; choose another --out",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Hidden crash-test hook: `BDENSE_ABORT_AFTER_STEP=n` aborts right after step n.
 fn args_abort_after() -> Option<u64> {
     std::env::var("BDENSE_ABORT_AFTER_STEP")
@@ -259,11 +316,7 @@ fn new_record(args: &TrainArgs, dataset_path: &Path) -> anyhow::Result<RunRecord
         .parse()
         .map_err(anyhow::Error::msg)
         .context("--distance")?;
-    mc.weights = args
-        .weights
-        .parse()
-        .map_err(anyhow::Error::msg)
-        .context("--weights")?;
+    mc.weights = args.weights.clone();
     mc.afs = args.afs;
     mc.teacher_forcing = args.teacher_forcing;
     mc.step_per = if args.step_per_trajectory {
@@ -318,7 +371,7 @@ fn new_record(args: &TrainArgs, dataset_path: &Path) -> anyhow::Result<RunRecord
         },
         net: net.with_out_channels(out_channels),
         init,
-        checkpoint_every: args.checkpoint_every.max(1),
+        checkpoint_every: args.checkpoint_every,
     };
     bdense_trainer::backend::parse_device(&args.device)
         .map_err(anyhow::Error::msg)
