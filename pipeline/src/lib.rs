@@ -36,3 +36,80 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Train(a)) => commands::bench::train(&a),
     }
 }
+
+/// An error and its causes on one line, each said once. Library errors often print their
+/// source in their own message already, or wrap it in a prefix (`External error: ...`,
+/// `Parquet error: Parquet error: ...`), so anyhow's `{:#}` would repeat one chain per layer.
+pub fn describe_error(error: &anyhow::Error) -> String {
+    let mut said: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let message = cause.to_string();
+        let message = message.trim();
+        let repeats = said.iter().any(|s| s.contains(message))
+            || said
+                .last()
+                .is_some_and(|last| message.ends_with(last.as_str()));
+        if !message.is_empty() && !repeats {
+            said.push(message.to_string());
+        }
+    }
+    let text = said.join(": ");
+    // A layer that repeats its own prefix: "Parquet error: Parquet error: ...".
+    let mut parts: Vec<&str> = Vec::new();
+    for part in text.split(": ") {
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join(": ")
+}
+
+/// Rust ignores SIGPIPE, so printing into a closed pipe (`bdense sql ... | head -1`) panics;
+/// with the default action the process ends quietly as `cat` or `grep` do.
+#[cfg(unix)]
+pub fn restore_sigpipe() {
+    // Declared here rather than through the libc crate, which this package does not use.
+    unsafe extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+    }
+    const SIGPIPE: i32 = 13; // the same number on Linux and the BSDs/macOS
+    const SIG_DFL: usize = 0;
+    // SAFETY: installs the default disposition before any thread exists; no handler runs.
+    unsafe {
+        signal(SIGPIPE, SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+pub fn restore_sigpipe() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let root = std::io::Error::other("disk on fire");
+        let wrapped = anyhow::Error::new(root)
+            .context("reading x.parquet: disk on fire")
+            .context("query failed");
+        assert_eq!(
+            describe_error(&wrapped),
+            "query failed: reading x.parquet: disk on fire"
+        );
+        // A wrapper that only adds a prefix to its source, and a prefix said twice.
+        let inner = anyhow::anyhow!("x.parquet: damaged");
+        let wrapped = inner.context("External error: x.parquet: damaged");
+        assert_eq!(
+            describe_error(&wrapped.context("x.parquet: damaged")),
+            "x.parquet: damaged"
+        );
+        let doubled = anyhow::anyhow!("Parquet error: Parquet error: no footer");
+        assert_eq!(describe_error(&doubled), "Parquet error: no footer");
+        let detail = anyhow::anyhow!("training diverged at step 3").context("training");
+        assert_eq!(
+            describe_error(&detail),
+            "training: training diverged at step 3"
+        );
+    }
+}

@@ -10,11 +10,12 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    bdense_pipeline::restore_sigpipe();
     let cli = bdense_pipeline::cli::Cli::parse();
     match bdense_pipeline::run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("bdense: error: {e:#}");
+            eprintln!("bdense: error: {}", bdense_pipeline::describe_error(&e));
             ExitCode::from(2)
         }
     }

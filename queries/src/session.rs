@@ -2,6 +2,7 @@
 //! dataset) and `grid` (dataset, step, sigma), with the vector UDFs registered.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,6 +14,8 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{DataFrame, SQLOptions, SessionConfig, SessionContext};
+use datafusion::sql::parser::{CopyToSource, Statement as DFStatement};
+use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Visit, Visitor};
 
 use crate::error::{QueryError, Result};
 use crate::table::StepTable;
@@ -95,15 +98,22 @@ impl StoreSession {
 
     /// Plans `query`. Statements that write or create anything are refused unless
     /// `allow_writes`; an unknown table is reported with the list of tables.
+    /// Expressions nested deeper than [`MAX_EXPR_DEPTH`] are refused before planning.
     pub async fn sql(&self, query: &str, allow_writes: bool) -> Result<DataFrame> {
         let options = SQLOptions::new()
             .with_allow_ddl(allow_writes)
             .with_allow_dml(allow_writes)
             .with_allow_statements(allow_writes);
-        self.ctx
-            .sql_with_options(query, options)
-            .await
-            .map_err(|e| self.explain_error(e, allow_writes))
+        let explain = |e| self.explain_error(e, allow_writes);
+        // `SessionContext::sql_with_options` in steps, with the depth check between parsing
+        // and planning.
+        let state = self.ctx.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let statement = state.sql_to_statement(query, &dialect).map_err(explain)?;
+        check_depth(&statement)?;
+        let plan = state.statement_to_plan(statement).await.map_err(explain)?;
+        options.verify_plan(&plan).map_err(explain)?;
+        self.ctx.execute_logical_plan(plan).await.map_err(explain)
     }
 
     fn explain_error(
@@ -131,6 +141,63 @@ impl StoreSession {
             return QueryError::Refused(format!("SQL parse error: {parse}"));
         }
         QueryError::DataFusion(e)
+    }
+}
+
+/// The deepest expression nesting a query may have. DataFusion plans, optimises and evaluates
+/// expressions recursively, so a long chain such as `1+1+...+1` (each `+` one level) would
+/// overflow the stack and abort the process; with [`WORKER_STACK`] this many levels plan
+/// with room to spare, and no hand-written query comes near.
+pub const MAX_EXPR_DEPTH: usize = 1000;
+
+/// Stack of each runtime thread: queries are planned and run there, and deep expressions
+/// need far more than tokio's 2 MiB default. A 1000-level chain overflows 16 MiB and runs in
+/// 64 MiB (debug build); this leaves room for heavier levels. Only touched pages are committed.
+pub const WORKER_STACK: usize = 256 << 20;
+
+/// Refuses a statement whose expressions nest deeper than [`MAX_EXPR_DEPTH`].
+fn check_depth(statement: &DFStatement) -> Result<()> {
+    let mut depth = ExprDepth::default();
+    let stopped = match statement {
+        DFStatement::Statement(s) => s.visit(&mut depth),
+        DFStatement::CopyTo(copy) => match &copy.source {
+            CopyToSource::Query(q) => q.visit(&mut depth),
+            CopyToSource::Relation(_) => ControlFlow::Continue(()),
+        },
+        DFStatement::Explain(explain) => return check_depth(&explain.statement),
+        _ => ControlFlow::Continue(()),
+    };
+    if stopped.is_break() {
+        return Err(QueryError::Refused(format!(
+            "expression too deeply nested (more than {MAX_EXPR_DEPTH} levels; each operator \
+             of a chain like `a OR b OR ...` adds one): split the query, or use IN (...) for \
+             a list of values"
+        )));
+    }
+    Ok(())
+}
+
+/// Tracks the expression nesting of a visit, stopping it past [`MAX_EXPR_DEPTH`].
+#[derive(Default)]
+struct ExprDepth {
+    depth: usize,
+}
+
+impl Visitor for ExprDepth {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, _: &SqlExpr) -> ControlFlow<()> {
+        self.depth += 1;
+        if self.depth > MAX_EXPR_DEPTH {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+
+    fn post_visit_expr(&mut self, _: &SqlExpr) -> ControlFlow<()> {
+        self.depth -= 1;
+        ControlFlow::Continue(())
     }
 }
 
@@ -255,10 +322,13 @@ fn mem_table(columns: Vec<(&str, ArrayRef)>) -> Result<MemTable> {
     Ok(MemTable::try_new(schema, vec![vec![batch]])?)
 }
 
-/// A multi-threaded runtime sized to the machine, for callers outside async code.
+/// A multi-threaded runtime sized to the machine, for callers outside async code. Run
+/// queries on it with `spawn` rather than in `block_on`, which polls on the caller's thread
+/// and so without the [`WORKER_STACK`] they may need.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .thread_stack_size(WORKER_STACK)
         .enable_all()
         .build()
         .expect("tokio runtime")

@@ -131,3 +131,76 @@ fn targets_preview_and_write() {
     let out = t.bdense(["sql", ".", "SELECT 1"]).ok();
     assert!(out.contains('1'));
 }
+
+#[test]
+fn store_paths_with_any_characters_open() {
+    let t = dir();
+    let store = "ü %#?";
+    synthetic(&t.join(store), "g", 16, 5, 16, Dtype::F32);
+    let out = t
+        .bdense(["sql", store, "SELECT count(*) AS n FROM g WHERE step = 4"])
+        .ok();
+    assert!(out.contains("| 16 |"), "{out}");
+    let out = t
+        .bdense(["targets", &format!("{store}/g"), "--n", "3", "--k", "2"])
+        .ok();
+    assert!(out.contains("first batch"), "{out}");
+}
+
+/// `1 + 1 + ... + 1` with `terms` ones.
+fn chain(terms: usize, op: &str) -> String {
+    vec!["1"; terms].join(op)
+}
+
+#[test]
+fn deep_expressions_run_or_are_refused_never_abort() {
+    let t = dir();
+    synthetic(&t.join("store"), "g", 8, 5, 16, Dtype::F32);
+    let out = t
+        .bdense(["sql", "store", &format!("SELECT {} AS s", chain(500, "+"))])
+        .ok();
+    assert!(out.contains("| 500 |"), "{out}");
+    let ors = vec!["traj_id = 3"; 400].join(" OR ");
+    let out = t
+        .bdense([
+            "sql",
+            "store",
+            &format!("SELECT count(*) AS n FROM g WHERE {ors}"),
+        ])
+        .ok();
+    assert!(out.contains("| 5 |"), "one trajectory at 5 steps:\n{out}");
+    let err = t
+        .bdense(["sql", "store", &format!("SELECT {}", chain(20_000, "+"))])
+        .fails_with("expression too deeply nested");
+    assert!(!err.contains("overflow"), "{err}");
+    t.bdense([
+        "sql",
+        "store",
+        &format!("SELECT {}1{}", "(".repeat(300), ")".repeat(300)),
+    ])
+    .fails_with("recursion limit");
+}
+
+#[test]
+fn printing_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let t = dir();
+    synthetic(&t.join("store"), "g", 64, 9, 16, Dtype::F32);
+    for args in [
+        vec!["store", "verify", "store/g"],
+        vec!["sql", "store", "SELECT traj_id, step FROM g"],
+    ] {
+        // `bdense ... | head -0`: the reader is gone before the first line is written.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut cmd = t.bdense(&args).cmd;
+        let out = cmd.stdout(writer).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let quiet = out.status.success() || out.status.signal() == Some(13);
+        assert!(
+            quiet && !stderr.contains("panicked"),
+            "{args:?}: {}\n{stderr}",
+            out.status
+        );
+    }
+}
