@@ -19,17 +19,11 @@ pub enum QueryError {
     Refused(String),
 }
 
-/// DataFusion's message without the `Diagnostic`/`Context` wrappers' noise.
+/// DataFusion's message without the `Diagnostic`/`Context` wrappers' noise; a store error
+/// raised inside a scan (a damaged file) is shown as the store words it, naming the file.
 fn describe(e: &datafusion::error::DataFusionError) -> String {
-    e.clone_root_message()
-}
-
-trait RootMessage {
-    fn clone_root_message(&self) -> String;
-}
-
-impl RootMessage for datafusion::error::DataFusionError {
-    fn clone_root_message(&self) -> String {
-        self.find_root().strip_backtrace()
+    match e.find_root() {
+        datafusion::error::DataFusionError::External(inner) => inner.to_string(),
+        root => root.strip_backtrace(),
     }
 }

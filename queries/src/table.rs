@@ -1,6 +1,8 @@
 //! A dataset as a DataFusion table: exactly the files its committed manifest names (never
 //! stray files), with `step` and `shard` as partition columns so filters on them prune files
-//! before any is opened.
+//! before any is opened. Every file a scan will read is first checked against the manifest
+//! (size, content hash, rows, trajectory ids), once per session while it stays unchanged: a
+//! damaged shard is an error naming the file, never numbers that are silently wrong.
 
 use std::sync::Arc;
 
@@ -8,7 +10,7 @@ use async_trait::async_trait;
 use bdense_store::Dataset;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::{DFSchema, Result, ScalarValue, project_schema};
+use datafusion::common::{DFSchema, DataFusionError, Result, ScalarValue, project_schema};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::listing::helpers::{expr_applicable_for_cols, filter_partitioned_file};
 use datafusion::datasource::object_store::ObjectStoreUrl;
@@ -29,12 +31,15 @@ struct StepFile {
     bytes: u64,
     step: u16,
     shard: u32,
+    /// Where the file's entry sits in the manifest: `shards[at.0].files[at.1]`.
+    at: (usize, usize),
 }
 
 #[derive(Debug)]
 pub struct StepTable {
     schema: TableSchema,
     files: Vec<StepFile>,
+    dataset: Dataset,
 }
 
 impl StepTable {
@@ -46,12 +51,14 @@ impl StepTable {
         let files = dataset
             .shards()
             .iter()
-            .flat_map(|shard| {
-                shard.files.iter().map(move |f| StepFile {
+            .enumerate()
+            .flat_map(|(s, shard)| {
+                shard.files.iter().enumerate().map(move |(i, f)| StepFile {
                     path: absolute(&dataset.file_path(f)),
                     bytes: f.bytes,
                     step: f.step,
                     shard: shard.index,
+                    at: (s, i),
                 })
             })
             .collect();
@@ -60,7 +67,18 @@ impl StepTable {
                 .with_table_partition_cols(partition)
                 .build(),
             files,
+            dataset: dataset.clone(),
         }
+    }
+
+    /// Checks a file against the manifest before DataFusion reads it (hashed once per
+    /// dataset handle while its size and mtime stay the same).
+    fn verify(&self, file: &StepFile) -> Result<()> {
+        let shard = &self.dataset.shards()[file.at.0];
+        self.dataset
+            .check_file(shard, &shard.files[file.at.1])
+            .map(|_| ())
+            .map_err(|e| DataFusionError::External(Box::new(e)))
     }
 
     fn partition_schema() -> Result<DFSchema> {
@@ -129,6 +147,7 @@ impl TableProvider for StepTable {
                 ScalarValue::UInt32(Some(f.shard)),
             ]);
             if let Some(pf) = filter_partitioned_file(pf, &partition_filters, &partition_schema)? {
+                self.verify(f)?;
                 kept.push(pf);
             }
         }

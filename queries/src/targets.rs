@@ -245,10 +245,12 @@ impl TargetStream {
         let mut plans = Vec::with_capacity(m.shards.len());
         for shard in &m.shards {
             check_files(&dataset, shard, &steps)?;
+            // Read from a file checked against the manifest (hash, rows, ids).
+            let row_groups = dataset.row_groups(shard, steps[0])?;
             plans.push(ShardPlan {
                 index: shard.index,
                 first_id: shard.first_id,
-                row_groups: dataset.row_groups(shard, steps[0])?,
+                row_groups,
             });
         }
         let total = m.trajectories();
@@ -315,16 +317,19 @@ impl Drop for TargetStream {
     }
 }
 
-/// A missing partition file is named now, not deep inside a query later.
+/// A missing or damaged file is named now, before training starts, not deep inside a query
+/// later (the check is remembered, so the scans do not hash the files again).
 fn check_files(dataset: &Dataset, shard: &ShardEntry, steps: &[u16]) -> Result<()> {
     for &step in steps {
-        let path = dataset.file_path(dataset.file(shard, step)?);
-        if !path.is_file() {
+        let entry = dataset.file(shard, step)?;
+        let path = dataset.file_path(entry);
+        if std::fs::symlink_metadata(&path).is_err() {
             return Err(QueryError::Dataset {
                 dataset: dataset.dir().display().to_string(),
                 detail: format!("step partition file {} is missing", path.display()),
             });
         }
+        dataset.check_file(shard, entry)?;
     }
     Ok(())
 }
@@ -610,7 +615,19 @@ async fn load_shard(
                     ),
                 ));
             };
-            cells[slot * rows + row] = (b as u32, r as u32);
+            let cell = &mut cells[slot * rows + row];
+            if cell.0 != u32::MAX {
+                return Err(corrupt(
+                    name,
+                    plan,
+                    format!(
+                        "trajectory {} appears twice at step {}",
+                        ids.value(r),
+                        step_col.value(r)
+                    ),
+                ));
+            }
+            *cell = (b as u32, r as u32);
             if slot == 0 {
                 seeds[row] = seed_col.value(r);
                 labels[row] = label_col.is_valid(r).then(|| label_col.value(r));

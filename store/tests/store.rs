@@ -616,7 +616,8 @@ fn manifest_integers_are_range_checked_at_load() {
     let ds = small(tmp.path());
     let original = std::fs::read(ds.dir().join("manifest.json")).unwrap();
     let restore = || std::fs::write(ds.dir().join("manifest.json"), &original).unwrap();
-    let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(Edit, &str)> = vec![
         (
             Box::new(|m| m["dims"] = serde_json::json!({"c": 65536, "h": 65536, "w": 65536})),
             "values per state",

@@ -169,3 +169,104 @@ fn unet_teacher_trains_resumes_and_generates() {
     let info = t.bdense(["store", "info", "store/u"]).ok();
     assert!(info.contains("teacher      unet (checkpoint"), "{info}");
 }
+
+/// Finding 2: a generate interrupted on the default 49-point grid resumes (the grid read back
+/// from the manifest's JSON equals the one the arguments give) to the same files as an
+/// uninterrupted run.
+#[test]
+fn resume_after_a_crash_on_the_default_grid() {
+    let t = dir();
+    let args = |name: &str, extra: &[&str]| {
+        let mut a: Vec<String> = [
+            "generate",
+            name,
+            "--dataset",
+            "procedural",
+            "--teacher",
+            "gmm",
+            "--count",
+            "64",
+            "--batch",
+            "16",
+            "--rows-per-shard",
+            "16",
+            "--fit-limit",
+            "512",
+        ]
+        .map(String::from)
+        .to_vec();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    t.bdense(args("store/whole", &[])).ok();
+    let crashed = t
+        .bdense(args("store/d", &["--abort-after-shards", "1"]))
+        .output();
+    assert!(!crashed.status.success());
+    let out = t.bdense(args("store/d", &["--resume"])).ok();
+    assert!(
+        out.contains("generated 48 trajectories x 49 steps"),
+        "{out}"
+    );
+    assert_eq!(
+        file_hashes(&t.join("store/d")),
+        file_hashes(&t.join("store/whole"))
+    );
+    // A real change of the grid is still refused.
+    t.bdense(args("store/d", &["--resume", "--sigma-max", "79"]))
+        .fails_with("sigma_max: dataset has 80, arguments give 79");
+}
+
+/// Findings 10 and 11: nonsense grid parameters and reserved names are refused before anything
+/// is written, each with its own message naming the argument or path (not "pass --resume").
+#[test]
+fn generate_arguments_are_checked_with_their_own_message() {
+    let t = dir();
+    for (extra, needle) in [
+        (vec!["--sigma-max", "NaN"], "sigma-max"),
+        (vec!["--sigma-min", "0"], "sigma-min"),
+        (vec!["--sigma-min", "90"], "sigma-min"),
+        (vec!["--rho", "0"], "rho"),
+        (vec!["--grid", "70000"], "70000"),
+    ] {
+        let mut args = gen_args("store/x", &[]);
+        if extra[0] == "--grid" {
+            args[7] = extra[1].into(); // gen_args already gives --grid
+        } else {
+            args.extend(extra.iter().map(|s| s.to_string()));
+        }
+        let stderr = t.bdense(args).fails_with(needle);
+        assert!(!stderr.contains("pass --resume"), "{stderr}");
+        assert!(!t.join("store/x").exists(), "{extra:?} wrote something");
+    }
+    for reserved in ["store/grid", "store/manifest"] {
+        t.bdense(gen_args(reserved, &[]))
+            .fails_with("reserved table name");
+    }
+    std::fs::write(t.join("afile"), "x").unwrap();
+    let stderr = t.bdense(gen_args("afile/d", &[])).fails_with("afile");
+    assert!(!stderr.contains("pass --resume"), "{stderr}");
+    t.bdense(gen_args("store/none", &["--resume"]))
+        .fails_with("store/none: no dataset here");
+}
+
+/// Finding 8: a count whose shards do not fit is refused at once, not allocated or wrapped.
+#[test]
+fn huge_counts_are_refused_not_allocated() {
+    let t = dir();
+    for count in ["10000000000000", "18446744073709551615"] {
+        let mut args = gen_args("store/big", &[]);
+        args[9] = count.into();
+        let (_, stderr) = t.bdense(args).code(2);
+        assert!(stderr.contains("--count"), "{stderr}");
+        assert!(!stderr.contains("generated 0"), "{stderr}");
+    }
+    // A shard is generated in memory: one of 65536 x 100 steps x 256 values (6.25 GiB) is
+    // refused before anything is allocated or written.
+    let mut args = gen_args("store/big", &[]);
+    args[7] = "100".into();
+    args[9] = "100000".into();
+    args[11] = "65536".into();
+    t.bdense(args).fails_with("lower --rows-per-shard");
+    assert!(!t.join("store/big").exists());
+}

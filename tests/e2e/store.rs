@@ -37,15 +37,44 @@ fn ls_info_verify_gc_on_a_synthetic_store() {
         assert!(out.contains(needle), "info lacks {needle:?}:\n{out}");
     }
 
+    assert!(
+        out.contains("manifest only; run `bdense store verify` to check the files"),
+        "info says it did not read the data:\n{out}"
+    );
+
     let out = t.bdense(["store", "verify", "store/gauss"]).ok();
     assert!(out.contains("verify ok: 27 files, 360 rows"), "{out}");
 
     std::fs::write(t.join("store/gauss/step=0003/shard-00009.parquet"), b"junk").unwrap();
     let out = t.bdense(["store", "gc", "store/gauss"]).ok();
     assert!(
+        out.contains("gc done: 0 files") && out.contains("younger than the grace period"),
+        "a fresh file of an unknown writer waits out the grace period:\n{out}"
+    );
+    let out = t
+        .bdense(["store", "gc", "store/gauss", "--grace", "0"])
+        .ok();
+    assert!(
         out.contains("removed") && out.contains("shard-00009") && out.contains("gc done: 1 files"),
         "{out}"
     );
+}
+
+/// Finding 5: `store info` reads no data but notices a missing or truncated file by its size.
+#[test]
+fn info_names_a_missing_or_resized_file() {
+    let t = dir();
+    synthetic(&t.join("store"), "g", 32, 5, 16, Dtype::F32);
+    std::fs::remove_file(t.join("store/g/step=0004/shard-00000.parquet")).unwrap();
+    t.bdense(["store", "info", "store/g"])
+        .fails_with("step=0004/shard-00000.parquet: cannot read");
+    synthetic(&t.join("store"), "h", 32, 5, 16, Dtype::F32);
+    let victim = t.join("store/h/step=0001/shard-00001.parquet");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes.push(0);
+    std::fs::write(&victim, bytes).unwrap();
+    t.bdense(["store", "info", "store/h"])
+        .fails_with("step=0001/shard-00001.parquet: size");
 }
 
 #[test]
@@ -79,6 +108,127 @@ fn bad_arguments_name_what_is_wrong() {
     std::fs::write(t.join("store/g/manifest.json"), "{\"format_version\": 99}").unwrap();
     t.bdense(["store", "verify", "store/g"])
         .fails_with("manifest.json: manifest has format version 99");
+}
+
+/// Finding 1: generate never writes into a directory of other files (here the store root),
+/// and gc refuses a directory without a manifest and deletes nothing it did not create.
+#[test]
+fn generate_and_gc_never_touch_files_that_are_not_a_datasets() {
+    let t = dir();
+    synthetic(&t.join("store"), "a", 16, 5, 16, Dtype::F32);
+    synthetic(&t.join("store"), "b", 16, 5, 16, Dtype::F32);
+    std::fs::write(t.join("store/README"), "mine").unwrap();
+    std::fs::create_dir_all(t.join("store/notes")).unwrap();
+    std::fs::write(t.join("store/notes/todo.txt"), "mine too").unwrap();
+    let before = (
+        file_hashes(&t.join("store/a")),
+        file_hashes(&t.join("store/b")),
+    );
+    let mut args: Vec<String> = ["generate", "store"].map(String::from).to_vec();
+    args.extend(GEN.iter().map(|s| s.to_string()));
+    args.extend(["--count", "16"].map(String::from));
+    t.bdense(&args)
+        .fails_with("store: holds files but no dataset");
+    t.bdense(["store", "gc", "store", "--grace", "0"])
+        .fails_with("store: no dataset here");
+    t.bdense(["store", "gc", "store/notes", "--grace", "0"])
+        .fails_with("no dataset here");
+
+    // Inside a dataset, gc deletes only the store's own names.
+    std::fs::write(t.join("store/a/my-notes.txt"), "keep").unwrap();
+    std::fs::write(t.join("store/a/step=0002/plot.png"), "keep").unwrap();
+    std::fs::create_dir_all(t.join("store/a/extra")).unwrap();
+    std::fs::write(t.join("store/a/extra/shard-00007.parquet"), "keep").unwrap();
+    let out = t.bdense(["store", "gc", "store/a", "--grace", "0"]).ok();
+    assert!(out.contains("gc done: 0 files"), "{out}");
+    for kept in [
+        "store/README",
+        "store/notes/todo.txt",
+        "store/a/my-notes.txt",
+        "store/a/step=0002/plot.png",
+        "store/a/extra/shard-00007.parquet",
+    ] {
+        assert!(t.join(kept).is_file(), "{kept} was deleted");
+    }
+    assert_eq!(
+        (
+            file_hashes(&t.join("store/a")),
+            file_hashes(&t.join("store/b"))
+        ),
+        before
+    );
+    let out = t.bdense(["store", "verify", "store/b"]).ok();
+    assert!(out.contains("verify ok"), "{out}");
+}
+
+/// Finding 6: a manifest cannot make a reader open files outside its dataset, or hang on a
+/// device; a shard listed twice is refused.
+#[test]
+fn manifest_paths_stay_inside_the_dataset() {
+    let t = dir();
+    synthetic(&t.join("store"), "g", 16, 5, 16, Dtype::F32);
+    let manifest = t.join("store/g/manifest.json");
+    let original = std::fs::read_to_string(&manifest).unwrap();
+    for evil in [
+        "../../../../etc/passwd",
+        "/etc/hostname",
+        "/dev/zero",
+        "step=0001/../../a",
+    ] {
+        let edited = original.replace("step=0001/shard-00000.parquet", evil);
+        std::fs::write(&manifest, edited).unwrap();
+        let stderr = t
+            .bdense(["store", "verify", "store/g"])
+            .fails_with("manifest.json");
+        assert!(stderr.contains("file path"), "{evil}: {stderr}");
+    }
+    // A symlink inside the dataset is not followed either.
+    std::fs::write(&manifest, &original).unwrap();
+    let victim = t.join("store/g/step=0001/shard-00000.parquet");
+    std::fs::remove_file(&victim).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &victim).unwrap();
+    let (out, _) = t.bdense(["store", "verify", "store/g"]).code(1);
+    assert!(
+        out.contains("step=0001/shard-00000.parquet: cannot read")
+            && out.contains("not a regular file"),
+        "{out}"
+    );
+    t.bdense(["sql", "store", "SELECT count(*) FROM g"])
+        .fails_with("step=0001/shard-00000.parquet");
+
+    let mut m: serde_json::Value = serde_json::from_str(&original).unwrap();
+    let first = m["shards"][0].clone();
+    m["shards"].as_array_mut().unwrap().push(first);
+    std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+    t.bdense(["store", "verify", "store/g"])
+        .fails_with("shard indices must be unique");
+}
+
+/// Finding 5: one damaged shard is an error naming the file from sql, targets and train, not
+/// numbers that are silently wrong.
+#[test]
+fn a_damaged_shard_fails_sql_targets_and_train_by_name() {
+    let t = dir();
+    crate::procedural_store(&t);
+    // Flip one bit inside the data pages (not the footer): decoding may well succeed.
+    let victim = t.join("store/p/step=0006/shard-00001.parquet");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x01;
+    std::fs::write(&victim, bytes).unwrap();
+    let name = "step=0006/shard-00001.parquet";
+    t.bdense(["sql", "store", "SELECT sum(l2(x)) FROM p"])
+        .fails_with(name);
+    // Files the query does not read stay usable.
+    t.bdense(["sql", "store", "SELECT count(*) FROM p WHERE shard = 0"])
+        .ok();
+    t.bdense(["targets", "store/p", "--n", "4", "--k", "2"])
+        .fails_with(name);
+    t.bdense([
+        "train", "store/p", "--method", "bdense", "--n", "4", "--k", "2", "--steps", "2",
+        "--batch", "16", "--base", "8", "--init", "scratch", "--out", "run",
+    ])
+    .fails_with(name);
 }
 
 const GEN: [&str; 12] = [
@@ -118,7 +268,8 @@ fn generate_killed_mid_run_resumes_to_the_same_dataset() {
         "last snapshot is whole: {out}"
     );
 
-    t.bdense(gen_cmd("crash")).fails_with("pass --resume");
+    t.bdense(gen_cmd("crash"))
+        .fails_with("store/crash exists: pass --resume");
     let mut resume = gen_cmd("crash");
     resume.push("--resume".into());
     let out = t.bdense(resume).ok();
@@ -205,4 +356,42 @@ fn a_full_disk_is_an_error_naming_the_file_and_keeps_the_snapshot() {
             .trajectories(),
         80
     );
+}
+
+/// Finding 3: gc run over and over while generate writes deletes none of the writer's staged
+/// files (it holds a writer lock), so generate completes and the dataset verifies.
+#[test]
+fn gc_during_generate_keeps_the_writers_files() {
+    use std::time::{Duration, Instant};
+    let t = dir();
+    let mut args = vec!["generate".to_string(), "store/k".into()];
+    args.extend(GEN.iter().map(|s| s.to_string()));
+    args.extend(["--count", "320", "--batch", "16"].map(String::from));
+    let mut child = t
+        .bdense(&args)
+        .cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut runs = 0;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "generate did not finish");
+        if t.join("store/k/manifest.json").exists() {
+            t.bdense(["store", "gc", "store/k", "--grace", "0"]).ok();
+            runs += 1;
+        } else {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "generate failed during gc: {stderr}");
+    assert!(runs >= 3, "gc ran only {runs} times during generate");
+    let out = t.bdense(["store", "verify", "store/k"]).ok();
+    assert!(out.contains("verify ok"), "{out}");
 }

@@ -4,8 +4,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use bdense_queries::session::{GRID_TABLE, MANIFEST_TABLE};
 use bdense_store::{
-    DatasetSpec, DatasetWriter, Dims, Dtype, GridInfo, SeedPolicy, ShardData, WriteOptions, seeds,
+    DatasetSpec, DatasetWriter, Dims, Dtype, GridInfo, SeedPolicy, ShardData, StoreError,
+    WriteOptions, seeds,
 };
 use bdense_trainer::schedule::GridSpec;
 use bdense_trainer::solvers::Solver;
@@ -41,12 +43,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         .map_err(anyhow::Error::msg)
         .context("--dtype")?;
     let part = args.shard.as_deref().map(parse_shard).transpose()?;
-    if args.grid < 2 {
-        bail!("--grid {}: need at least 2 points", args.grid);
-    }
-    if args.count == 0 || args.batch == 0 || args.rows_per_shard == 0 {
-        bail!("--count, --batch and --rows-per-shard must be positive");
-    }
+    check_arguments(args)?;
     let device = bdense_trainer::backend::parse_device(&args.device)
         .map_err(anyhow::Error::msg)
         .context("--device")?;
@@ -88,33 +85,38 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         rows_per_shard: args.rows_per_shard,
         planned_count: args.count,
     };
+    check_shard_memory(args, spec.dims.len(), sigmas.len())?;
     let options = WriteOptions::default();
     let mut writer = if args.resume {
         let w = DatasetWriter::open(&args.dataset, options)?;
         check_resume(w.manifest(), &spec)?;
         w
     } else {
-        DatasetWriter::create(&args.dataset, spec, options).with_context(|| {
-            format!(
-                "{} exists: pass --resume to continue it, or choose another name",
-                args.dataset.display()
-            )
-        })?
+        match DatasetWriter::create(&args.dataset, spec, options) {
+            Err(e @ StoreError::AlreadyExists { .. }) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "{} exists: pass --resume to continue it, or choose another name",
+                    args.dataset.display()
+                )));
+            }
+            other => other?,
+        }
     };
-    let todo: Vec<u32> = writer
-        .manifest()
-        .missing_shards()
-        .into_iter()
-        .filter(|s| part.is_none_or(|(i, n)| s % n == i))
-        .collect();
-    let todo_rows: u64 = todo
-        .iter()
-        .map(|&s| writer.manifest().planned_range(s).count() as u64)
+    // The shards to write, listed lazily: memory stays bounded by one shard however large
+    // --count is.
+    let plan = writer.manifest().clone();
+    let ours = move |s: &u32| part.is_none_or(|(i, n)| s % n == i);
+    let todo = || plan.missing_shard_iter().filter(ours);
+    let todo_rows: u64 = todo()
+        .map(|s| {
+            let r = plan.planned_range(s);
+            r.end - r.start
+        })
         .sum();
     let progress = bar(todo_rows, "traj");
     let (mut written_bytes, mut write_s, mut done) = (0u64, 0f64, 0usize);
-    for &index in &todo {
-        let ids = writer.manifest().planned_range(index);
+    for index in todo() {
+        let ids = plan.planned_range(index);
         let t = teacher_trajectories(
             built.teacher.as_ref(),
             solver,
@@ -149,7 +151,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         "generated {} trajectories x {} steps ({} shards, {}) into {} in {secs:.1}s: {:.1} traj/s; teacher ready in {teacher_s:.1}s, solving {:.0}%, writing {:.0}% of the time; dataset holds {}/{} trajectories",
         todo_rows,
         m.steps(),
-        todo.len(),
+        done,
         bytes(written_bytes),
         args.dataset.display(),
         todo_rows as f64 / secs,
@@ -214,13 +216,101 @@ fn check_resume(m: &bdense_store::Manifest, spec: &DatasetSpec) -> anyhow::Resul
     if !mismatches.is_empty() {
         bail!("cannot resume: {}", mismatches.join("; "));
     }
-    if m.grid
+    if let Some(what) = grid_difference(&m.grid, &spec.grid) {
+        bail!("cannot resume: the sigma grid differs from the dataset's ({what})");
+    }
+    Ok(())
+}
+
+/// How two grids differ beyond float noise, if they do. A manifest's floats come back from
+/// JSON within an ulp or so (serde_json's default parser is not exact), so equal grids are
+/// compared with a relative tolerance far below any real change of the schedule.
+fn grid_difference(stored: &GridInfo, given: &GridInfo) -> Option<String> {
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs());
+    if stored.appends_zero != given.appends_zero {
+        return Some("one stores the sigma = 0 state, the other does not".into());
+    }
+    for (what, a, b) in [
+        ("sigma_min", stored.sigma_min, given.sigma_min),
+        ("sigma_max", stored.sigma_max, given.sigma_max),
+        ("rho", stored.rho, given.rho),
+    ] {
+        if !close(a, b) {
+            return Some(format!("{what}: dataset has {a}, arguments give {b}"));
+        }
+    }
+    let step = stored
         .sigmas
         .iter()
-        .zip(&spec.grid.sigmas)
-        .any(|(a, b)| a != b)
+        .zip(&given.sigmas)
+        .position(|(&a, &b)| !close(a, b))?;
+    Some(format!(
+        "step {step}: dataset has sigma {}, arguments give {}",
+        stored.sigmas[step], given.sigmas[step]
+    ))
+}
+
+/// Everything about the arguments that can be wrong, checked before the teacher is built and
+/// before anything is written.
+fn check_arguments(args: &GenerateArgs) -> anyhow::Result<()> {
+    let name = dataset_name(&args.dataset);
+    if [GRID_TABLE, MANIFEST_TABLE]
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(&name))
     {
-        bail!("cannot resume: the sigma grid differs from the dataset's");
+        bail!(
+            "{}: {name:?} is a reserved table name in `bdense sql` (the store's {GRID_TABLE} and {MANIFEST_TABLE} tables); choose another dataset name",
+            args.dataset.display()
+        );
+    }
+    let max_points = u16::MAX as usize - usize::from(args.append_zero);
+    if args.grid < 2 || args.grid > max_points {
+        bail!("--grid {}: need 2..={max_points} points", args.grid);
+    }
+    let (lo, hi) = (args.sigma_min, args.sigma_max);
+    if !(lo.is_finite() && hi.is_finite() && 0.0 < lo && lo < hi) {
+        bail!(
+            "--sigma-min {lo} --sigma-max {hi}: need finite sigmas with 0 < sigma-min < sigma-max"
+        );
+    }
+    if !(args.rho.is_finite() && args.rho > 0.0) {
+        bail!("--rho {}: need a finite rho > 0", args.rho);
+    }
+    if args.count == 0 || args.batch == 0 || args.rows_per_shard == 0 {
+        bail!("--count, --batch and --rows-per-shard must be positive");
+    }
+    let shards = args.count.div_ceil(args.rows_per_shard as u64);
+    if shards > u32::MAX as u64 {
+        bail!(
+            "--count {} at --rows-per-shard {} needs {shards} shards, more than {}; raise --rows-per-shard",
+            args.count,
+            args.rows_per_shard,
+            u32::MAX
+        );
+    }
+    Ok(())
+}
+
+/// The most memory one shard may take while it is generated (all its steps are held until
+/// the shard is written).
+const MAX_SHARD_BYTES: u64 = 4 << 30;
+
+/// A shard is generated whole in memory: refuse one that would not fit, rather than
+/// allocating from a number the user typed.
+fn check_shard_memory(args: &GenerateArgs, dim: usize, steps: usize) -> anyhow::Result<()> {
+    let rows = (args.rows_per_shard as u64).min(args.count);
+    let copies = if args.denoised { 2 } else { 1 };
+    let need = rows
+        .saturating_mul(steps as u64)
+        .saturating_mul(dim as u64)
+        .saturating_mul(4 * copies);
+    if need > MAX_SHARD_BYTES {
+        bail!(
+            "--rows-per-shard {}: a shard of {rows} trajectories x {steps} steps x {dim} values needs {} in memory, more than {}; lower --rows-per-shard",
+            args.rows_per_shard,
+            bytes(need),
+            bytes(MAX_SHARD_BYTES)
+        );
     }
     Ok(())
 }

@@ -2,8 +2,10 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
-use bdense_store::{Dataset, gc::collect_garbage, verify::verify as verify_dataset};
+use anyhow::{Context, bail};
+use bdense_store::Dataset;
+use bdense_store::gc::{GcOptions, collect_garbage_with};
+use bdense_store::verify::{stat_files, verify as verify_dataset};
 
 use crate::cli::{DatasetArgs, GcArgs, StoreDirArgs};
 use crate::progress::bytes;
@@ -85,6 +87,9 @@ pub fn info(args: &DatasetArgs) -> anyhow::Result<ExitCode> {
         per_traj / raw
     );
     println!(
+        "checked      file sizes only (manifest only; run `bdense store verify` to check the files)"
+    );
+    println!(
         "teacher      {} (checkpoint {})",
         t.kind,
         t.checkpoint_hash.as_deref().unwrap_or("-")
@@ -98,10 +103,19 @@ pub fn info(args: &DatasetArgs) -> anyhow::Result<ExitCode> {
         m.seeds.base_seed, m.seeds.scheme
     );
     println!("snapshot     {}", m.snapshot_hash());
-    if !m.missing_shards().is_empty() {
-        println!(
-            "incomplete   {} shards missing (generate --resume fills them)",
-            m.missing_shards().len()
+    let missing = m.missing_shard_count();
+    if missing > 0 {
+        println!("incomplete   {missing} shards missing (generate --resume fills them)");
+    }
+    let problems = stat_files(&ds);
+    if let Some(first) = problems.first() {
+        for p in &problems[1..] {
+            eprintln!("{p}");
+        }
+        bail!(
+            "{first}; {} of the manifest's files are missing or of the wrong size (`bdense store verify {}` checks everything)",
+            problems.len(),
+            args.dataset.display()
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -130,7 +144,11 @@ pub fn verify(args: &DatasetArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn gc(args: &GcArgs) -> anyhow::Result<ExitCode> {
-    let report = collect_garbage(&args.dataset, args.dry_run)
+    let options = GcOptions {
+        dry_run: args.dry_run,
+        grace: std::time::Duration::from_secs(args.grace),
+    };
+    let report = collect_garbage_with(&args.dataset, &options)
         .with_context(|| format!("collecting garbage in {}", args.dataset.display()))?;
     for p in &report.removed {
         println!(
@@ -143,12 +161,23 @@ pub fn gc(args: &GcArgs) -> anyhow::Result<ExitCode> {
             p.display()
         );
     }
+    for (p, why) in &report.kept {
+        println!("kept {}: {why}", p.display());
+    }
     println!(
-        "gc {}: {} files, {} in {}",
+        "gc {}: {} files, {} in {}{}",
         if args.dry_run { "dry run" } else { "done" },
         report.removed.len(),
         bytes(report.bytes),
-        args.dataset.display()
+        args.dataset.display(),
+        if report.kept.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; kept {} files of running or recent writers",
+                report.kept.len()
+            )
+        }
     );
     Ok(ExitCode::SUCCESS)
 }
