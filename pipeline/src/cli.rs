@@ -86,6 +86,9 @@ pub struct GcArgs {
     /// Only list what would be removed.
     #[arg(long)]
     pub dry_run: bool,
+    /// Seconds a leftover file of an unidentified writer is presumed in use (0: none).
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub grace: u64,
 }
 
 #[derive(Debug, Args)]
