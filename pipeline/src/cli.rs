@@ -319,7 +319,7 @@ pub struct SampleArgs {
     /// Network evaluations; must be the run's (N - 1, or N - 2 with AFS).
     #[arg(long, value_parser = sizes(1..=MAX_GRID))]
     pub nfe: Option<usize>,
-    /// Images, sampled in one batch.
+    /// Images (grid.png shows the first 256; student.npy holds them all).
     #[arg(long, default_value_t = 64, value_parser = sizes(1..=MAX_SAMPLES))]
     pub count: usize,
     /// Noise seed (trajectory seeds follow the store's policy from this base).
@@ -480,7 +480,7 @@ pub struct FidArgs {
 const MAX_COUNT: u64 = 100_000_000;
 /// Rows of one batch or shard: one tensor in memory.
 const MAX_BATCH: u64 = 65_536;
-/// Images sampled or compared at once: one batch through the network.
+/// Images sampled or compared (held in memory as one array).
 const MAX_SAMPLES: u64 = 100_000;
 /// Points of a sigma grid, and so student timestamps, branches and NFE (the store keeps
 /// steps as u16).

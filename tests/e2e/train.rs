@@ -118,6 +118,16 @@ fn a_short_run_lowers_every_branch_loss_and_samples() {
     let npy = std::fs::read(t.join("samples/student.npy")).unwrap();
     assert_eq!(&npy[..6], b"\x93NUMPY");
     assert_eq!(npy.len(), 128 + 8 * 256 * 4);
+    // Many images are sampled a batch at a time; each still depends only on its own seed.
+    t.bdense(["sample", "b", "--count", "300", "--out", "many"])
+        .ok();
+    let many = std::fs::read(t.join("many/student.npy")).unwrap();
+    assert_eq!(many.len(), 128 + 300 * 256 * 4);
+    assert_eq!(
+        many[128..npy.len()],
+        npy[128..],
+        "the first 8 images are the same"
+    );
     t.bdense(["sample", "b", "--nfe", "2", "--out", "s2"])
         .fails_with("this run's student takes NFE 3");
 

@@ -19,6 +19,11 @@ use crate::generation::{labels_for, start_noise};
 use crate::images;
 use crate::teacher_source;
 
+/// Images sampled together.
+const SAMPLE_BATCH: usize = 256;
+/// Images shown in grid.png (the .npy files hold them all).
+const GRID_IMAGES: usize = 256;
+
 /// The run's EMA student from its newest checkpoint, on `device` (no autodiff).
 pub fn load_student(run: &Path, record: &RunRecord, device: &Device) -> anyhow::Result<EdmNet> {
     let ckpt = checkpoint::latest(run)?
@@ -50,56 +55,55 @@ pub fn run(args: &SampleArgs) -> anyhow::Result<ExitCode> {
     }
     let device = bdense_trainer::backend::parse_device(&args.device).map_err(anyhow::Error::msg)?;
     let net = load_student(&args.run, &record, &device)?;
-    let [c, h, w] = record.dims;
-    let (_, noise) = start_noise(
-        args.seed,
-        0..args.count as u64,
-        c * h * w,
-        record.layout.sigmas[0],
-    );
-    let x = Tensor::<4>::from_data(
-        TensorData::new(noise.clone(), [args.count, c, h, w]),
-        &device,
-    );
     let dataset = Dataset::open(&record.dataset)?;
     let teacher = if args.teacher {
         Some(teacher_source::from_manifest(dataset.manifest(), &device)?)
     } else {
         None
     };
-    let labels = teacher
-        .as_ref()
-        .and_then(|(t, _)| labels_for(t.teacher.as_ref(), args.seed, 0..args.count as u64))
-        .map(|l| {
-            Tensor::<1, Int>::from_data(
-                TensorData::new(l.iter().map(|&v| v as i64).collect(), [args.count]),
-                &device,
-            )
-        });
-    let states = sample(
-        &net,
-        x.clone(),
-        &record.layout.sigmas,
-        record.layout.afs,
-        labels.as_ref(),
-    );
-    let student = solvers::host(states.last().expect("final state"));
+    let [c, h, w] = record.dims;
+    let (mut student, mut teacher_rows) = (Vec::new(), Vec::new());
+    // A few hundred images at a time: memory stays bounded whatever --count says, and each
+    // image depends only on its own seed, so the batches do not change the result.
+    for start in (0..args.count).step_by(SAMPLE_BATCH) {
+        let ids = start as u64..(start + SAMPLE_BATCH).min(args.count) as u64;
+        let n = (ids.end - ids.start) as usize;
+        let (_, noise) = start_noise(args.seed, ids.clone(), c * h * w, record.layout.sigmas[0]);
+        let x = Tensor::<4>::from_data(TensorData::new(noise, [n, c, h, w]), &device);
+        let labels = teacher
+            .as_ref()
+            .and_then(|(t, _)| labels_for(t.teacher.as_ref(), args.seed, ids.clone()))
+            .map(|l| {
+                Tensor::<1, Int>::from_data(
+                    TensorData::new(l.iter().map(|&v| v as i64).collect(), [n]),
+                    &device,
+                )
+            });
+        let states = sample(
+            &net,
+            x.clone(),
+            &record.layout.sigmas,
+            record.layout.afs,
+            labels.as_ref(),
+        );
+        student.extend(solvers::host(states.last().expect("final state")));
+        if let Some((t, solver)) = &teacher {
+            let sigmas = &dataset.manifest().grid.sigmas;
+            let out = run_teacher(t.teacher.as_ref(), *solver, x, sigmas, labels.as_ref());
+            teacher_rows.extend(out);
+        }
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    images::write_npy(
-        &args.out.join("student.npy"),
-        &student,
-        &[args.count, c, h, w],
-    )?;
+    let shape = [args.count, c, h, w];
+    images::write_npy(&args.out.join("student.npy"), &student, &shape)?;
     let mut rows = vec![student];
-    if let Some((t, solver)) = &teacher {
-        let sigmas = &dataset.manifest().grid.sigmas;
-        let out = run_teacher(t.teacher.as_ref(), *solver, x, sigmas, labels.as_ref());
-        images::write_npy(&args.out.join("teacher.npy"), &out, &[args.count, c, h, w])?;
-        rows.push(out);
+    if teacher.is_some() {
+        images::write_npy(&args.out.join("teacher.npy"), &teacher_rows, &shape)?;
+        rows.push(teacher_rows);
     }
     let png = args.out.join("grid.png");
-    images::write_grid(&png, &rows, args.count, [c, h, w], 2)?;
+    images::write_grid(&png, &rows, args.count.min(GRID_IMAGES), [c, h, w], 2)?;
     println!(
         "sampled {} images with the {} student (NFE {}) into {} ({}{}) in {:.1}s",
         args.count,
