@@ -603,3 +603,135 @@ fn unet_teacher_learns_and_reloads_bit_identically() {
         .to_string();
     assert!(err.contains("model.bpk"), "{err}");
 }
+
+/// A tiny U-Net teacher trained for a few steps on procedural images, in `dir`.
+fn tiny_teacher(
+    dir: &std::path::Path,
+    target: bdense_trainer::teachers::unet::TeacherTarget,
+    steps: u64,
+    on_loss: &mut dyn FnMut(f64),
+) -> bdense_trainer::teachers::unet::TeacherCard {
+    use bdense_trainer::data::DatasetSource;
+    use bdense_trainer::teachers::unet::{TeacherTrainConfig, train_teacher};
+    let mut config = TeacherTrainConfig::new(DatasetSource::Procedural { seed: 1 }, steps, 16, 3);
+    config.net = config.net.with_base(8);
+    config.limit = Some(512);
+    config.checkpoint_every = steps.max(1);
+    config.target = target;
+    // A few steps: the saved (EMA) weights must be the trained ones.
+    config.optim.ema_decay = 0.0;
+    train_teacher(&config, dir, &cpu(), false, &mut |r| on_loss(r.loss)).unwrap()
+}
+
+#[test]
+fn teacher_initialised_student_reproduces_the_teacher_on_every_branch() {
+    use bdense_trainer::method::{Method, MethodConfig};
+    use bdense_trainer::student::{Init, StudentConfig, StudentState};
+    use bdense_trainer::teachers::unet::{TeacherTarget, UnetTeacher};
+    let dir = tempfile::tempdir().unwrap();
+    let card = tiny_teacher(dir.path(), TeacherTarget::Data, 3, &mut |_| {});
+    let config = StudentConfig {
+        method: MethodConfig::new(Method::Bdense, 4),
+        n: 4,
+        steps: 1,
+        batch: 2,
+        seed: 0,
+        optim: Default::default(),
+        net: card.net.clone().with_out_channels(4),
+        init: Init::Teacher(dir.path().to_path_buf()),
+        checkpoint_every: 1,
+    };
+    let student = StudentState::fresh(&config, 1, &cpu()).unwrap();
+    let teacher = UnetTeacher::load(dir.path(), &cpu()).unwrap();
+    let mut rnd = stream(4);
+    let x = tensor(
+        (0..2 * 256).map(|_| 3.0 * rnd() as f32).collect(),
+        [2, 1, 16, 16],
+        &cpu(),
+    );
+    for sigma in [0.002, 0.5, 80.0] {
+        let want = host(&teacher.denoise(x.clone(), sigma, None));
+        let branches =
+            student
+                .model
+                .denoise_branches(x.clone(), sigma_batch(sigma, 2, &cpu()), None);
+        assert_eq!(branches.len(), 4);
+        for (k, branch) in branches.iter().enumerate() {
+            let err = host(branch)
+                .iter()
+                .zip(&want)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max);
+            assert!(err <= 1e-5, "branch {k} at sigma {sigma}: {err}");
+        }
+    }
+    // The store's provenance must name this very teacher.
+    assert!(UnetTeacher::card_matching(dir.path(), Some(&card.weights_hash)).is_ok());
+    let wrong = "0123456789abcdef";
+    let err = UnetTeacher::card_matching(dir.path(), Some(wrong))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(wrong) && err.contains(&card.weights_hash),
+        "both hashes named: {err}"
+    );
+}
+
+#[test]
+fn a_teacher_regressed_onto_the_gaussian_approaches_its_exact_denoiser() {
+    use bdense_trainer::data::{DatasetSource, Split};
+    use bdense_trainer::teachers::unet::{TeacherTarget, UnetTeacher};
+    use bdense_trainer::teachers::{self, TeacherSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let target = TeacherTarget::parse("gaussian").unwrap();
+    assert!(TeacherTarget::parse("unet:x").is_err());
+    let mut losses = Vec::new();
+    tiny_teacher(dir.path(), target, 60, &mut |l| losses.push(l));
+    let (first, last) = (
+        losses[..5].iter().sum::<f64>() / 5.0,
+        losses[55..].iter().sum::<f64>() / 5.0,
+    );
+    assert!(
+        last < 0.5 * first,
+        "regression loss {first:.4} -> {last:.4}"
+    );
+    // The copy is closer to the analytic denoiser than an untrained net of the same shape.
+    let images = DatasetSource::Procedural { seed: 1 }
+        .load(Split::Train)
+        .unwrap();
+    let exact = teachers::load(&TeacherSpec::Gaussian { rank: 32 }, &images, &cpu()).unwrap();
+    let trained = UnetTeacher::load(dir.path(), &cpu()).unwrap();
+    let untrained_dir = tempfile::tempdir().unwrap();
+    tiny_teacher(untrained_dir.path(), TeacherTarget::Data, 0, &mut |_| {});
+    let untrained = UnetTeacher::load(untrained_dir.path(), &cpu()).unwrap();
+    let mut rnd = stream(8);
+    let clean: Vec<f32> = images
+        .image(0)
+        .iter()
+        .chain(images.image(1))
+        .copied()
+        .collect();
+    // (At small sigma both are close to x itself: c_skip carries the denoiser there.)
+    for sigma in [1.0, 3.0, 10.0] {
+        let noisy: Vec<f32> = clean
+            .iter()
+            .map(|v| v + sigma as f32 * 3.4 * rnd() as f32)
+            .collect();
+        let x = tensor(noisy, [2, 1, 16, 16], &cpu());
+        let want = host(&exact.denoise(x.clone(), sigma, None));
+        let rmse = |net: &UnetTeacher| {
+            let got = host(&net.denoise(x.clone(), sigma, None));
+            (got.iter()
+                .zip(&want)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum::<f64>()
+                / got.len() as f64)
+                .sqrt()
+        };
+        let (t, u) = (rmse(&trained), rmse(&untrained));
+        assert!(
+            t < 0.7 * u,
+            "sigma {sigma}: trained {t:.4} vs untrained {u:.4}"
+        );
+    }
+}

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use bdense_queries::{TargetSpec, TargetStream};
+use bdense_queries::{StudentLayout, TargetSpec, TargetStream};
 use bdense_store::synthetic::{SyntheticSpec, gaussian_shard};
 use bdense_store::{Dataset, DatasetWriter, Dims, Dtype, ShardData, WriteOptions};
 use bdense_trainer::log::CsvLog;
@@ -411,6 +411,70 @@ impl BatchSource for MemorySource {
     }
 }
 
+/// SFD's own loop, for the cost of not having a store: every batch's trajectories are solved
+/// by the teacher on the fly (same grid, solver and seeds as the store), and the layout's
+/// states picked from them.
+struct OnlineTeacherSource<'a> {
+    teacher: &'a dyn bdense_trainer::teachers::Teacher,
+    solver: bdense_trainer::solvers::Solver,
+    grid: Vec<f64>,
+    layout: StudentLayout,
+    base_seed: u64,
+    batch: usize,
+    dims: [usize; 3],
+    device: burn::prelude::Device,
+    at: u64,
+}
+
+impl BatchSource for OnlineTeacherSource<'_> {
+    fn next_batch(&mut self) -> bdense_trainer::Result<TrainBatch> {
+        let first = self.at * self.batch as u64;
+        let ids = first..first + self.batch as u64;
+        let t = crate::generation::teacher_trajectories(
+            self.teacher,
+            self.solver,
+            &self.grid,
+            ids.clone(),
+            self.base_seed,
+            self.batch,
+            false,
+            &self.device,
+            &mut |_| {},
+        );
+        self.at += 1;
+        let dim: usize = self.dims.iter().product();
+        let rows = self.batch;
+        // `states` is `[steps][rows][D]`; the trainer wants `[rows][steps of the layout][D]`.
+        let state = |step: u16, row: usize| {
+            let at = (step as usize * rows + row) * dim;
+            &t.states[at..at + dim]
+        };
+        let l = &self.layout;
+        let mut start = Vec::with_capacity(rows * dim);
+        let mut targets = Vec::with_capacity(rows * l.intervals() * l.k * dim);
+        for row in 0..rows {
+            start.extend_from_slice(state(l.timestamps[0], row));
+            for &step in l.targets.iter().flatten() {
+                targets.extend_from_slice(state(step, row));
+            }
+        }
+        Ok(TrainBatch {
+            dims: self.dims,
+            traj_ids: ids.collect(),
+            start,
+            targets,
+            interval_starts: None,
+            sigmas: l.sigmas.clone(),
+            target_sigmas: l.target_sigmas.clone(),
+            labels: t.labels,
+        })
+    }
+
+    fn position(&self) -> u64 {
+        self.at
+    }
+}
+
 struct Timed {
     compute: f64,
     wait: f64,
@@ -458,7 +522,16 @@ pub fn train(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
         args.base,
         args.steps - 1
     );
+    // The store's own teacher, rebuilt, for the cost of training without a store.
+    let online = match crate::teacher_source::from_manifest(&m, &device) {
+        Ok(found) => Some(found),
+        Err(e) => {
+            println!("  (no online-teacher variant: {e:#})");
+            None
+        }
+    };
     let mut per_traj = Vec::new();
+    let mut reuse = Vec::new();
     for (method, k) in [
         (bdense_trainer::method::Method::Sfd, 1),
         (bdense_trainer::method::Method::Bdense, args.k),
@@ -504,6 +577,36 @@ pub fn train(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
             &args.dataset.with_file_name(".bench-train-stream"),
             &device,
         )?;
+        if let Some((built, solver)) = &online {
+            let mut source = OnlineTeacherSource {
+                teacher: built.teacher.as_ref(),
+                solver: *solver,
+                grid: m.grid.sigmas.clone(),
+                layout: StudentLayout::new(&m.grid.sigmas, m.grid.points(), args.n, k, false)?,
+                base_seed: m.seeds.base_seed,
+                batch: args.batch,
+                dims,
+                device: device.clone(),
+                at: 0,
+            };
+            let online_t = time_training(
+                &config,
+                dims,
+                &mut source,
+                &args.dataset.with_file_name(".bench-train-online"),
+                &device,
+            )?;
+            let per_update = |t: &Timed| (t.compute + t.wait) / t.steps as f64;
+            let ratio = per_update(&online_t) / per_update(&streamed);
+            println!(
+                "  {method:<7} K={k}: online teacher ({} {solver}, {} grid points): {:.3} s per student update against {:.3} s streamed from the store: the store is {ratio:.1}x cheaper",
+                built.info.kind,
+                m.grid.sigmas.len(),
+                per_update(&online_t),
+                per_update(&streamed),
+            );
+            reuse.push(ratio);
+        }
         let traj_s = (memory.steps as f64 * args.batch as f64) / memory.compute;
         per_traj.push(1.0 / traj_s);
         let streamed_total = streamed.compute + streamed.wait;
@@ -519,5 +622,12 @@ pub fn train(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
         args.k,
         per_traj[1] / per_traj[0]
     );
+    if !reuse.is_empty() {
+        println!(
+            "bench train: streaming from the store costs 1/{:.1} (sfd) and 1/{:.1} (bdense) of an online teacher per student update",
+            reuse[0],
+            reuse[reuse.len() - 1]
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

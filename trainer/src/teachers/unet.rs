@@ -23,7 +23,7 @@ use crate::optim::{OptimConfig, clip_global_norm, ema_update, weights_hash};
 use crate::precond::EdmPrecond;
 use crate::rng::{Stream, StreamState};
 use crate::solvers::Denoiser;
-use crate::teachers::{Teacher, TeacherInfo};
+use crate::teachers::{Teacher, TeacherInfo, TeacherSpec};
 use crate::unet::UNetConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +40,47 @@ pub struct TeacherTrainConfig {
     pub checkpoint_every: u64,
     /// Train on the first `limit` images only (quick runs).
     pub limit: Option<usize>,
+    /// What the denoiser learns to output (older configs: the data).
+    #[serde(default)]
+    pub target: TeacherTarget,
+}
+
+/// What a U-Net teacher's denoiser is trained to output.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TeacherTarget {
+    /// EDM's denoising score matching: the clean image, at log-normal sigmas.
+    #[default]
+    Data,
+    /// An analytic teacher's exact posterior mean (e.g. `gmm`), at log-uniform sigmas over the
+    /// sampling range. The targets are deterministic, so the net converges far faster than on
+    /// noisy clean-image targets, and the result is a network students can be copied from.
+    Analytic {
+        teacher: String,
+        sigma_min: f64,
+        sigma_max: f64,
+    },
+}
+
+impl TeacherTarget {
+    /// `data`, or an analytic teacher's name (`gmm`, `gaussian`, ...) over EDM's sigma range.
+    pub fn parse(name: &str) -> Result<TeacherTarget> {
+        if name == "data" {
+            return Ok(TeacherTarget::Data);
+        }
+        match name.parse::<TeacherSpec>() {
+            Ok(TeacherSpec::Gaussian { .. } | TeacherSpec::Gmm { .. }) => {
+                Ok(TeacherTarget::Analytic {
+                    teacher: name.into(),
+                    sigma_min: 0.002,
+                    sigma_max: 80.0,
+                })
+            }
+            _ => Err(TrainerError::Config(format!(
+                "--target {name:?}: expected data or an analytic teacher (gaussian, gmm, gmm-cond)"
+            ))),
+        }
+    }
 }
 
 impl TeacherTrainConfig {
@@ -58,6 +99,7 @@ impl TeacherTrainConfig {
             p_std: 1.2,
             checkpoint_every: 500,
             limit: None,
+            target: TeacherTarget::Data,
         }
     }
 }
@@ -70,8 +112,12 @@ pub struct TeacherCard {
     pub dims: [usize; 3],
     pub weights_hash: String,
     pub steps: u64,
-    pub final_loss: f64,
+    /// The last step's loss; `None` before any step.
+    pub final_loss: Option<f64>,
     pub dataset: String,
+    /// What the denoiser was trained to output.
+    #[serde(default)]
+    pub target: TeacherTarget,
 }
 
 const CARD_FORMAT: &str = "bdense-unet-teacher-v1";
@@ -100,6 +146,8 @@ pub fn train_teacher(
     on_step: &mut dyn FnMut(StepReport),
 ) -> Result<TeacherCard> {
     let mut train = config.dataset.load(Split::Train)?;
+    // Fitted on every training image, whatever `limit` says: it is the teacher being copied.
+    let analytic = analytic_teacher(&config.target, &train, &device.clone().inner())?;
     if let Some(n) = config.limit {
         train = train.take(n);
     }
@@ -119,6 +167,7 @@ pub fn train_teacher(
     let (mut model, mut ema, mut optim, mut step, mut rng, mut last_loss) =
         match checkpoint::latest(dir)? {
             Some(ckpt) if resume => {
+                check_same_target(dir, config)?;
                 let r = checkpoint::load::<LoopState>(
                     &ckpt,
                     "teacher",
@@ -161,7 +210,7 @@ pub fn train_teacher(
         step,
     )?;
     while step < config.steps {
-        let batch = edm_batch(&train, config, &mut rng, &autodiff);
+        let batch = edm_batch(&train, config, analytic.as_deref(), &mut rng, &autodiff);
         let loss = edm_loss(&model, &batch);
         let value = loss.clone().into_scalar::<f64>();
         if !value.is_finite() {
@@ -193,38 +242,130 @@ pub fn train_teacher(
                 last_loss,
             };
             checkpoint::save(dir, "teacher", step, &model, &ema, &optim, &state)?;
+            write_teacher(dir, config, &net_config, &train, &ema, step, last_loss)?;
         }
     }
+    write_teacher(dir, config, &net_config, &train, &ema, step, last_loss)
+}
+
+/// Writes the EMA weights as `model.bpk` and the card beside them: the teacher a generator
+/// loads. Done at every checkpoint, so a long run can be used (and shipped) while it goes on.
+fn write_teacher(
+    dir: &Path,
+    config: &TeacherTrainConfig,
+    net_config: &UNetConfig,
+    train: &ImageSet,
+    ema: &EdmNet,
+    step: u64,
+    last_loss: f64,
+) -> Result<TeacherCard> {
     let model_path = dir.join("model.bpk");
+    let tmp_path = dir.join(".model.bpk.tmp");
     ema.clone()
-        .save_file(&model_path)
-        .map_err(|e| TrainerError::checkpoint(&model_path, e))?;
+        .save_file(&tmp_path)
+        .map_err(|e| TrainerError::checkpoint(&tmp_path, e))?;
+    std::fs::rename(&tmp_path, &model_path).map_err(|e| TrainerError::io(&model_path, e))?;
     let card = TeacherCard {
         format: CARD_FORMAT.into(),
-        net: net_config,
+        net: net_config.clone(),
         dims: [train.channels, train.height, train.width],
-        weights_hash: weights_hash(&ema),
+        weights_hash: weights_hash(ema),
         steps: step,
-        final_loss: last_loss,
+        final_loss: last_loss.is_finite().then_some(last_loss),
         dataset: config.dataset.to_string(),
+        target: config.target.clone(),
     };
     write_json(&dir.join("teacher.json"), &card)?;
     Ok(card)
 }
 
-/// A batch for EDM's loss: clean images, unit noise, log-normal sigmas, labels for
-/// conditional nets. Every draw comes from the checkpointed stream, so a resumed run sees the
-/// same batches.
+/// A resumed run must keep learning what it learnt so far.
+fn check_same_target(dir: &Path, config: &TeacherTrainConfig) -> Result<()> {
+    let path = dir.join("config.json");
+    let stored: TeacherTrainConfig = read_json(&path)?;
+    if stored.target != config.target {
+        return Err(TrainerError::Config(format!(
+            "{}: this run was trained towards {:?}, not {:?}; resume with the same --target",
+            path.display(),
+            stored.target,
+            config.target
+        )));
+    }
+    Ok(())
+}
+
+/// The analytic teacher a `TeacherTarget::Analytic` run regresses onto, fitted on `train`.
+fn analytic_teacher(
+    target: &TeacherTarget,
+    train: &ImageSet,
+    device: &Device,
+) -> Result<Option<Box<dyn Teacher>>> {
+    match target {
+        TeacherTarget::Data => Ok(None),
+        TeacherTarget::Analytic { teacher, .. } => {
+            let spec: TeacherSpec = teacher.parse().map_err(TrainerError::Config)?;
+            Ok(Some(crate::teachers::load(&spec, train, device)?))
+        }
+    }
+}
+
+/// A batch for EDM's loss: clean images, unit noise, sigmas, labels for conditional nets, and
+/// what the denoiser should output (the clean images, or an analytic teacher's posterior mean).
+/// Every draw comes from the checkpointed stream, so a resumed run sees the same batches.
 pub struct EdmBatch {
     pub clean: Tensor<4>,
     pub noise: Tensor<4>,
     pub sigma: Tensor<1>,
     pub labels: Option<Tensor<1, Int>>,
+    pub target: Tensor<4>,
+}
+
+/// One sigma per image: EDM's log-normal for data targets, log-uniform over the sampling
+/// range for analytic targets (the copy must be right wherever a sampler evaluates it).
+fn draw_sigma(target: &TeacherTarget, config: &TeacherTrainConfig, rng: &mut Stream) -> f32 {
+    match target {
+        TeacherTarget::Data => (rng.normal() as f64 * config.p_std + config.p_mean).exp() as f32,
+        TeacherTarget::Analytic {
+            sigma_min,
+            sigma_max,
+            ..
+        } => {
+            let u = rng.unit();
+            (sigma_min.ln() + u * (sigma_max.ln() - sigma_min.ln())).exp() as f32
+        }
+    }
+}
+
+/// The analytic teacher's denoised output for each noisy image at its own sigma.
+fn analytic_targets(
+    teacher: &dyn Teacher,
+    noisy: &[f32],
+    sigmas: &[f32],
+    labels: &[i64],
+    shape: [usize; 4],
+    device: &Device,
+) -> Vec<f32> {
+    let d = shape[1] * shape[2] * shape[3];
+    let mut out = Vec::with_capacity(noisy.len());
+    for (i, &sigma) in sigmas.iter().enumerate() {
+        let x = Tensor::<4>::from_data(
+            TensorData::new(
+                noisy[i * d..(i + 1) * d].to_vec(),
+                [1, shape[1], shape[2], shape[3]],
+            ),
+            device,
+        );
+        let label = Tensor::<1, Int>::from_data(TensorData::new(vec![labels[i]], [1]), device);
+        let denoised = teacher.denoise(x, sigma as f64, Some(&label));
+        out.extend(crate::solvers::host(&denoised));
+    }
+    out
 }
 
 fn edm_batch(
     train: &ImageSet,
     config: &TeacherTrainConfig,
+    analytic: Option<&dyn Teacher>,
     rng: &mut Stream,
     device: &Device,
 ) -> EdmBatch {
@@ -237,11 +378,28 @@ fn edm_batch(
         labels.push(train.labels[i] as i64);
     }
     let sigmas: Vec<f32> = (0..b)
-        .map(|_| (rng.normal() as f64 * config.p_std + config.p_mean).exp() as f32)
+        .map(|_| draw_sigma(&config.target, config, rng))
         .collect();
     let shape = [b, train.channels, train.height, train.width];
     let noise = rng.normals(b * d);
+    let target = match analytic {
+        None => pixels.clone(),
+        Some(teacher) => {
+            let noisy: Vec<f32> = (0..b * d)
+                .map(|j| pixels[j] + noise[j] * sigmas[j / d])
+                .collect();
+            analytic_targets(
+                teacher,
+                &noisy,
+                &sigmas,
+                &labels,
+                shape,
+                &device.clone().inner(),
+            )
+        }
+    };
     EdmBatch {
+        target: Tensor::from_data(TensorData::new(target, shape), device),
         clean: Tensor::from_data(TensorData::new(pixels, shape), device),
         noise: Tensor::from_data(TensorData::new(noise, shape), device),
         sigma: Tensor::from_data(TensorData::new(sigmas, [b]), device),
@@ -250,14 +408,15 @@ fn edm_batch(
     }
 }
 
-/// EDM's loss `E[lambda(sigma) |D(y + sigma n; sigma) - y|^2]` for clean `y`, unit noise `n`.
+/// EDM's loss `E[lambda(sigma) |D(y + sigma n; sigma) - target|^2]` for clean `y`, unit noise
+/// `n` (the target is `y` itself for denoising score matching).
 pub fn edm_loss(model: &EdmNet, batch: &EdmBatch) -> Tensor<1> {
     let [b, _, _, _] = batch.clean.dims();
     let y = batch.clean.clone();
-    let noisy = y.clone() + batch.noise.clone() * batch.sigma.clone().reshape([b, 1, 1, 1]);
+    let noisy = y + batch.noise.clone() * batch.sigma.clone().reshape([b, 1, 1, 1]);
     let weight = EdmPrecond::default().loss_weight(batch.sigma.clone());
     let denoised = model.denoise_endpoint(noisy, batch.sigma.clone(), batch.labels.as_ref());
-    ((denoised - y).square() * weight).mean()
+    ((denoised - batch.target.clone()).square() * weight).mean()
 }
 
 /// A trained U-Net teacher loaded for generation.
@@ -279,6 +438,22 @@ impl UnetTeacher {
             ));
         }
         Ok(card)
+    }
+
+    /// The card of the teacher in `dir`, refused unless its weights are the ones that
+    /// generated a store (`store_hash`, from the store's provenance): a student must be copied
+    /// from the network whose trajectories it learns.
+    pub fn card_matching(dir: &Path, store_hash: Option<&str>) -> Result<TeacherCard> {
+        let card = Self::card(dir)?;
+        match store_hash {
+            Some(hash) if hash == card.weights_hash => Ok(card),
+            other => Err(TrainerError::Config(format!(
+                "teacher {} has weights hash {}, but the dataset was generated by a teacher with hash {}; initialise from that teacher (or --init scratch)",
+                dir.display(),
+                card.weights_hash,
+                other.unwrap_or("(none recorded)")
+            ))),
+        }
     }
 
     /// Loads the teacher onto `device` (with autodiff when the device has it, as a student
@@ -312,7 +487,12 @@ impl Teacher for UnetTeacher {
             params: vec![
                 ("dir".into(), self.dir.display().to_string()),
                 ("train_steps".into(), self.card.steps.to_string()),
-                ("final_loss".into(), format!("{:.5}", self.card.final_loss)),
+                (
+                    "final_loss".into(),
+                    self.card
+                        .final_loss
+                        .map_or("none".into(), |l| format!("{l:.5}")),
+                ),
             ],
         }
     }
