@@ -211,6 +211,33 @@ pub enum TeacherCommand {
         after_help = "Example: bdense teacher train --dataset fashion-mnist --out runs/teacher --steps 2000 --batch 64"
     )]
     Train(TeacherTrainArgs),
+    /// A trained teacher's own samples: FD-cls, a sample grid, closeness to another teacher.
+    #[command(
+        after_help = "Example: bdense teacher eval models/fashion-mnist-unet --count 1000 --against gmm"
+    )]
+    Eval(TeacherEvalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TeacherEvalArgs {
+    /// The teacher's directory (teacher.json, model.bpk).
+    pub dir: PathBuf,
+    /// Real images FD-cls compares with (the test split).
+    #[arg(long, default_value = "fashion-mnist")]
+    pub dataset: String,
+    #[arg(long, default_value = "dpmpp3m")]
+    pub solver: String,
+    #[arg(long, default_value_t = 49, value_parser = clap::value_parser!(u64).range(2..=10_000))]
+    pub grid: u64,
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub count: u64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also run this teacher (e.g. gmm) from the same noise and report the endpoint RMSE.
+    #[arg(long)]
+    pub against: Option<String>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(Debug, Args)]
@@ -233,6 +260,10 @@ pub struct TeacherTrainArgs {
     /// Class-conditional (labels join the noise embedding).
     #[arg(long)]
     pub conditional: bool,
+    /// What the denoiser learns: `data` (EDM's loss on clean images) or an analytic teacher
+    /// to copy (`gmm`: its exact posterior mean at log-uniform sigmas in [0.002, 80]).
+    #[arg(long, default_value = "data")]
+    pub target: String,
     /// Train on the first N images only.
     #[arg(long, value_parser = sizes(1..))]
     pub limit: Option<usize>,

@@ -25,6 +25,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sql(a) => commands::sql::run(&a),
         Command::Targets(a) => commands::targets::run(&a),
         Command::Teacher(TeacherCommand::Train(a)) => commands::teacher::train(&a),
+        Command::Teacher(TeacherCommand::Eval(a)) => commands::teacher::eval(&a),
         Command::Train(a) => commands::train::run(&a),
         Command::Sample(a) => commands::sample::run(&a),
         Command::Eval(a) => commands::eval::run(&a),
