@@ -18,6 +18,7 @@ use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, Pa
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::object_store::path::Path as ObjectPath;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 
@@ -27,7 +28,7 @@ const PARTITION_COLS: [&str; 2] = [STEP, SHARD];
 
 #[derive(Debug)]
 struct StepFile {
-    path: String,
+    location: ObjectPath,
     bytes: u64,
     step: u16,
     shard: u32,
@@ -54,7 +55,7 @@ impl StepTable {
             .enumerate()
             .flat_map(|(s, shard)| {
                 shard.files.iter().enumerate().map(move |(i, f)| StepFile {
-                    path: absolute(&dataset.file_path(f)),
+                    location: location(&dataset.file_path(f)),
                     bytes: f.bytes,
                     step: f.step,
                     shard: shard.index,
@@ -93,11 +94,13 @@ impl StepTable {
     }
 }
 
-fn absolute(path: &std::path::Path) -> String {
-    std::path::absolute(path)
-        .unwrap_or_else(|_| path.to_path_buf())
-        .to_string_lossy()
-        .into_owned()
+/// The object-store location of a local file. Built from the absolute path (not from a
+/// string, which `object_store` would percent-encode a second time), so a store path holding
+/// `ü`, `%`, `#` or `?` names the file it should.
+fn location(path: &std::path::Path) -> ObjectPath {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    ObjectPath::from_absolute_path(&absolute)
+        .unwrap_or_else(|_| ObjectPath::from(absolute.to_string_lossy().as_ref()))
 }
 
 #[async_trait]
@@ -142,7 +145,9 @@ impl TableProvider for StepTable {
         let partition_schema = Self::partition_schema()?;
         let mut kept = Vec::new();
         for f in &self.files {
-            let pf = PartitionedFile::new(f.path.clone(), f.bytes).with_partition_values(vec![
+            let mut pf = PartitionedFile::new(String::new(), f.bytes);
+            pf.object_meta.location = f.location.clone();
+            let pf = pf.with_partition_values(vec![
                 ScalarValue::UInt16(Some(f.step)),
                 ScalarValue::UInt32(Some(f.shard)),
             ]);
