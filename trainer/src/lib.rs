@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod edm;
 pub mod error;
+pub mod fit;
 pub mod log;
 pub mod optim;
 pub mod precond;

@@ -2,18 +2,16 @@
 //! [`crate::method`]), fed by any [`BatchSource`], checkpointed so that a resumed run is
 //! bit-identical to an uninterrupted one on the CPU.
 
-use std::path::{Path, PathBuf};
-use std::time::Instant;
-
-use burn::optim::GradientsParams;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 
 use crate::checkpoint;
 use crate::edm::EdmNet;
 use crate::error::{Result, TrainerError};
+use crate::fit::{BatchOutcome, Schedule, TrainState, fit};
 use crate::method::{MethodConfig, Objective, StepPer, afs_derivative, interval_loss};
-use crate::optim::{OptimConfig, clip_global_norm, ema_update};
+use crate::optim::OptimConfig;
 use crate::solvers::euler_step;
 use crate::unet::UNetConfig;
 
@@ -101,14 +99,8 @@ pub struct StepReport {
     pub compute_s: f64,
 }
 
-/// The live model, its EMA and the optimiser, at some step.
-pub struct StudentState {
-    pub model: EdmNet,
-    pub ema: EdmNet,
-    pub optim: burn::optim::ModuleOptimizer,
-    pub step: u64,
-    pub last_loss: f64,
-}
+/// The student's live model, EMA and optimiser: the shared loop's state.
+pub use crate::fit::TrainState as StudentState;
 
 impl StudentState {
     /// A fresh student per `config.init` on `device` (autodiff is added here).
@@ -180,56 +172,85 @@ pub fn train(
     log: &mut crate::log::CsvLog,
     on_step: &mut dyn FnMut(&StepReport),
 ) -> Result<StudentState> {
-    let objective = config.method.objective().map_err(TrainerError::Config)?;
     let device = state
         .model
         .devices()
         .first()
         .cloned()
         .expect("model lives on a device");
-    let mut waited = Instant::now();
-    while state.step < config.steps {
-        let batch = source.next_batch()?;
-        let wait_s = waited.elapsed().as_secs_f64();
-        let started = Instant::now();
-        let lr = config.optim.lr_at(state.step, config.steps);
-        let (loss, per_branch, grad_norm) =
-            train_batch(config, &mut state, &batch, &objective, lr, &device)?;
-        state.step += 1;
-        state.last_loss = loss;
-        let report = StepReport {
-            step: state.step,
-            total: config.steps,
-            loss,
-            per_branch,
-            lr,
-            grad_norm,
-            wait_s,
-            compute_s: started.elapsed().as_secs_f64(),
-        };
-        let mut row = vec![report.step as f64, loss, lr, grad_norm];
-        row.extend(&report.per_branch);
-        log.row(&row)?;
-        on_step(&report);
-        if state.step.is_multiple_of(config.checkpoint_every) || state.step == config.steps {
-            log.flush()?;
-            let loop_state = LoopState {
-                source_position: source.position(),
-                last_loss: loss,
-            };
-            checkpoint::save(
-                run,
-                "student",
-                state.step,
-                &state.model,
-                &state.ema,
-                &state.optim,
-                &loop_state,
-            )?;
-        }
-        waited = Instant::now();
-    }
+    let mut objective = IntervalObjective {
+        config,
+        objective: config.method.objective().map_err(TrainerError::Config)?,
+        source,
+        device,
+    };
+    let schedule = Schedule {
+        kind: "student",
+        run,
+        steps: config.steps,
+        checkpoint_every: config.checkpoint_every,
+        optim: &config.optim,
+    };
+    fit(&schedule, &mut state, &mut objective, log, &mut |p| {
+        on_step(&StepReport {
+            step: p.step,
+            total: p.total,
+            loss: p.loss,
+            per_branch: p.extra.clone(),
+            lr: p.lr,
+            grad_norm: p.grad_norm,
+            wait_s: p.wait_s,
+            compute_s: p.compute_s,
+        })
+    })?;
     Ok(state)
+}
+
+/// The student's objective: the method's interval loss over every interval of each batch the
+/// source hands out, one optimiser step per interval (or per trajectory batch).
+struct IntervalObjective<'a> {
+    config: &'a StudentConfig,
+    objective: Objective,
+    source: &'a mut dyn BatchSource,
+    device: Device,
+}
+
+impl crate::fit::Objective for IntervalObjective<'_> {
+    type Batch = TrainBatch;
+    type State = LoopState;
+
+    fn next_batch(&mut self) -> Result<TrainBatch> {
+        self.source.next_batch()
+    }
+
+    fn train_batch(
+        &mut self,
+        batch: TrainBatch,
+        state: &mut TrainState,
+        _optim: &OptimConfig,
+        lr: f64,
+    ) -> Result<BatchOutcome> {
+        let (loss, per_branch, grad_norm) = train_batch(
+            self.config,
+            state,
+            &batch,
+            &self.objective,
+            lr,
+            &self.device,
+        )?;
+        Ok(BatchOutcome {
+            loss,
+            extra: per_branch,
+            grad_norm,
+        })
+    }
+
+    fn checkpoint_state(&self, last_loss: f64) -> LoopState {
+        LoopState {
+            source_position: self.source.position(),
+            last_loss,
+        }
+    }
 }
 
 /// Trains every interval of one batch; returns (loss, per-branch distances, grad norm).
@@ -309,7 +330,7 @@ fn train_batch(
         trained += 1;
         x = out.endpoint;
         match m.step_per {
-            StepPer::Interval => norm = norm.max(optimise(config, state, out.loss, lr)),
+            StepPer::Interval => norm = norm.max(state.optimise(&config.optim, out.loss, lr)),
             StepPer::Trajectory => {
                 pending = Some(match pending.take() {
                     Some(p) => p + out.loss,
@@ -319,13 +340,7 @@ fn train_batch(
         }
     }
     if let Some(loss) = pending {
-        norm = optimise(config, state, loss, lr);
-    }
-    if !total.is_finite() {
-        return Err(TrainerError::Diverged {
-            step: state.step,
-            detail: format!("loss {total}"),
-        });
+        norm = state.optimise(&config.optim, loss, lr);
     }
     let n = trained.max(1) as f64;
     Ok((
@@ -333,17 +348,6 @@ fn train_batch(
         per_branch.into_iter().map(|v| v / n).collect(),
         norm,
     ))
-}
-
-/// One optimiser step on `loss`, with clipping and the EMA update; returns the grad norm.
-fn optimise(config: &StudentConfig, state: &mut StudentState, loss: Tensor<1>, lr: f64) -> f64 {
-    let mut grads = GradientsParams::from_grads(loss.backward(), &state.model);
-    let norm = config.optim.grad_clip.map_or(f64::NAN, |max| {
-        clip_global_norm(&state.model, &mut grads, max)
-    });
-    state.model = state.optim.step(lr, state.model.clone(), grads);
-    state.ema = ema_update(state.ema.clone(), &state.model, config.optim.ema_decay);
-    norm
 }
 
 /// The log's header for K branches.

@@ -11,7 +11,6 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::optim::GradientsParams;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +18,8 @@ use crate::checkpoint;
 use crate::data::{DatasetSource, ImageSet, Split};
 use crate::edm::EdmNet;
 use crate::error::{Result, TrainerError, read_json, write_json};
-use crate::optim::{OptimConfig, clip_global_norm, ema_update, weights_hash};
+use crate::fit::{BatchOutcome, Objective, Schedule, TrainState, fit};
+use crate::optim::{OptimConfig, weights_hash};
 use crate::precond::EdmPrecond;
 use crate::rng::{Stream, StreamState};
 use crate::solvers::Denoiser;
@@ -164,88 +164,154 @@ pub fn train_teacher(
         &device.clone().inner(),
         config.seed,
     );
-    let (mut model, mut ema, mut optim, mut step, mut rng, mut last_loss) =
-        match checkpoint::latest(dir)? {
-            Some(ckpt) if resume => {
-                check_same_target(dir, config)?;
-                let r = checkpoint::load::<LoopState>(
-                    &ckpt,
-                    "teacher",
-                    fresh,
-                    fresh_ema,
-                    config.optim.build(),
-                )?;
-                let s = r.meta.state;
-                (
-                    r.model,
-                    r.ema,
-                    r.optim,
-                    r.meta.step,
-                    Stream::restore(&s.rng),
-                    s.last_loss,
-                )
-            }
-            _ if resume => {
-                return Err(TrainerError::checkpoint(
-                    dir,
-                    "no checkpoint to resume from",
-                ));
-            }
-            _ => {
-                std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
-                write_json(&dir.join("config.json"), config)?;
-                (
-                    fresh,
-                    fresh_ema,
-                    config.optim.build(),
-                    0,
-                    Stream::new(config.seed),
-                    f64::NAN,
-                )
-            }
-        };
+    let (mut state, rng) = match checkpoint::latest(dir)? {
+        Some(ckpt) if resume => {
+            check_same_target(dir, config)?;
+            let r = checkpoint::load::<LoopState>(
+                &ckpt,
+                "teacher",
+                fresh,
+                fresh_ema,
+                config.optim.build(),
+            )?;
+            let s = r.meta.state;
+            let state = TrainState {
+                model: r.model,
+                ema: r.ema,
+                optim: r.optim,
+                step: r.meta.step,
+                last_loss: s.last_loss,
+            };
+            (state, Stream::restore(&s.rng))
+        }
+        _ if resume => {
+            return Err(TrainerError::checkpoint(
+                dir,
+                "no checkpoint to resume from",
+            ));
+        }
+        _ => {
+            std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
+            write_json(&dir.join("config.json"), config)?;
+            let state = TrainState {
+                model: fresh,
+                ema: fresh_ema,
+                optim: config.optim.build(),
+                step: 0,
+                last_loss: f64::NAN,
+            };
+            (state, Stream::new(config.seed))
+        }
+    };
     let mut log = crate::log::CsvLog::open(
         &dir.join("log.csv"),
         &["step", "loss", "lr", "grad_norm"],
-        step,
+        state.step,
     )?;
-    while step < config.steps {
-        let batch = edm_batch(&train, config, analytic.as_deref(), &mut rng, &autodiff);
-        let loss = edm_loss(&model, &batch);
+    let mut objective = EdmObjective {
+        train: &train,
+        config,
+        analytic: analytic.as_deref(),
+        rng,
+        device: autodiff,
+        dir,
+        net_config: &net_config,
+    };
+    let schedule = Schedule {
+        kind: "teacher",
+        run: dir,
+        steps: config.steps,
+        checkpoint_every: config.checkpoint_every,
+        optim: &config.optim,
+    };
+    fit(&schedule, &mut state, &mut objective, &mut log, &mut |p| {
+        on_step(StepReport {
+            step: p.step,
+            total: p.total,
+            loss: p.loss,
+            lr: p.lr,
+        })
+    })?;
+    write_teacher(
+        dir,
+        config,
+        &net_config,
+        &train,
+        &state.ema,
+        state.step,
+        state.last_loss,
+    )
+}
+
+/// EDM's loss on batches drawn from the checkpointed stream (towards the clean images or an
+/// analytic teacher's denoiser, as the config's target says).
+struct EdmObjective<'a> {
+    train: &'a ImageSet,
+    config: &'a TeacherTrainConfig,
+    analytic: Option<&'a dyn Teacher>,
+    rng: Stream,
+    device: Device,
+    dir: &'a Path,
+    net_config: &'a UNetConfig,
+}
+
+impl Objective for EdmObjective<'_> {
+    type Batch = EdmBatch;
+    type State = LoopState;
+
+    fn next_batch(&mut self) -> Result<EdmBatch> {
+        Ok(edm_batch(
+            self.train,
+            self.config,
+            self.analytic,
+            &mut self.rng,
+            &self.device,
+        ))
+    }
+
+    fn train_batch(
+        &mut self,
+        batch: EdmBatch,
+        state: &mut TrainState,
+        optim: &OptimConfig,
+        lr: f64,
+    ) -> Result<BatchOutcome> {
+        let loss = edm_loss(&state.model, &batch);
         let value = loss.clone().into_scalar::<f64>();
         if !value.is_finite() {
+            // Before the step: a diverged batch must not reach the weights.
             return Err(TrainerError::Diverged {
-                step,
+                step: state.step,
                 detail: format!("loss {value}"),
             });
         }
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        let norm = config
-            .optim
-            .grad_clip
-            .map_or(f64::NAN, |max| clip_global_norm(&model, &mut grads, max));
-        let lr = config.optim.lr_at(step, config.steps);
-        model = optim.step(lr, model, grads);
-        ema = ema_update(ema, &model, config.optim.ema_decay);
-        step += 1;
-        last_loss = value;
-        log.row(&[step as f64, value, lr, norm])?;
-        on_step(StepReport {
-            step,
-            total: config.steps,
+        let grad_norm = state.optimise(optim, loss, lr);
+        Ok(BatchOutcome {
             loss: value,
-            lr,
-        });
-        if step % config.checkpoint_every == 0 || step == config.steps {
-            let state = LoopState {
-                rng: rng.state(config.seed),
-                last_loss,
-            };
-            checkpoint::save(dir, "teacher", step, &model, &ema, &optim, &state)?;
-            write_teacher(dir, config, &net_config, &train, &ema, step, last_loss)?;
+            extra: Vec::new(),
+            grad_norm,
+        })
+    }
+
+    fn checkpoint_state(&self, last_loss: f64) -> LoopState {
+        LoopState {
+            rng: self.rng.state(self.config.seed),
+            last_loss,
         }
     }
-    write_teacher(dir, config, &net_config, &train, &ema, step, last_loss)
+
+    fn after_checkpoint(&mut self, state: &TrainState) -> Result<()> {
+        write_teacher(
+            self.dir,
+            self.config,
+            self.net_config,
+            self.train,
+            &state.ema,
+            state.step,
+            state.last_loss,
+        )
+        .map(|_| ())
+    }
 }
 
 /// Writes the EMA weights as `model.bpk` and the card beside them: the teacher a generator
