@@ -80,6 +80,21 @@ fn sql_errors_say_where_and_what() {
     ])
     .ok();
     assert!(t.join("x.csv").exists());
+
+    // A damaged shard: the store's message, naming the file, said once (DataFusion wraps it).
+    let shard = std::fs::read_dir(t.join("store/g"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("shard-00000.parquet"))
+        .find(|p| p.is_file())
+        .unwrap();
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&shard, bytes).unwrap();
+    let err = t
+        .bdense(["sql", "store", "SELECT avg(sigma) FROM g"])
+        .fails_with("shard-00000.parquet");
+    assert_eq!(err.matches("shard-00000.parquet").count(), 1, "{err}");
 }
 
 #[test]

@@ -197,6 +197,7 @@ fn one_trainer_per_run_and_a_killed_run_always_continues() {
     );
     t.bdense(train_args("bdense", "r", "4", &never))
         .fails_with("already holds a run");
+    let first_pid = first.id();
     first.kill().unwrap();
     first.wait().unwrap();
 
@@ -208,6 +209,11 @@ fn one_trainer_per_run_and_a_killed_run_always_continues() {
     assert!(out.contains("steps 0..4"), "{out}");
     assert!(
         err.contains("no checkpoint yet") && err.contains("removed 1 half-written"),
+        "{err}"
+    );
+    let dead = format!("held by pid {first_pid} on ");
+    assert!(
+        err.contains(&dead) && err.contains("without releasing"),
         "{err}"
     );
     assert!(!stale.exists());

@@ -7,7 +7,7 @@
 //! ```
 
 use std::fs::{File, TryLockError};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
@@ -143,10 +143,13 @@ pub const LOCK_FILE: &str = ".lock";
 /// The one process allowed to write a run directory. An advisory lock on [`LOCK_FILE`], the
 /// same kind the store takes on a dataset: the OS drops it when its holder exits or is
 /// killed, so a dead trainer never leaves a stale lock. The file names its holder (pid and
-/// host) for the error another trainer gets.
+/// host) for the error another trainer gets, and is emptied on release, so a name found there
+/// by the next holder is a trainer that died holding the run.
 #[derive(Debug)]
 pub struct RunLock {
     file: File,
+    /// The trainer that died holding the run ("pid N on HOST"), if one did.
+    pub took_over_from: Option<String>,
 }
 
 impl RunLock {
@@ -178,16 +181,24 @@ impl RunLock {
             }
             Err(TryLockError::Error(e)) => return Err(io(e)),
         }
+        let mut previous = String::new();
+        file.read_to_string(&mut previous).map_err(io)?;
         let holder = format!("pid {} on {}\n", std::process::id(), host_name());
         file.set_len(0)
-            .and_then(|()| file.write_all(holder.as_bytes()))
+            .and_then(|()| file.seek(SeekFrom::Start(0)))
+            .and_then(|_| file.write_all(holder.as_bytes()))
             .map_err(io)?;
-        Ok(RunLock { file })
+        let previous = previous.trim();
+        Ok(RunLock {
+            file,
+            took_over_from: (!previous.is_empty()).then(|| previous.to_string()),
+        })
     }
 }
 
 impl Drop for RunLock {
     fn drop(&mut self) {
+        let _ = self.file.set_len(0);
         let _ = self.file.unlock();
     }
 }
@@ -281,7 +292,16 @@ mod tests {
         let me = format!("pid {}", std::process::id());
         assert!(refused.contains(&me), "{refused}");
         drop(held);
-        RunLock::acquire(run.path()).expect("free again once dropped");
+        let next = RunLock::acquire(run.path()).expect("free again once dropped");
+        assert_eq!(next.took_over_from, None, "released cleanly");
+        // A holder that died leaves its name behind (the kernel dropped its lock).
+        drop(next);
+        std::fs::write(run.path().join(LOCK_FILE), "pid 4000000 on elsewhere\n").unwrap();
+        let next = RunLock::acquire(run.path()).unwrap();
+        assert_eq!(
+            next.took_over_from.as_deref(),
+            Some("pid 4000000 on elsewhere")
+        );
     }
 
     #[test]

@@ -157,7 +157,7 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
 pub fn train(args: &TrainArgs, show_progress: bool) -> anyhow::Result<String> {
     let started = Instant::now();
     // Held until training ends: a second trainer on this run is refused, not interleaved.
-    let (_lock, record, run_dir) = match (&args.resume, &args.dataset, &args.out) {
+    let (lock, record, run_dir) = match (&args.resume, &args.dataset, &args.out) {
         (Some(run), None, None) => {
             let (lock, record) = open_run(run, args.steps)?;
             (lock, record, run.clone())
@@ -169,6 +169,12 @@ pub fn train(args: &TrainArgs, show_progress: bool) -> anyhow::Result<String> {
         (Some(_), _, _) => bail!("--resume RUN takes no dataset or --out"),
         _ => bail!("give STORE/NAME and --out RUN, or --resume RUN"),
     };
+    if let Some(dead) = &lock.took_over_from {
+        eprintln!(
+            "note: {} was held by {dead}, which stopped without releasing it; continuing",
+            run_dir.display()
+        );
+    }
     let removed = checkpoint::remove_stale_temporaries(&run_dir)?;
     if removed > 0 {
         eprintln!(
