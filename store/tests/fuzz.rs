@@ -58,6 +58,20 @@ fn shard_reader() {
     campaign(Tier::ShardReads, 150);
 }
 
+#[test]
+fn verify_on_damaged_shards() {
+    campaign(Tier::ShardVerify, 150);
+}
+
+/// Cases the campaigns found, one per distinct failure, kept so they are rerun on every CI
+/// run whatever the default pass draws: `verify` decoding damaged step files reached seven
+/// panic sites in parquet and arrow-ipc (5000-case `shard_reader` campaign, 2026-11-27).
+#[test]
+fn verify_on_damaged_shards_known_cases() {
+    let seeds = [141, 358, 653, 1908, 3093, 3763, 4128];
+    campaign_over(Tier::ShardVerify, &config(0), seeds);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Seeded randomness (splitmix64: tiny, good enough, and the same on every platform).
 
@@ -417,7 +431,7 @@ fn tweak_number(rng: &mut Rng, doc: &mut Value, at: &str) -> String {
         (0, Some(u)) => (json!(u.wrapping_add(1)), "+1"),
         (1, Some(u)) => (json!(u.wrapping_sub(1)), "-1 (wrapping)"),
         (2, Some(u)) => (json!(u.wrapping_mul(2)), "x2"),
-        (_, Some(u)) => (json!(-(u as i64)), "negated"),
+        (_, Some(u)) => (json!((u as i64).wrapping_neg()), "negated"),
         (0, None) => (json!(n * 1.0000001), "x1.0000001"),
         (1, None) => (json!(-n), "negated"),
         (2, None) => (json!(n / 2.0), "/2"),
@@ -836,12 +850,13 @@ fn run_parser_case(dir: &Path) -> Verdict {
     v
 }
 
-fn run_read_case(dir: &Path, corpus: &Corpus, rehashed: bool) -> Verdict {
+/// `with_verify`: also run `verify` (and hold P1); without it only the readers are judged.
+fn run_read_case(dir: &Path, corpus: &Corpus, rehashed: bool, with_verify: bool) -> Verdict {
     let mut v = Verdict::default();
     let Some(ds) = open_and_summarise(dir, &mut v) else {
         return v;
     };
-    let verified = check_verify(&ds, &mut v);
+    let verified = with_verify && check_verify(&ds, &mut v);
     check_gc(dir, &mut v);
     check_structure(&ds, verified, &mut v);
     let ctx = Judge {
@@ -853,7 +868,7 @@ fn run_read_case(dir: &Path, corpus: &Corpus, rehashed: bool) -> Verdict {
     for shard in ds.shards() {
         read_shard(&ds, shard, &ctx, &mut v);
     }
-    v.rejected |= !verified;
+    v.rejected |= with_verify && !verified;
     v
 }
 
@@ -1007,7 +1022,10 @@ fn read_shard(ds: &Dataset, shard: &ShardEntry, j: &Judge, v: &mut Verdict) {
                 }
             }
         }
-        Err(e) => v.named(ds.dir(), "read", &e),
+        Err(e) => {
+            v.rejected = true;
+            v.named(ds.dir(), "read", &e);
+        }
     }
     let last = shard.first_id.saturating_add(shard.rows.saturating_sub(1));
     for id in [shard.first_id, last] {
@@ -1017,7 +1035,10 @@ fn read_shard(ds: &Dataset, shard: &ShardEntry, j: &Judge, v: &mut Verdict) {
                     v.fail(&j.class("trajectory differs from what was written"), detail);
                 }
             }
-            Err(e) => v.named(ds.dir(), "trajectory read", &e),
+            Err(e) => {
+                v.rejected = true;
+                v.named(ds.dir(), "trajectory read", &e);
+            }
         }
     }
 }
@@ -1025,7 +1046,7 @@ fn read_shard(ds: &Dataset, shard: &ShardEntry, j: &Judge, v: &mut Verdict) {
 // ---------------------------------------------------------------------------------------------
 // The campaign: cases on their own threads, panics and hangs caught, findings grouped.
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Tier {
     /// Manifest mutations; open and summaries only (fast: the million-case campaign).
     Parser,
@@ -1033,6 +1054,20 @@ enum Tier {
     ManifestReads,
     /// Step-file mutations (sometimes with the manifest's hashes updated); every read path.
     ShardReads,
+    /// The same step-file mutations; `verify` too, which decodes what the readers refuse.
+    ShardVerify,
+}
+
+impl Tier {
+    /// Mixed into each case's seed. The two shard tiers share it: seed N damages the same
+    /// files in both, so a case found by one reproduces in the other.
+    fn salt(self) -> u64 {
+        match self {
+            Tier::Parser => 1,
+            Tier::ManifestReads => 2,
+            Tier::ShardReads | Tier::ShardVerify => 3,
+        }
+    }
 }
 
 struct Config {
@@ -1072,7 +1107,7 @@ struct Prepared {
 
 /// `generation` changes after a hang: the hung case may still be reading its directory.
 fn prepare(tier: Tier, seed: u64, corpora: &[Corpus], root: &Path, generation: u64) -> Prepared {
-    let mut rng = Rng::new(seed, tier as u64 + 1);
+    let mut rng = Rng::new(seed, tier.salt());
     let corpus = rng.below(corpora.len());
     let c = &corpora[corpus];
     let name = c.dir.file_name().unwrap();
@@ -1096,7 +1131,7 @@ fn prepare(tier: Tier, seed: u64, corpora: &[Corpus], root: &Path, generation: u
             std::fs::write(dir.join(&c.manifest_rel), bytes).unwrap();
             (desc, rehash, dir)
         }
-        Tier::ShardReads => {
+        Tier::ShardReads | Tier::ShardVerify => {
             let dir = root.join(format!("case-{seed}")).join(name);
             copy_dataset(c, &dir);
             let (desc, rehash) = mutate_files(&mut rng, c, &dir);
@@ -1188,7 +1223,8 @@ impl Worker {
             (corpora.clone(), p.dir.clone(), p.corpus, p.rehashed);
         let job: Job = Box::new(move || match tier {
             Tier::Parser => run_parser_case(&dir),
-            _ => run_read_case(&dir, &corpora[corpus], rehashed),
+            Tier::ShardReads => run_read_case(&dir, &corpora[corpus], rehashed, false),
+            _ => run_read_case(&dir, &corpora[corpus], rehashed, true),
         });
         self.jobs.send(job).unwrap();
         match self.results.recv_timeout(timeout) {
@@ -1290,16 +1326,20 @@ fn short(s: &str, n: usize) -> String {
 }
 
 fn campaign(tier: Tier, default_cases: u64) {
+    let cfg = config(default_cases);
+    campaign_over(tier, &cfg, cfg.seed..cfg.seed.saturating_add(cfg.cases));
+}
+
+fn campaign_over(tier: Tier, cfg: &Config, seeds: impl IntoIterator<Item = u64>) {
     // One tier at a time: cases compete for the same cores, and the panic slot is global.
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     install_hook();
-    let cfg = config(default_cases);
     let corpora = Arc::new(build_corpora());
     let root = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let mut tally = Tally::default();
     let mut worker = Worker::start();
-    for seed in cfg.seed..cfg.seed.saturating_add(cfg.cases) {
+    for seed in seeds {
         let p = prepare(tier, seed, &corpora, root.path(), tally.hangs);
         if cfg.verbose {
             eprintln!("seed {seed}: {}", p.mutation);
