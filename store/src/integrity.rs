@@ -4,10 +4,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::statistics::Statistics;
 
@@ -57,6 +58,23 @@ pub(crate) fn damaged(path: &Path, detail: impl Into<String>) -> StoreError {
         path: path.to_path_buf(),
         detail: detail.into(),
     }
+}
+
+/// Runs a decoder over bytes that may be damaged in ways its own checks miss (a flipped bit in
+/// the footer's embedded Arrow schema makes arrow-ipc panic, even when a rewritten manifest
+/// vouches for the file): a panic becomes an error naming the file.
+pub(crate) fn guard<T>(path: &Path, decode: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(damaged(
+            path,
+            format!("the Parquet/Arrow decoder failed: {what}"),
+        ))
+    })
 }
 
 /// The bytes of `entry`, shown to be exactly the committed ones.
@@ -135,10 +153,16 @@ impl VerifiedFiles {
             return Ok(path);
         }
         let (path, bytes) = read_verified(dir, entry)?;
-        let meta = ParquetMetaDataReader::new()
-            .parse_and_finish(&bytes)
-            .map_err(|e| StoreError::parquet(&path, e))?;
-        check_footer(&path, &meta, shard)?;
+        guard(&path, || {
+            let meta = ParquetMetaDataReader::new()
+                .parse_and_finish(&bytes)
+                .map_err(|e| StoreError::parquet(&path, e))?;
+            check_footer(&path, &meta, shard)?;
+            // Decode the embedded Arrow schema now, where a failure is an error naming the
+            // file, rather than inside the query engine.
+            ArrowReaderMetadata::try_new(Arc::new(meta), ArrowReaderOptions::default())
+                .map_err(|e| StoreError::parquet(&path, e))
+        })?;
         self.seen
             .lock()
             .expect("no poisoned cache")

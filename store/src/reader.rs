@@ -117,6 +117,21 @@ impl Dataset {
         columns: Option<&[&str]>,
         row_groups: Option<Vec<usize>>,
     ) -> Result<StepBatch> {
+        let at = path.clone();
+        integrity::guard(&at, || {
+            self.decode_unguarded(path, bytes, shard, step, columns, row_groups)
+        })
+    }
+
+    fn decode_unguarded(
+        &self,
+        path: PathBuf,
+        bytes: Bytes,
+        shard: &ShardEntry,
+        step: u16,
+        columns: Option<&[&str]>,
+        row_groups: Option<Vec<usize>>,
+    ) -> Result<StepBatch> {
         let builder = self.open_bytes(&path, bytes)?;
         let meta = builder.metadata().clone();
         let rows = match &row_groups {
@@ -213,14 +228,16 @@ impl Dataset {
     /// after checking the file against the manifest.
     pub fn row_groups(&self, shard: &ShardEntry, step: u16) -> Result<Vec<usize>> {
         let (path, bytes) = integrity::read_verified(&self.dir, self.file(shard, step)?)?;
-        let builder = self.open_bytes(&path, bytes)?;
-        integrity::check_footer(&path, builder.metadata(), shard)?;
-        Ok(builder
-            .metadata()
-            .row_groups()
-            .iter()
-            .map(|g| g.num_rows() as usize)
-            .collect())
+        integrity::guard(&path, || {
+            let builder = self.open_bytes(&path, bytes)?;
+            integrity::check_footer(&path, builder.metadata(), shard)?;
+            Ok(builder
+                .metadata()
+                .row_groups()
+                .iter()
+                .map(|g| g.num_rows() as usize)
+                .collect())
+        })
     }
 
     /// Several steps of one shard, decoded in parallel on the machine's cores (Parquet
