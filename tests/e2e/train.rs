@@ -62,6 +62,13 @@ fn resumed_training_is_bit_identical() {
 
     t.bdense(train_args("bdense", "whole", "6", &[]))
         .fails_with("a run never overwrites another run's directory");
+    t.bdense(["train", "--resume", "whole", "--steps", "3"])
+        .fails_with("--steps 3: whole is already at step 6");
+    let record = std::fs::read_to_string(t.join("whole/run.json")).unwrap();
+    assert!(
+        record.contains("\"steps\": 6"),
+        "the record keeps its total"
+    );
 }
 
 #[test]

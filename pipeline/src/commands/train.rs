@@ -199,6 +199,17 @@ pub fn train(args: &TrainArgs, show_progress: bool) -> anyhow::Result<String> {
         }
         (StudentState::fresh(&record.config, channels, &device)?, 0)
     };
+    if state.step > record.config.steps {
+        bail!(
+            "--steps {}: {} is already at step {}; give a larger total",
+            record.config.steps,
+            run_dir.display(),
+            state.step
+        );
+    }
+    if args.resume.is_some() && args.steps.is_some() {
+        record.save(&run_dir)?;
+    }
     let start_step = state.step;
     let mut source = StreamSource::open(&record, position)?;
     let header = student::log_header(record.config.method.k);
@@ -248,7 +259,8 @@ pub fn train(args: &TrainArgs, show_progress: bool) -> anyhow::Result<String> {
     ))
 }
 
-/// Locks an existing run and reads its record, with `steps` as the new total if given.
+/// Locks an existing run and reads its record, with `steps` as the new total if given (saved
+/// once the checkpoint shows it is ahead).
 fn open_run(run: &Path, steps: Option<u64>) -> anyhow::Result<(RunLock, RunRecord)> {
     // Read once before locking so that a directory holding no run is named as such and
     // gets no lock file, and again after: another trainer may have just changed it.
@@ -257,7 +269,6 @@ fn open_run(run: &Path, steps: Option<u64>) -> anyhow::Result<(RunLock, RunRecor
     let mut record = RunRecord::load(run)?;
     if let Some(steps) = steps {
         record.config.steps = steps;
-        record.save(run)?;
     }
     Ok((lock, record))
 }
