@@ -44,7 +44,8 @@ pub struct EvalResult {
     pub rmse_per_timestamp: Vec<f64>,
     pub sigmas: Vec<f64>,
     /// `[interval][branch]`: RMSE of each branch's own Euler step to its teacher target.
-    pub rmse_per_branch: Vec<Vec<f64>>,
+    /// `None` for an interval nothing was trained on (the analytical first step).
+    pub rmse_per_branch: Vec<Vec<Option<f64>>>,
     pub fd_cls: f64,
     /// The teacher's own FD-cls on the same held-out noise: the floor students approach.
     pub teacher_fd_cls: f64,
@@ -327,7 +328,7 @@ pub fn evaluate(
             .iter()
             .map(|row| {
                 row.iter()
-                    .map(|&s| if s == 0.0 { f64::NAN } else { per_value(s) })
+                    .map(|&s| (s != 0.0).then(|| per_value(s)))
                     .collect()
             })
             .collect(),
@@ -390,7 +391,10 @@ fn write_parquet(path: &Path, r: &EvalResult) -> anyhow::Result<()> {
         rows.extend(
             row.iter()
                 .enumerate()
-                .map(|(j, &v)| ("rmse_branch".to_string(), i as i32, j as i32 + 1, v)),
+                .map(|(j, &v)| {
+                    let v = v.unwrap_or(f64::NAN);
+                    ("rmse_branch".to_string(), i as i32, j as i32 + 1, v)
+                }),
         );
     }
     let repeat = |v: &str| -> ArrayRef { Arc::new(StringArray::from(vec![v; rows.len()])) };

@@ -103,15 +103,27 @@ fn quick_demo_runs_end_to_end_on_fashion_mnist() {
         .bdense(["demo", "--preset", "quick", "--out", "demo"])
         .ok();
     assert!(
-        out.contains("demo (quick preset) done") && out.contains("18 runs from one store"),
+        out.contains("demo (quick preset) done") && out.contains("4 runs from one store"),
         "{out}"
     );
+    // The paper's regime: NFE 2 is N = 4 with the analytical first step, one seed.
     assert!(
-        out.contains("| 2 | bdense | 3 | 4 | 3 |") && out.contains("| 4 | sfd | 5 | 1 | 3 |"),
+        out.contains("| 2 | bdense | 4 | 4 | 1 |") && out.contains("| 3 | sfd | 5 | 1 | 1 |"),
         "{out}"
+    );
+    // The store comes from the shipped U-Net teacher and every student is a copy of it.
+    let run: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(t.join("demo/runs/bdense-n4-s0/run.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        run["config"]["init"]["Teacher"]
+            .as_str()
+            .is_some_and(|d| d.ends_with("models/fashion-mnist-unet")),
+        "{run}"
     );
     let md = std::fs::read_to_string(t.join("demo/report/report.md")).unwrap();
-    for nfe in [2, 3, 4] {
+    for nfe in [2, 3] {
         assert!(
             md.contains(&format!("samples-nfe{nfe}.png"))
                 && t.join(format!("demo/report/loss-nfe{nfe}.png")).exists()
@@ -123,7 +135,7 @@ fn quick_demo_runs_end_to_end_on_fashion_mnist() {
         .ok();
     assert_eq!(
         again.matches("already trained, reusing it").count(),
-        18,
+        4,
         "{again}"
     );
 }

@@ -155,8 +155,7 @@ fn per_branch_table(runs: &[EvaluatedRun]) -> String {
                 .map(|j| {
                     let v: Vec<f64> = rs
                         .iter()
-                        .map(|r| r.eval.rmse_per_branch[i][j])
-                        .filter(|v| v.is_finite())
+                        .filter_map(|r| r.eval.rmse_per_branch[i][j])
                         .collect();
                     if v.is_empty() {
                         "AFS".into()
