@@ -568,3 +568,32 @@ fn ema_decay(s: &str) -> Result<f64, String> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn every_default_is_within_its_own_bounds() {
+        Cli::command().debug_assert();
+        for line in [
+            "generate s/d",
+            "sql s q",
+            "targets s/d --n 4",
+            "teacher train --out t",
+            "train s/d --out r",
+            "sample r --out o",
+            "eval r",
+            "bench store",
+            "bench targets s/d",
+            "bench train s/d",
+        ] {
+            let args = std::iter::once("bdense").chain(line.split(' '));
+            if let Err(e) = Cli::try_parse_from(args) {
+                panic!("bdense {line}: {e}");
+            }
+        }
+    }
+}
