@@ -927,8 +927,10 @@ fn check_structure(ds: &Dataset, verified: bool, v: &mut Verdict) {
     }
 }
 
-fn f32_bits(sigmas: &[f64]) -> Vec<u32> {
-    sigmas.iter().map(|&s| (s as f32).to_bits()).collect()
+/// The grid as the files hold it: f32 values, compared as numbers (-0.0 is 0.0; a manifest
+/// holds no NaN once loaded).
+fn grid_f32(sigmas: &[f64]) -> Vec<f32> {
+    sigmas.iter().map(|&s| s as f32).collect()
 }
 
 struct Judge<'a> {
@@ -959,7 +961,7 @@ impl Judge<'_> {
         m.dims == p.dims
             && m.dtype == p.dtype
             && m.has_denoised == p.has_denoised
-            && f32_bits(&m.grid.sigmas) == f32_bits(&p.grid.sigmas)
+            && grid_f32(&m.grid.sigmas) == grid_f32(&p.grid.sigmas)
     }
 
     /// What is wrong with a successful read of one step, or `None`.
@@ -1004,7 +1006,7 @@ impl Judge<'_> {
         let want = self.corpus.trajectories.get(&t.traj_id);
         let same = want.is_some_and(|w| {
             let data = |t: &Trajectory| (t.seed, t.label, t.states.clone(), t.denoised.clone());
-            data(w) == data(t) && (!self.verified || f32_bits(&w.sigmas) == f32_bits(&t.sigmas))
+            data(w) == data(t) && (!self.verified || grid_f32(&w.sigmas) == grid_f32(&t.sigmas))
         });
         ((self.verified || all_pristine) && !same).then(|| format!("trajectory {}", t.traj_id))
     }
