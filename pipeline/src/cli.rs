@@ -298,8 +298,11 @@ pub struct TrainArgs {
     pub batch: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// teacher:DIR (copy a U-Net teacher) or scratch.
-    #[arg(long, default_value = "scratch")]
+    /// auto (copy the U-Net teacher that generated the store, else scratch), teacher:DIR
+    /// (must be that teacher: hashes are compared) or scratch. A student copied from its
+    /// teacher defaults to the paper's recipe: --afs, --lr 2e-4 --lr-schedule step-half,
+    /// --ema 0, --grad-clip 0; from scratch: --lr 1e-3, constant, --ema 0.999, --grad-clip 1.
+    #[arg(long, default_value = "auto")]
     pub init: String,
     /// The run directory to create (never overwritten).
     #[arg(long)]
@@ -307,30 +310,32 @@ pub struct TrainArgs {
     /// Continue the run in this directory (optionally to a new --steps total).
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    #[arg(long, default_value_t = 1e-3, value_parser = positive)]
-    pub lr: f64,
-    /// constant, step-half or cosine.
-    #[arg(long, default_value = "constant")]
-    pub lr_schedule: String,
+    /// Learning rate (default: per --init).
+    #[arg(long, value_parser = positive)]
+    pub lr: Option<f64>,
+    /// constant, step-half or cosine (default: per --init).
+    #[arg(long)]
+    pub lr_schedule: Option<String>,
     /// l1 or l2.
     #[arg(long, default_value = "l1")]
     pub distance: String,
     /// uniform, linear or comma-separated w1,...,wK (each >= 0, not all 0).
     #[arg(long, default_value = "uniform")]
     pub weights: BranchWeights,
-    #[arg(long)]
-    pub afs: bool,
+    /// The analytical first step (`--afs` or `--afs false`; default: per --init).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub afs: Option<bool>,
     #[arg(long)]
     pub teacher_forcing: bool,
     /// One optimiser step per trajectory batch instead of per interval.
     #[arg(long)]
     pub step_per_trajectory: bool,
     /// EMA decay of the sampled weights, in [0, 1) (0: the trained weights themselves).
-    #[arg(long, default_value_t = 0.999, value_parser = ema_decay)]
-    pub ema: f64,
-    /// Global gradient-norm clip (0: off).
-    #[arg(long, default_value_t = 1.0, value_parser = non_negative)]
-    pub grad_clip: f64,
+    #[arg(long, value_parser = ema_decay)]
+    pub ema: Option<f64>,
+    /// Global gradient-norm clip (0: off; default: per --init).
+    #[arg(long, value_parser = non_negative)]
+    pub grad_clip: Option<f64>,
     /// U-Net base channels (scratch init).
     #[arg(long, default_value_t = 32, value_parser = sizes(1..=MAX_BASE))]
     pub base: usize,

@@ -269,3 +269,89 @@ fn a_store_path_with_any_characters_trains() {
     let out = t.bdense(args).ok();
     assert!(out.contains("steps 0..2"), "{out}");
 }
+
+/// A tiny U-Net teacher on procedural images, trained for `steps` steps into `out`.
+fn tiny_teacher(t: &bdense_tests::TestDir, out: &str, seed: &str) {
+    t.bdense([
+        "teacher",
+        "train",
+        "--dataset",
+        "procedural",
+        "--limit",
+        "64",
+        "--steps",
+        "2",
+        "--batch",
+        "8",
+        "--base",
+        "8",
+        "--seed",
+        seed,
+        "--out",
+        out,
+    ])
+    .ok();
+}
+
+#[test]
+fn students_of_a_network_teacher_copy_it_by_default_and_refuse_another() {
+    let t = dir();
+    tiny_teacher(&t, "teacher", "0");
+    tiny_teacher(&t, "other", "1");
+    t.bdense([
+        "generate",
+        "store/u",
+        "--dataset",
+        "procedural",
+        "--teacher",
+        "unet:teacher",
+        "--grid",
+        "13",
+        "--count",
+        "16",
+        "--batch",
+        "16",
+        "--rows-per-shard",
+        "16",
+    ])
+    .ok();
+    let student = |init: &[&str], out: &str| {
+        let mut a = vec![
+            "train", "store/u", "--method", "bdense", "--n", "4", "--k", "4", "--steps", "1",
+            "--batch", "4", "--out", out,
+        ];
+        a.extend(init);
+        t.bdense(a)
+    };
+    // `--init auto` (the default) finds the store's teacher and takes the paper's recipe.
+    student(&[], "copied").ok();
+    let run: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.join("copied/run.json")).unwrap()).unwrap();
+    let c = &run["config"];
+    assert_eq!(c["init"]["Teacher"], "teacher", "{run}");
+    assert_eq!(c["method"]["afs"], true, "{run}");
+    assert_eq!(c["optim"]["ema_decay"], 0.0, "{run}");
+    assert!(c["optim"]["grad_clip"].is_null(), "{run}");
+    assert_eq!(c["optim"]["schedule"]["step-half"]["factor"], 0.1, "{run}");
+    // A flag the user gives wins over the recipe.
+    student(&["--afs", "false", "--ema", "0.5"], "flags").ok();
+    let run: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.join("flags/run.json")).unwrap()).unwrap();
+    assert_eq!(run["config"]["method"]["afs"], false, "{run}");
+    assert_eq!(run["config"]["optim"]["ema_decay"], 0.5, "{run}");
+    // Another teacher's weights are refused, naming both hashes.
+    let hash = |dir: &str| {
+        let card: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(t.join(dir).join("teacher.json")).unwrap())
+                .unwrap();
+        card["weights_hash"].as_str().unwrap().to_string()
+    };
+    let err = student(&["--init", "teacher:other"], "wrong").fails_with(&hash("other"));
+    assert!(err.contains(&hash("teacher")), "{err}");
+    // Scratch stays available, with the scratch recipe.
+    student(&["--init", "scratch", "--base", "8"], "scratch").ok();
+    let run: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.join("scratch/run.json")).unwrap()).unwrap();
+    assert_eq!(run["config"]["init"], "Scratch", "{run}");
+    assert_eq!(run["config"]["method"]["afs"], false, "{run}");
+}

@@ -261,20 +261,22 @@ fn ensure_run(
             },
             out: (!resume).then(|| run.clone()),
             resume: resume.then(|| run.clone()),
-            lr: p.lr,
-            lr_schedule: if teacher_init {
-                "step-half"
-            } else {
-                "constant"
-            }
-            .into(),
+            lr: Some(p.lr),
+            lr_schedule: Some(
+                if teacher_init {
+                    "step-half"
+                } else {
+                    "constant"
+                }
+                .into(),
+            ),
             distance: "l1".into(),
             weights: bdense_trainer::method::BranchWeights::Uniform,
-            afs: teacher_init,
+            afs: Some(teacher_init),
             teacher_forcing: false,
             step_per_trajectory: false,
-            ema: p.ema,
-            grad_clip: if teacher_init { 0.0 } else { 1.0 },
+            ema: Some(p.ema),
+            grad_clip: Some(if teacher_init { 0.0 } else { 1.0 }),
             base: p.base,
             checkpoint_every: p.steps,
             device: args.device.clone(),

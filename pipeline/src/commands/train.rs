@@ -12,11 +12,11 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use bdense_queries::{StudentLayout, TargetSpec, TargetStream};
-use bdense_store::Dataset;
+use bdense_store::{Dataset, Manifest};
 use bdense_trainer::checkpoint::{self, RunLock};
 use bdense_trainer::log::CsvLog;
 use bdense_trainer::method::{Method, MethodConfig, StepPer};
-use bdense_trainer::optim::OptimConfig;
+use bdense_trainer::optim::{LrSchedule, OptimConfig};
 use bdense_trainer::student::{self, BatchSource, Init, StudentConfig, StudentState, TrainBatch};
 use bdense_trainer::teachers::unet::UnetTeacher;
 use bdense_trainer::unet::UNetConfig;
@@ -319,6 +319,63 @@ fn args_abort_after() -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The U-Net a student starts from: `teacher:DIR`; `scratch`; or `auto`, the network teacher
+/// that generated the store (found through its provenance), else scratch.
+fn resolve_init(init: &str, m: &Manifest) -> anyhow::Result<Option<PathBuf>> {
+    match init {
+        "scratch" => Ok(None),
+        "auto" => Ok(store_teacher_dir(m)),
+        other => match other.strip_prefix("teacher:") {
+            Some(dir) => Ok(Some(PathBuf::from(dir))),
+            None => bail!("--init {other:?}: expected auto, scratch or teacher:DIR"),
+        },
+    }
+}
+
+/// The directory of the U-Net teacher that generated the store, when it was one.
+fn store_teacher_dir(m: &Manifest) -> Option<PathBuf> {
+    let spec = m.teacher.params.get("teacher")?.as_str()?;
+    spec.strip_prefix("unet:").map(PathBuf::from)
+}
+
+fn student_copies_teacher(init: &str, m: &Manifest) -> bool {
+    init.starts_with("teacher:") || (init == "auto" && store_teacher_dir(m).is_some())
+}
+
+/// The optimiser recipe. A student copied from its teacher gets the paper's (SFD's) setting:
+/// AFS, Adam with the lr x0.1 half-way, no EMA, no clipping; a student from scratch the
+/// project's (constant lr 1e-3, EMA 0.999, clip 1). A flag the user gives always wins.
+struct Recipe {
+    lr: f64,
+    schedule: LrSchedule,
+    grad_clip: f64,
+    ema: f64,
+    afs: bool,
+}
+
+impl Recipe {
+    fn for_run(args: &TrainArgs, copies_teacher: bool) -> anyhow::Result<Recipe> {
+        let (lr, schedule, grad_clip, ema, afs) = if copies_teacher {
+            (2e-4, LrSchedule::StepHalf { factor: 0.1 }, 0.0, 0.0, true)
+        } else {
+            (1e-3, LrSchedule::Constant, 1.0, 0.999, false)
+        };
+        Ok(Recipe {
+            lr: args.lr.unwrap_or(lr),
+            schedule: match &args.lr_schedule {
+                Some(s) => s
+                    .parse()
+                    .map_err(anyhow::Error::msg)
+                    .context("--lr-schedule")?,
+                None => schedule,
+            },
+            grad_clip: args.grad_clip.unwrap_or(grad_clip),
+            ema: args.ema.unwrap_or(ema),
+            afs: args.afs.unwrap_or(afs),
+        })
+    }
+}
+
 fn new_record(args: &TrainArgs, dataset_path: &Path) -> anyhow::Result<RunRecord> {
     let dataset = Dataset::open(dataset_path)?;
     let m = dataset.manifest();
@@ -334,7 +391,8 @@ fn new_record(args: &TrainArgs, dataset_path: &Path) -> anyhow::Result<RunRecord
         .map_err(anyhow::Error::msg)
         .context("--distance")?;
     mc.weights = args.weights.clone();
-    mc.afs = args.afs;
+    let recipe = Recipe::for_run(args, student_copies_teacher(&args.init, m))?;
+    mc.afs = recipe.afs;
     mc.teacher_forcing = args.teacher_forcing;
     mc.step_per = if args.step_per_trajectory {
         StepPer::Trajectory
@@ -344,29 +402,26 @@ fn new_record(args: &TrainArgs, dataset_path: &Path) -> anyhow::Result<RunRecord
     mc.branch_weights()
         .map_err(anyhow::Error::msg)
         .context("--weights")?;
-    let layout = StudentLayout::new(&m.grid.sigmas, m.grid.points(), args.n, mc.k, args.afs)?;
+    let layout = StudentLayout::new(&m.grid.sigmas, m.grid.points(), args.n, mc.k, recipe.afs)?;
     let classes = m
         .teacher
         .params
         .get("num_classes")
         .and_then(|v| v.as_u64())
         .unwrap_or(0) as usize;
-    let (init, net) = match args.init.as_str() {
-        "scratch" => {
+    let (init, net) = match resolve_init(&args.init, m)? {
+        None => {
             let net = UNetConfig::new()
                 .with_base(args.base)
                 .with_in_channels(m.dims.c as usize)
                 .with_num_classes(classes);
             (Init::Scratch, net)
         }
-        other => match other.strip_prefix("teacher:") {
-            // The student is the teacher's architecture, whatever --base says.
-            Some(dir) => (
-                Init::Teacher(dir.into()),
-                UnetTeacher::card(Path::new(dir))?.net,
-            ),
-            None => bail!("--init {other:?}: expected scratch or teacher:DIR"),
-        },
+        // The student is the teacher's architecture, whatever --base says.
+        Some(dir) => {
+            let card = UnetTeacher::card_matching(&dir, m.teacher.checkpoint_hash.as_deref())?;
+            (Init::Teacher(dir), card.net)
+        }
     };
     let out_channels = mc.k * m.dims.c as usize;
     let config = StudentConfig {
@@ -376,14 +431,10 @@ fn new_record(args: &TrainArgs, dataset_path: &Path) -> anyhow::Result<RunRecord
         batch: args.batch,
         seed: args.seed,
         optim: OptimConfig {
-            lr: args.lr,
-            schedule: args
-                .lr_schedule
-                .parse()
-                .map_err(anyhow::Error::msg)
-                .context("--lr-schedule")?,
-            grad_clip: (args.grad_clip > 0.0).then_some(args.grad_clip),
-            ema_decay: args.ema,
+            lr: recipe.lr,
+            schedule: recipe.schedule,
+            grad_clip: (recipe.grad_clip > 0.0).then_some(recipe.grad_clip),
+            ema_decay: recipe.ema,
             ..OptimConfig::default()
         },
         net: net.with_out_channels(out_channels),

@@ -203,6 +203,9 @@ pub fn train_teacher(
             (state, Stream::new(config.seed))
         }
     };
+    // One trainer per run, as for students; then sweep what a killed one left half-written.
+    let _lock = checkpoint::RunLock::acquire(dir)?;
+    checkpoint::remove_stale_temporaries(dir)?;
     let mut log = crate::log::CsvLog::open(
         &dir.join("log.csv"),
         &["step", "loss", "lr", "grad_norm"],
