@@ -5,7 +5,7 @@
 //! manifest's summaries, verify, gc's dry run, step reads, trajectory reads) and holds them to:
 //!
 //! - **no panic**: a panic is caught and reported with its location, the seed and the mutation;
-//! - **no hang**: each case runs on its own thread with a deadline;
+//! - **no hang**: each case runs on a worker thread with a deadline;
 //! - **nothing silently wrong**:
 //!   - P1: when `verify` finds no problem, every read returns exactly what was written;
 //!   - P2: every read that succeeds returns the ids the manifest promises for the shard, and,
@@ -18,14 +18,18 @@
 //! in verify. Byte-level changes to stored floats with a matching hash are undetectable by
 //! design (the manifest is the root of trust), so no mutation does that.
 //!
-//! CI runs a short seeded pass of each tier. Longer campaigns and single cases:
+//! CI runs a short seeded pass of each tier (seconds) and the seeds of every failure found so
+//! far. Longer campaigns (under `ulimit -v`, so that unbounded allocation fails instead of
+//! exhausting the machine) and single cases:
 //!
 //! ```text
-//! BDENSE_FUZZ_CASES=1000000 cargo test --workspace --test fuzz -- --nocapture manifest_parser
-//! BDENSE_FUZZ_SEED=4242 BDENSE_FUZZ_CASES=1 cargo test --workspace --test fuzz -- shard_reader
+//! BDENSE_FUZZ_CASES=1000000 cargo test --workspace --test fuzz -- --nocapture --exact manifest_parser
+//! BDENSE_FUZZ_SEED=141 BDENSE_FUZZ_CASES=1 BDENSE_FUZZ_VERBOSE=1 \
+//!     cargo test --workspace --test fuzz -- --nocapture --exact verify_on_damaged_shards
 //! ```
-//! (`BDENSE_FUZZ_TIMEOUT_MS`: the hang deadline; `BDENSE_FUZZ_MAX_HANGS`: stop after that many
-//! hangs, since a hung thread cannot be stopped and keeps a core busy.)
+//! (`BDENSE_FUZZ_VERBOSE=1`: print each case, its time, why it was rejected and panic
+//! backtraces; `BDENSE_FUZZ_TIMEOUT_MS`: the hang deadline, 20 s; `BDENSE_FUZZ_MAX_HANGS`:
+//! stop after that many hangs, since a hung thread cannot be stopped and keeps a core busy.)
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -50,17 +54,17 @@ fn manifest_parser() {
 
 #[test]
 fn manifest_then_reads() {
-    campaign(Tier::ManifestReads, 150);
+    campaign(Tier::ManifestReads, 100);
 }
 
 #[test]
 fn shard_reader() {
-    campaign(Tier::ShardReads, 150);
+    campaign(Tier::ShardReads, 100);
 }
 
 #[test]
 fn verify_on_damaged_shards() {
-    campaign(Tier::ShardVerify, 150);
+    campaign(Tier::ShardVerify, 100);
 }
 
 /// Cases the campaigns found, one per distinct failure, kept so they are rerun on every CI
