@@ -2,9 +2,13 @@
 
 use std::ops::RangeBounds;
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use bdense_queries::format::Format;
-use bdense_trainer::method::BranchWeights;
+use bdense_trainer::method::{BranchWeights, Distance, Method};
+use bdense_trainer::optim::LrSchedule;
+use bdense_trainer::solvers::Solver;
+use burn::prelude::Device;
 use clap::builder::RangedU64ValueParser;
 use clap::{Args, Parser, Subcommand, value_parser};
 
@@ -226,7 +230,7 @@ pub struct TeacherEvalArgs {
     #[arg(long, default_value = "fashion-mnist")]
     pub dataset: String,
     #[arg(long, default_value = "dpmpp3m")]
-    pub solver: String,
+    pub solver: Solver,
     #[arg(long, default_value_t = 49, value_parser = clap::value_parser!(u64).range(2..=10_000))]
     pub grid: u64,
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -237,7 +241,7 @@ pub struct TeacherEvalArgs {
     #[arg(long)]
     pub against: Option<String>,
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: DeviceName,
 }
 
 #[derive(Debug, Args)]
@@ -273,7 +277,7 @@ pub struct TeacherTrainArgs {
     #[arg(long)]
     pub resume: bool,
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: DeviceName,
 }
 
 #[derive(Debug, Args)]
@@ -282,15 +286,16 @@ pub struct TeacherTrainArgs {
 )]
 pub struct TrainArgs {
     /// The dataset, STORE/NAME (not with --resume).
+    #[arg(required_unless_present = "resume", requires = "out")]
     pub dataset: Option<PathBuf>,
     /// bdense or sfd.
     #[arg(long, default_value = "bdense")]
-    pub method: String,
+    pub method: Method,
     #[arg(long, default_value_t = 4, value_parser = sizes(2..=MAX_GRID))]
     pub n: usize,
-    /// Branches per interval (sfd always uses 1).
-    #[arg(long, default_value_t = 4, value_parser = sizes(1..=MAX_GRID))]
-    pub k: usize,
+    /// Branches per interval, bdense only (default 4; sfd trains the endpoint alone).
+    #[arg(long, value_parser = sizes(1..=MAX_GRID))]
+    pub k: Option<usize>,
     /// Batch iterations in total (default 1000; with --resume, a new total).
     #[arg(long, value_parser = value_parser!(u64).range(1..=MAX_STEPS))]
     pub steps: Option<u64>,
@@ -303,22 +308,22 @@ pub struct TrainArgs {
     /// teacher defaults to the paper's recipe: --afs, --lr 2e-4 --lr-schedule step-half,
     /// --ema 0, --grad-clip 0; from scratch: --lr 1e-3, constant, --ema 0.999, --grad-clip 1.
     #[arg(long, default_value = "auto")]
-    pub init: String,
+    pub init: InitArg,
     /// The run directory to create (never overwritten).
-    #[arg(long)]
+    #[arg(long, requires = "dataset")]
     pub out: Option<PathBuf>,
     /// Continue the run in this directory (optionally to a new --steps total).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["dataset", "out"])]
     pub resume: Option<PathBuf>,
     /// Learning rate (default: per --init).
     #[arg(long, value_parser = positive)]
     pub lr: Option<f64>,
     /// constant, step-half or cosine (default: per --init).
     #[arg(long)]
-    pub lr_schedule: Option<String>,
+    pub lr_schedule: Option<LrSchedule>,
     /// l1 or l2.
     #[arg(long, default_value = "l1")]
-    pub distance: String,
+    pub distance: Distance,
     /// uniform, linear or comma-separated w1,...,wK (each >= 0, not all 0).
     #[arg(long, default_value = "uniform")]
     pub weights: BranchWeights,
@@ -342,7 +347,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 250, value_parser = value_parser!(u64).range(1..=MAX_STEPS))]
     pub checkpoint_every: u64,
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: DeviceName,
 }
 
 #[derive(Debug, Args)]
@@ -367,7 +372,7 @@ pub struct SampleArgs {
     #[arg(long)]
     pub teacher: bool,
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: DeviceName,
 }
 
 #[derive(Debug, Args)]
@@ -394,7 +399,7 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 1000, value_parser = sizes(2..=MAX_SAMPLES))]
     pub fid_images: usize,
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: DeviceName,
 }
 
 #[derive(Debug, Args)]
@@ -420,7 +425,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "fashion-mnist")]
     pub dataset: String,
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: DeviceName,
 }
 
 #[derive(Debug, Subcommand)]
@@ -503,9 +508,62 @@ pub struct FidArgs {
     /// Images `[n, C, H, W]` in [-1, 1] as float32 .npy.
     pub a: PathBuf,
     pub b: PathBuf,
-    /// cpu or cuda:N.
+    /// cpu or cuda:N (libtorch's names: this command runs only libtorch).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+}
+
+/// Where a student starts (`--init`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InitArg {
+    /// The U-Net teacher that generated the store when it was one, else scratch.
+    Auto,
+    Scratch,
+    /// `teacher:DIR`: must be the store's teacher (hashes are compared).
+    Teacher(PathBuf),
+}
+
+impl FromStr for InitArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(InitArg::Auto),
+            "scratch" => Ok(InitArg::Scratch),
+            other => match other.strip_prefix("teacher:") {
+                Some(dir) => Ok(InitArg::Teacher(PathBuf::from(dir))),
+                None => Err("expected auto, scratch or teacher:DIR".into()),
+            },
+        }
+    }
+}
+
+/// A device this build can run on (`cpu`; with the tch feature `tch-cpu` or `cuda:N`),
+/// checked when the command line is parsed. The name is kept: run.json records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceName(String);
+
+impl FromStr for DeviceName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        bdense_trainer::backend::parse_device(s)?;
+        Ok(DeviceName(s.to_string()))
+    }
+}
+
+impl DeviceName {
+    pub fn device(&self) -> Device {
+        bdense_trainer::backend::parse_device(&self.0).expect("checked when parsed")
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for DeviceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 // Bounds on the numbers a user types. Work and memory grow with each of them, so a typo must

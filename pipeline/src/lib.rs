@@ -8,6 +8,7 @@ pub mod images;
 pub mod parallel;
 pub mod plots;
 pub mod progress;
+pub mod run;
 pub mod teacher_source;
 
 use std::process::ExitCode;
@@ -16,7 +17,13 @@ use cli::{BenchCommand, Cli, Command, StoreCommand, TeacherCommand};
 
 /// Runs one command; `Ok(code)` carries non-zero exits that are not errors (a failed verify).
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
+    dispatch(cli.command)
+}
+
+/// Runs one parsed command: the single place that knows which module serves which command
+/// (the demo composes commands through it, so no command module imports another).
+pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Store(StoreCommand::Ls(a)) => commands::store::ls(&a),
         Command::Store(StoreCommand::Info(a)) => commands::store::info(&a),
         Command::Store(StoreCommand::Verify(a)) => commands::store::verify(&a),

@@ -49,6 +49,11 @@ const REFUSED: &[(&str, &str)] = &[
     ("train s/d --out r --batch 0", "--batch"),
     ("train s/d --out r --n 1", "--n"),
     ("train s/d --out r --k 0", "--k"),
+    // SFD trains one branch: a K for it is refused, not silently replaced by 1.
+    ("train s/d --out r --method sfd --k 4", "--k 4: sfd"),
+    ("train s/d --out r --method sfd --weights 2", "--weights"),
+    ("train s/d --resume r", "--resume"),
+    ("train s/d", "--out"),
     ("train s/d --out r --grad-clip=-1", "--grad-clip"),
     ("teacher train --out t --steps 0", "--steps"),
     ("teacher train --out t --base 0", "--base"),

@@ -11,8 +11,10 @@ fn eval_and_report_compare_methods_with_every_table_and_picture() {
     for method in ["sfd", "bdense"] {
         for seed in ["0", "1"] {
             let run = format!("runs/{method}-{seed}");
+            // SFD has one branch; B-DENSE gets K = 2.
+            let k = if method == "bdense" { "2" } else { "1" };
             t.bdense([
-                "train", "store/p", "--method", method, "--n", "4", "--k", "2", "--steps", "4",
+                "train", "store/p", "--method", method, "--n", "4", "--k", k, "--steps", "4",
                 "--batch", "16", "--base", "8", "--seed", seed, "--out", &run,
             ])
             .ok();
@@ -112,10 +114,9 @@ fn quick_demo_runs_end_to_end_on_fashion_mnist() {
         "{out}"
     );
     // The store comes from the shipped U-Net teacher and every student is a copy of it.
-    let run: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(t.join("demo/runs/bdense-n4-s0/run.json")).unwrap(),
-    )
-    .unwrap();
+    let run: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.join("demo/runs/bdense-n4-s0/run.json")).unwrap())
+            .unwrap();
     assert!(
         run["config"]["init"]["Teacher"]
             .as_str()

@@ -2,13 +2,17 @@
 
 use crate::{dir, procedural_store as store};
 
+/// B-DENSE students get K = 2; SFD has its one branch (it is refused a --k).
 fn train_args(method: &str, out: &str, steps: &str, extra: &[&str]) -> Vec<String> {
     let mut a: Vec<String> = [
-        "train", "store/p", "--method", method, "--n", "4", "--k", "2", "--steps", steps,
-        "--batch", "16", "--base", "8", "--init", "scratch", "--out", out,
+        "train", "store/p", "--method", method, "--n", "4", "--steps", steps, "--batch", "16",
+        "--base", "8", "--init", "scratch", "--out", out,
     ]
     .map(String::from)
     .to_vec();
+    if method == "bdense" {
+        a.extend(["--k", "2"].map(String::from));
+    }
     a.extend(extra.iter().map(|s| s.to_string()));
     a
 }

@@ -108,13 +108,91 @@ pub enum StepPer {
     Trajectory,
 }
 
+/// B-DENSE's branch count in the paper's setting (K = M + 1 = 4).
+pub const DEFAULT_K: usize = 4;
+
+/// The method with what it needs, parsed once: SFD trains the endpoint alone, so it has no
+/// branch count or weights to get wrong; B-DENSE has K branches, each with its weight.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MethodSpec {
+    Sfd,
+    Bdense { k: usize, weights: BranchWeights },
+}
+
+impl MethodSpec {
+    /// The method `method` names with the user's `k` (B-DENSE's default: [`DEFAULT_K`]) and
+    /// `weights`. SFD is refused a K other than 1, or a weight other than 1 for its one branch:
+    /// nothing the user asked for is silently overridden.
+    pub fn new(
+        method: Method,
+        k: Option<usize>,
+        weights: BranchWeights,
+    ) -> Result<MethodSpec, String> {
+        let spec = match method {
+            Method::Sfd => {
+                if let Some(k) = k.filter(|&k| k != 1) {
+                    return Err(format!(
+                        "--k {k}: sfd trains one (endpoint) branch; leave out --k, or use --method bdense for {k} branches"
+                    ));
+                }
+                MethodSpec::Sfd
+            }
+            Method::Bdense => MethodSpec::Bdense {
+                k: k.unwrap_or(DEFAULT_K),
+                weights: weights.clone(),
+            },
+        };
+        let sfd_weight = resolve_weights(&weights, 1).ok();
+        if spec.method() == Method::Sfd && sfd_weight.as_deref() != Some(&[1.0]) {
+            return Err(
+                "--weights: sfd has one branch, whose weight is 1; use --method bdense to weigh branches"
+                    .into(),
+            );
+        }
+        spec.branch_weights()
+            .map_err(|e| format!("--weights: {e}"))?;
+        Ok(spec)
+    }
+
+    pub fn method(&self) -> Method {
+        match self {
+            MethodSpec::Sfd => Method::Sfd,
+            MethodSpec::Bdense { .. } => Method::Bdense,
+        }
+    }
+
+    /// Branches per interval: 1 for SFD.
+    pub fn k(&self) -> usize {
+        match self {
+            MethodSpec::Sfd => 1,
+            MethodSpec::Bdense { k, .. } => *k,
+        }
+    }
+
+    /// `w_k`, k = 1..=K (checked again here: a run.json may carry them).
+    pub fn branch_weights(&self) -> Result<Vec<f64>, String> {
+        match self {
+            MethodSpec::Sfd => Ok(vec![1.0]),
+            MethodSpec::Bdense { k, weights } => resolve_weights(weights, *k),
+        }
+    }
+}
+
+fn resolve_weights(weights: &BranchWeights, k: usize) -> Result<Vec<f64>, String> {
+    match weights {
+        BranchWeights::Uniform => Ok(vec![1.0; k]),
+        BranchWeights::Linear => Ok((1..=k).map(|i| i as f64 / k as f64).collect()),
+        BranchWeights::Custom(w) if w.len() == k => check_weights(w).map(|()| w.clone()),
+        BranchWeights::Custom(w) => Err(format!("{} branch weights given for K = {k}", w.len())),
+    }
+}
+
+/// How a student is distilled: the method and the knobs every method shares.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "MethodRecord", into = "MethodRecord")]
 pub struct MethodConfig {
-    pub method: Method,
-    /// Branches per interval; SFD is K = 1.
-    pub k: usize,
+    pub spec: MethodSpec,
     pub distance: Distance,
-    pub weights: BranchWeights,
     /// Analytical first step: the first interval uses `d = x / sqrt(1 + s_0^2)`, no network.
     pub afs: bool,
     /// Start each interval from the teacher's state instead of the student's own rollout.
@@ -122,38 +200,88 @@ pub struct MethodConfig {
     pub step_per: StepPer,
 }
 
-impl MethodConfig {
-    pub fn new(method: Method, k: usize) -> MethodConfig {
-        MethodConfig {
+/// `MethodConfig` as run.json has always stored it (method, k and weights side by side), so
+/// runs written before and after read alike.
+#[derive(Serialize, Deserialize)]
+struct MethodRecord {
+    method: Method,
+    k: usize,
+    distance: Distance,
+    weights: BranchWeights,
+    afs: bool,
+    teacher_forcing: bool,
+    step_per: StepPer,
+}
+
+impl TryFrom<MethodRecord> for MethodConfig {
+    type Error = String;
+    fn try_from(r: MethodRecord) -> Result<Self, String> {
+        Ok(MethodConfig {
+            spec: MethodSpec::new(r.method, Some(r.k), r.weights)?,
+            distance: r.distance,
+            afs: r.afs,
+            teacher_forcing: r.teacher_forcing,
+            step_per: r.step_per,
+        })
+    }
+}
+
+impl From<MethodConfig> for MethodRecord {
+    fn from(c: MethodConfig) -> Self {
+        let (method, k) = (c.method(), c.k());
+        let weights = match c.spec {
+            MethodSpec::Sfd => BranchWeights::Uniform,
+            MethodSpec::Bdense { weights, .. } => weights,
+        };
+        MethodRecord {
             method,
-            k: if method == Method::Sfd { 1 } else { k },
+            k,
+            distance: c.distance,
+            weights,
+            afs: c.afs,
+            teacher_forcing: c.teacher_forcing,
+            step_per: c.step_per,
+        }
+    }
+}
+
+impl MethodConfig {
+    /// `spec` with L1, no AFS, no teacher forcing, a step per interval.
+    pub fn with_spec(spec: MethodSpec) -> MethodConfig {
+        MethodConfig {
+            spec,
             distance: Distance::L1,
-            weights: BranchWeights::Uniform,
             afs: false,
             teacher_forcing: false,
             step_per: StepPer::Interval,
         }
     }
 
+    /// `method` with `k` branches and uniform weights.
+    ///
+    /// # Panics
+    /// If SFD is given a `k` other than 1 (user input goes through [`MethodSpec::new`]).
+    pub fn new(method: Method, k: usize) -> MethodConfig {
+        let spec =
+            MethodSpec::new(method, Some(k), BranchWeights::Uniform).expect("SFD has one branch");
+        MethodConfig::with_spec(spec)
+    }
+
+    pub fn method(&self) -> Method {
+        self.spec.method()
+    }
+
+    /// Branches per interval (the student's head is K x C channels).
+    pub fn k(&self) -> usize {
+        self.spec.k()
+    }
+
     /// The loss this method trains with.
     pub fn objective(&self) -> Result<Objective, String> {
         Ok(Objective {
-            weights: self.branch_weights()?,
+            weights: self.spec.branch_weights()?,
             distance: self.distance,
         })
-    }
-
-    /// `w_k`, k = 1..=K (checked again here: a run.json may carry them).
-    pub fn branch_weights(&self) -> Result<Vec<f64>, String> {
-        let k = self.k;
-        match &self.weights {
-            BranchWeights::Uniform => Ok(vec![1.0; k]),
-            BranchWeights::Linear => Ok((1..=k).map(|i| i as f64 / k as f64).collect()),
-            BranchWeights::Custom(w) if w.len() == k => check_weights(w).map(|()| w.clone()),
-            BranchWeights::Custom(w) => {
-                Err(format!("{} branch weights given for K = {k}", w.len()))
-            }
-        }
     }
 }
 
@@ -233,11 +361,29 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad}");
         }
         assert_eq!(parse("0,1"), Ok(BranchWeights::Custom(vec![0.0, 1.0])));
-        let mut config = MethodConfig::new(Method::Bdense, 2);
-        config.weights = BranchWeights::Custom(vec![0.0, 0.0]);
-        assert!(
-            config.branch_weights().is_err(),
-            "a run.json is checked too"
+        let spec = MethodSpec::Bdense {
+            k: 2,
+            weights: BranchWeights::Custom(vec![0.0, 0.0]),
+        };
+        assert!(spec.branch_weights().is_err(), "a run.json is checked too");
+    }
+
+    #[test]
+    fn sfd_is_refused_what_it_cannot_do() {
+        let uniform = BranchWeights::Uniform;
+        let err = MethodSpec::new(Method::Sfd, Some(4), uniform.clone()).unwrap_err();
+        assert!(err.contains("--k 4") && err.contains("bdense"), "{err}");
+        assert_eq!(
+            MethodSpec::new(Method::Sfd, None, uniform.clone()),
+            Ok(MethodSpec::Sfd)
         );
+        assert_eq!(
+            MethodSpec::new(Method::Sfd, Some(1), uniform.clone()),
+            Ok(MethodSpec::Sfd)
+        );
+        let heavy = BranchWeights::Custom(vec![2.0]);
+        assert!(MethodSpec::new(Method::Sfd, None, heavy).is_err());
+        let bdense = MethodSpec::new(Method::Bdense, None, uniform).unwrap();
+        assert_eq!(bdense.k(), DEFAULT_K);
     }
 }

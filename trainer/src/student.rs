@@ -105,7 +105,7 @@ pub use crate::fit::TrainState as StudentState;
 impl StudentState {
     /// A fresh student per `config.init` on `device` (autodiff is added here).
     pub fn fresh(config: &StudentConfig, channels: usize, device: &Device) -> Result<StudentState> {
-        let k = config.method.k;
+        let k = config.method.k();
         let autodiff = device.clone().autodiff();
         let model = match &config.init {
             Init::Scratch => EdmNet::new(
@@ -161,6 +161,31 @@ impl StudentState {
         };
         Ok((state, r.meta.state))
     }
+}
+
+/// The EMA weights of the student checkpoint in `ckpt` (no autodiff): what sampling and
+/// evaluation use. Format, kind and hash are checked as a resume checks them.
+pub fn load_ema(
+    config: &StudentConfig,
+    channels: usize,
+    device: &Device,
+    ckpt: &Path,
+) -> Result<EdmNet> {
+    let meta_path = ckpt.join("meta.json");
+    let meta: checkpoint::Meta<LoopState> = crate::error::read_json(&meta_path)?;
+    if meta.format != checkpoint::FORMAT || meta.kind != "student" {
+        return Err(TrainerError::checkpoint(
+            &meta_path,
+            format!(
+                "a {:?} checkpoint of format {:?}, expected a student checkpoint of {:?}",
+                meta.kind,
+                meta.format,
+                checkpoint::FORMAT
+            ),
+        ));
+    }
+    let template = EdmNet::new(&config.net, channels, device, 0);
+    checkpoint::load_module(template, &ckpt.join("ema.bpk"), &meta.ema_hash)
 }
 
 /// Trains until `config.steps`, checkpointing into `run`, and returns the final state.
@@ -265,7 +290,7 @@ fn train_batch(
     let m = &config.method;
     let (b, [c, h, w], d) = (batch.len(), batch.dims, batch.dim());
     let intervals = batch.sigmas.len() - 1;
-    let k = m.k;
+    let k = m.k();
     if batch.target_sigmas.iter().any(|t| t.len() != k) {
         return Err(TrainerError::Config(format!(
             "batch has {} targets per interval, the student has K = {k} branches",

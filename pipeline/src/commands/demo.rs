@@ -14,10 +14,11 @@ use std::time::Instant;
 
 use anyhow::bail;
 use bdense_store::Dataset;
+use bdense_trainer::method::{Distance, Method};
+use bdense_trainer::optim::LrSchedule;
 
-use crate::cli::{DemoArgs, EvalArgs, GenerateArgs, TrainArgs};
-use crate::commands::{eval, generate, report, train};
-use crate::parallel;
+use crate::cli::{Command, DemoArgs, EvalArgs, GenerateArgs, InitArg, ReportArgs, TrainArgs};
+use crate::{dispatch, parallel};
 
 /// The teacher and the way students start from it.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,7 +136,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     ensure_dataset(&dataset, args, &p)?;
     let mut plan = Vec::new();
     for &n in &p.ns {
-        for method in ["sfd", "bdense"] {
+        for method in [Method::Sfd, Method::Bdense] {
             for &seed in &p.seeds {
                 plan.push((
                     args.out.join("runs").join(format!("{method}-n{n}-s{seed}")),
@@ -150,7 +151,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     println!("training {} students, {workers} at a time", plan.len());
     let trained = Instant::now();
     parallel::map(&plan, workers, |(run, method, n, seed)| {
-        ensure_run(run, &dataset, method, *n, *seed, args, &p)
+        ensure_run(run, &dataset, *method, *n, *seed, args, &p)
     })?;
     println!(
         "trained {} students in {:.0}s",
@@ -158,7 +159,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         trained.elapsed().as_secs_f64()
     );
     let runs: Vec<PathBuf> = plan.into_iter().map(|(run, ..)| run).collect();
-    eval::run(&EvalArgs {
+    dispatch(Command::Eval(EvalArgs {
         runs: runs.clone(),
         nfe: None,
         heldout: None,
@@ -166,17 +167,20 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         fid: None,
         fid_images: 0,
         device: args.device.clone(),
-    })?;
-    let loaded = report::load_runs(&runs)?;
-    let (md, html, headline) = report::write_report(&loaded, &args.out.join("report"))?;
-    println!("\n{headline}");
+    }))?;
+    println!();
+    let report = args.out.join("report");
+    dispatch(Command::Report(ReportArgs {
+        runs: runs.clone(),
+        out: report.clone(),
+    }))?;
     println!(
         "demo ({} preset) done in {:.0}s: {} runs from one store; report at {} (and {})",
         args.preset,
         started.elapsed().as_secs_f64(),
         runs.len(),
-        md.display(),
-        html.display()
+        report.join("report.md").display(),
+        report.join("report.html").display()
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -196,7 +200,7 @@ fn ensure_dataset(dataset: &Path, args: &DemoArgs, p: &Preset) -> anyhow::Result
         Ok(_) => true,
         Err(_) => false,
     };
-    generate::run(&GenerateArgs {
+    dispatch(Command::Generate(GenerateArgs {
         dataset: dataset.to_path_buf(),
         source: args.dataset.clone(),
         teacher,
@@ -214,10 +218,10 @@ fn ensure_dataset(dataset: &Path, args: &DemoArgs, p: &Preset) -> anyhow::Result
         resume,
         dtype: "f32".into(),
         denoised: false,
-        device: args.device.clone(),
+        device: args.device.to_string(),
         fit_limit,
         abort_after_shards: None,
-    })?;
+    }))?;
     Ok(())
 }
 
@@ -225,7 +229,7 @@ fn ensure_dataset(dataset: &Path, args: &DemoArgs, p: &Preset) -> anyhow::Result
 fn ensure_run(
     run: &PathBuf,
     dataset: &Path,
-    method: &str,
+    method: Method,
     n: usize,
     seed: u64,
     args: &DemoArgs,
@@ -245,32 +249,30 @@ fn ensure_run(
         std::fs::remove_dir_all(run)?; // died before writing its record
     }
     let teacher_init = p.regime == Regime::TeacherInit;
-    let summary = train::train(
+    let summary = crate::run::train(
         &TrainArgs {
             dataset: (!resume).then(|| dataset.to_path_buf()),
-            method: method.into(),
+            method,
             n,
-            k: p.k,
+            // SFD has one branch; only B-DENSE is given K.
+            k: (method == Method::Bdense).then_some(p.k),
             steps: Some(p.steps),
             batch: p.batch,
             seed,
             init: if teacher_init {
-                format!("teacher:{}", shipped_teacher().display())
+                InitArg::Teacher(shipped_teacher())
             } else {
-                "scratch".into()
+                InitArg::Scratch
             },
             out: (!resume).then(|| run.clone()),
             resume: resume.then(|| run.clone()),
             lr: Some(p.lr),
-            lr_schedule: Some(
-                if teacher_init {
-                    "step-half"
-                } else {
-                    "constant"
-                }
-                .into(),
-            ),
-            distance: "l1".into(),
+            lr_schedule: Some(if teacher_init {
+                LrSchedule::StepHalf { factor: 0.1 }
+            } else {
+                LrSchedule::Constant
+            }),
+            distance: Distance::L1,
             weights: bdense_trainer::method::BranchWeights::Uniform,
             afs: Some(teacher_init),
             teacher_forcing: false,

@@ -9,17 +9,17 @@ use anyhow::{Context, bail};
 use bdense_store::Dataset;
 use bdense_trainer::data::DatasetSource;
 
-use crate::cli::EvalArgs;
-use crate::commands::train::RunRecord;
+use crate::cli::{DeviceName, EvalArgs};
 use crate::evaluation::{self, EvalContext, EvalResult};
 use crate::parallel;
+use crate::run::RunRecord;
 
 pub fn run(args: &EvalArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let inception = args
         .fid
         .as_deref()
-        .map(crate::commands::fid::inception_network)
+        .map(evaluation::fid::inception_network)
         .transpose()?;
     let fid = inception.as_deref().map(|p| (p, args.fid_images));
     let results = evaluate_runs(
@@ -74,10 +74,10 @@ pub fn evaluate_runs(
     nfe: Option<&[usize]>,
     heldout: Option<&Path>,
     count: u64,
-    device_name: &str,
+    device_name: &DeviceName,
     fid: Option<(&Path, usize)>,
 ) -> anyhow::Result<Vec<EvalResult>> {
-    let device = bdense_trainer::backend::parse_device(device_name).map_err(anyhow::Error::msg)?;
+    let device = device_name.device();
     let mut contexts: Vec<(DatasetSource, EvalContext)> = Vec::new();
     let mut jobs = Vec::with_capacity(runs.len());
     for run in runs {
@@ -126,7 +126,7 @@ pub fn evaluate_runs(
             inception,
             images,
             &contexts[0].0,
-            device_name,
+            device_name.as_str(),
         )?),
         None => None,
     };
@@ -160,7 +160,7 @@ fn inception_scorer(
     source: &DatasetSource,
     device: &str,
 ) -> anyhow::Result<Scorer> {
-    use crate::commands::fid::inception::statistics;
+    use crate::evaluation::fid::statistics;
     use bdense_trainer::data::Split;
     let net = bdense_trainer::torch::InceptionFeatures::load(inception, device)?;
     let test = source.load(Split::Test)?.take(images);
@@ -186,5 +186,5 @@ fn inception_scorer(
     _source: &DatasetSource,
     _device: &str,
 ) -> anyhow::Result<Scorer> {
-    bail!(crate::commands::fid::NEEDS_TCH)
+    bail!(evaluation::fid::NEEDS_TCH)
 }

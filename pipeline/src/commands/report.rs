@@ -10,10 +10,10 @@ use anyhow::Context;
 use base64::Engine;
 
 use crate::cli::ReportArgs;
-use crate::commands::train::RunRecord;
 use crate::evaluation::EvalResult;
 use crate::images;
 use crate::plots::{self, Series};
+use crate::run::RunRecord;
 
 pub struct EvaluatedRun {
     pub dir: PathBuf,
@@ -322,9 +322,9 @@ pub fn write_report(
             md,
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
             r.dir.display(),
-            c.method.method,
+            c.method.method(),
             c.n,
-            c.method.k,
+            c.method.k(),
             r.record.layout.nfe,
             c.seed,
             c.steps,

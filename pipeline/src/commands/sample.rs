@@ -1,44 +1,25 @@
 //! `bdense sample RUN`: images from a student (endpoint branch only), optionally next to the
 //! teacher's from the same noise; a PNG grid plus the raw arrays as .npy.
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use bdense_store::Dataset;
-use bdense_trainer::checkpoint;
-use bdense_trainer::edm::EdmNet;
 use bdense_trainer::sample::sample;
 use bdense_trainer::solvers::{self, Solver};
 use burn::prelude::*;
 
 use crate::cli::SampleArgs;
-use crate::commands::train::RunRecord;
 use crate::generation::{labels_for, start_noise};
 use crate::images;
+use crate::run::{RunRecord, load_student};
 use crate::teacher_source;
 
 /// Images sampled together.
 const SAMPLE_BATCH: usize = 256;
 /// Images shown in grid.png (the .npy files hold them all).
 const GRID_IMAGES: usize = 256;
-
-/// The run's EMA student from its newest checkpoint, on `device` (no autodiff).
-pub fn load_student(run: &Path, record: &RunRecord, device: &Device) -> anyhow::Result<EdmNet> {
-    let ckpt = checkpoint::latest(run)?
-        .with_context(|| format!("{}: no checkpoint yet (train first)", run.display()))?;
-    let meta: checkpoint::Meta<serde_json::Value> =
-        serde_json::from_slice(&std::fs::read(ckpt.join("meta.json"))?)
-            .with_context(|| format!("{}: unreadable checkpoint meta", ckpt.display()))?;
-    let net = record.config.net.clone();
-    let template = EdmNet::new(&net, record.dims[0], device, 0);
-    Ok(checkpoint::load_module(
-        template,
-        &ckpt.join("ema.bpk"),
-        &meta.ema_hash,
-    )?)
-}
 
 pub fn run(args: &SampleArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
@@ -53,7 +34,7 @@ pub fn run(args: &SampleArgs) -> anyhow::Result<ExitCode> {
             if record.layout.afs { " with AFS" } else { "" }
         );
     }
-    let device = bdense_trainer::backend::parse_device(&args.device).map_err(anyhow::Error::msg)?;
+    let device = args.device.device();
     let net = load_student(&args.run, &record, &device)?;
     let dataset = Dataset::open(&record.dataset)?;
     let teacher = if args.teacher {
@@ -107,7 +88,7 @@ pub fn run(args: &SampleArgs) -> anyhow::Result<ExitCode> {
     println!(
         "sampled {} images with the {} student (NFE {}) into {} ({}{}) in {:.1}s",
         args.count,
-        record.config.method.method,
+        record.config.method.method(),
         record.layout.nfe,
         args.out.display(),
         png.display(),

@@ -10,7 +10,6 @@ use bdense_trainer::teachers::unet::{TeacherTarget, TeacherTrainConfig, train_te
 
 use bdense_trainer::metrics;
 use bdense_trainer::schedule::GridSpec;
-use bdense_trainer::solvers::Solver;
 use bdense_trainer::teachers::unet::UnetTeacher;
 
 use crate::cli::{TeacherEvalArgs, TeacherTrainArgs};
@@ -21,7 +20,7 @@ use crate::{evaluation, images, teacher_source};
 pub fn train(args: &TeacherTrainArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let source: DatasetSource = args.dataset.parse().context("--dataset")?;
-    let device = bdense_trainer::backend::parse_device(&args.device).map_err(anyhow::Error::msg)?;
+    let device = args.device.device();
     if !args.resume && args.out.join("config.json").exists() {
         bail!(
             "{} already holds a teacher run; pass --resume or choose another --out",
@@ -82,14 +81,10 @@ struct TeacherEval {
 /// FD-cls, a sample grid, and optionally how closely it tracks another teacher from the same noise.
 pub fn eval(args: &TeacherEvalArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let device = bdense_trainer::backend::parse_device(&args.device).map_err(anyhow::Error::msg)?;
+    let device = args.device.device();
     let spec = format!("unet:{}", args.dir.display());
     let built = teacher_source::build(&spec, &args.dataset, None, &device)?;
-    let solver: Solver = args
-        .solver
-        .parse()
-        .map_err(anyhow::Error::msg)
-        .context("--solver")?;
+    let solver = args.solver;
     let sigmas = GridSpec::edm(args.grid as usize).sigmas();
     let endpoints = |teacher: &dyn bdense_trainer::teachers::Teacher| {
         let t = teacher_trajectories(
