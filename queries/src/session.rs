@@ -42,7 +42,7 @@ impl StoreSession {
 
     /// A session holding just `dataset`.
     pub fn for_dataset(dataset: Dataset) -> Result<StoreSession> {
-        let name = dataset_name(&dataset);
+        let name = dataset.name();
         let store = dataset
             .dir()
             .parent()
@@ -199,14 +199,6 @@ impl Visitor for ExprDepth {
         self.depth -= 1;
         ControlFlow::Continue(())
     }
-}
-
-/// The table name of a dataset: its directory name.
-pub fn dataset_name(ds: &Dataset) -> String {
-    ds.dir()
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| ds.manifest().name.clone())
 }
 
 fn manifest_table(datasets: &BTreeMap<String, Dataset>) -> Result<MemTable> {

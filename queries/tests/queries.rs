@@ -12,7 +12,7 @@ use bdense_store::synthetic::{SyntheticSpec, gaussian_shard, write_gaussian};
 use bdense_store::{Dataset, DatasetWriter, Dims, Dtype, WriteOptions};
 
 fn sigmas(points: usize) -> Vec<f64> {
-    bdense_trainer::schedule::polynomial_sigmas(points, 0.002, 80.0, 7.0)
+    bdense_store::Grid::edm(points).sigmas
 }
 
 fn spec(name: &str, count: u64, points: usize, dtype: Dtype) -> SyntheticSpec {

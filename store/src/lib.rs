@@ -13,13 +13,18 @@
 //! does not name are ignored by readers; [`gc::collect_garbage`] removes those a dead writer
 //! left (only names the store creates, never while their writer lives).
 //!
+//! The sigma grid the manifest records ([`grid::Grid`]) and the (N, K) student layout over it
+//! ([`layout::StudentLayout`]) are defined here, once, for every crate above.
+//!
 //! Every read is checked: a manifest is range-checked and its paths confined to the dataset
 //! when loaded, and a step file's size, xxh3 hash, row count and trajectory ids are compared
 //! with the manifest before its data are handed out ([`integrity`]).
 
 pub mod error;
 pub mod gc;
+pub mod grid;
 pub mod integrity;
+pub mod layout;
 pub mod manifest;
 pub mod reader;
 pub mod schema;
@@ -35,11 +40,17 @@ pub use integrity::VerifiedFiles;
 pub use parquet;
 
 pub use error::{Result, StoreError};
-pub use manifest::{
-    Dims, Dtype, FileEntry, GridInfo, Manifest, Provenance, SeedPolicy, ShardEntry,
-};
+pub use grid::Grid;
+pub use layout::{LayoutError, StudentLayout};
+pub use manifest::{Dims, Dtype, FileEntry, Manifest, Provenance, SeedPolicy, ShardEntry};
 pub use reader::{Dataset, StateView, StepBatch, Trajectory};
 pub use writer::{DatasetSpec, DatasetWriter, ShardData, WriteOptions};
+
+/// The name of the dataset at `dir` (`STORE/NAME`): its directory's name, which is also its
+/// SQL table name. `None` for a path with no final component (`/`, `..`).
+pub fn dataset_name(dir: &std::path::Path) -> Option<String> {
+    dir.file_name().map(|n| n.to_string_lossy().into_owned())
+}
 
 /// Lists the datasets (directories holding a `manifest.json`) inside a store, sorted by name.
 pub fn list_datasets(store: &std::path::Path) -> Result<Vec<String>> {

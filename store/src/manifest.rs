@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError};
 use crate::fsutil;
+/// The manifest's `grid` field (defined with the grid it describes).
+pub use crate::grid::Grid;
 
 /// Bumped when a reader of the previous version could misread a new dataset.
 pub const FORMAT_VERSION: u32 = 1;
@@ -88,27 +90,6 @@ impl std::fmt::Display for Dtype {
     }
 }
 
-/// The teacher's sigma grid: one sigma per stored step, descending.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GridInfo {
-    /// `sigmas[step]`; the last entry is 0 when the solver appends the sigma = 0 state.
-    pub sigmas: Vec<f64>,
-    /// How the grid was built (e.g. "polynomial"), with its parameters.
-    pub kind: String,
-    pub sigma_min: f64,
-    pub sigma_max: f64,
-    pub rho: f64,
-    /// True when the final sigma = 0 state is stored as the last step.
-    pub appends_zero: bool,
-}
-
-impl GridInfo {
-    /// Number of points on the sigma grid proper (without an appended zero).
-    pub fn points(&self) -> usize {
-        self.sigmas.len() - usize::from(self.appends_zero)
-    }
-}
-
 /// Where the trajectories came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Provenance {
@@ -173,7 +154,7 @@ pub struct Manifest {
     pub dims: Dims,
     pub dtype: Dtype,
     pub has_denoised: bool,
-    pub grid: GridInfo,
+    pub grid: Grid,
     pub teacher: Provenance,
     pub seeds: SeedPolicy,
     /// Trajectories per shard; shard `s` holds ids `s * rows_per_shard ..`.

@@ -57,6 +57,12 @@ impl Dataset {
         &self.manifest
     }
 
+    /// The dataset's name (its SQL table name): its directory's name, or the manifest's when
+    /// the path has no final component.
+    pub fn name(&self) -> String {
+        crate::dataset_name(&self.dir).unwrap_or_else(|| self.manifest.name.clone())
+    }
+
     /// Schema of every step file (without the `step` partition column).
     pub fn schema(&self) -> SchemaRef {
         self.schema.clone()

@@ -9,7 +9,8 @@
 use std::path::Path;
 
 use crate::error::Result;
-use crate::manifest::{Dims, Dtype, GridInfo, Provenance, SeedPolicy};
+use crate::grid::Grid;
+use crate::manifest::{Dims, Dtype, Provenance, SeedPolicy};
 use crate::reader::Dataset;
 use crate::seeds;
 use crate::writer::{DatasetSpec, DatasetWriter, ShardData, WriteOptions};
@@ -71,14 +72,7 @@ impl SyntheticSpec {
             dims: self.dims,
             dtype: self.dtype,
             has_denoised: self.with_denoised,
-            grid: GridInfo {
-                sigmas: self.sigmas.clone(),
-                kind: "explicit".into(),
-                sigma_min: *self.sigmas.last().expect("non-empty grid"),
-                sigma_max: self.sigmas[0],
-                rho: 0.0,
-                appends_zero: self.sigmas.last() == Some(&0.0),
-            },
+            grid: Grid::explicit(self.sigmas.clone()),
             teacher: Provenance {
                 kind: "synthetic-gaussian".into(),
                 checkpoint_hash: None,

@@ -24,7 +24,7 @@ use parquet::schema::types::ColumnPath;
 use crate::error::{Result, StoreError};
 use crate::fsutil::{self, DatasetLock, WriterLock};
 use crate::manifest::{
-    self, Dims, Dtype, FileEntry, GridInfo, Manifest, Provenance, SeedPolicy, ShardEntry,
+    self, Dims, Dtype, FileEntry, Grid, Manifest, Provenance, SeedPolicy, ShardEntry,
 };
 use crate::schema;
 
@@ -35,7 +35,7 @@ pub struct DatasetSpec {
     pub dims: Dims,
     pub dtype: Dtype,
     pub has_denoised: bool,
-    pub grid: GridInfo,
+    pub grid: Grid,
     pub teacher: Provenance,
     pub seeds: SeedPolicy,
     pub rows_per_shard: u32,

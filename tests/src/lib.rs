@@ -102,7 +102,7 @@ impl TestCommand {
 
 /// The EDM polynomial grid, as datasets store it.
 pub fn edm_sigmas(points: usize) -> Vec<f64> {
-    bdense_trainer::schedule::polynomial_sigmas(points, 0.002, 80.0, 7.0)
+    bdense_store::Grid::edm(points).sigmas
 }
 
 /// A closed-form Gaussian dataset of 1x4x4 states on a `points`-point EDM grid.

@@ -5,7 +5,7 @@ use bdense_trainer::backend::cpu;
 use bdense_trainer::edm::EdmNet;
 use bdense_trainer::method::{Distance, Objective, interval_loss};
 use bdense_trainer::precond::sigma_batch;
-use bdense_trainer::schedule::polynomial_sigmas;
+use bdense_trainer::schedule::Grid;
 use bdense_trainer::solvers::{Denoiser, Solver, host};
 use bdense_trainer::teachers::gmm::{Component, GmmParams};
 use bdense_trainer::unet::UNetConfig;
@@ -71,7 +71,7 @@ type Run<'a> = dyn Fn(&dyn Denoiser, Tensor<4>, &[f64]) -> Tensor<4> + 'a;
 fn final_error_with(params: &GmmParams, points: usize, run: &Run) -> f64 {
     let dev = cpu();
     let d = params.dim();
-    let sigmas = polynomial_sigmas(points, 0.002, 80.0, 7.0);
+    let sigmas = Grid::edm(points).sigmas;
     let mut rnd = stream(7);
     let rows = 8;
     let x0: Vec<f32> = (0..rows * d).map(|_| (80.0 * rnd()) as f32).collect();
@@ -208,7 +208,7 @@ fn every_solver_reports_every_grid_state() {
     let params = gaussian(4);
     let dev = cpu();
     let den = params.denoiser(&dev);
-    let sigmas = polynomial_sigmas(9, 0.002, 80.0, 7.0);
+    let sigmas = Grid::edm(9).sigmas;
     for solver in [
         Solver::Euler,
         Solver::Heun,

@@ -80,7 +80,7 @@ fn synthetic_spec(args: &BenchStoreArgs, dtype: Dtype, rows_per_shard: u32) -> S
             w: args.dim as u32,
         },
         count: args.count,
-        sigmas: bdense_trainer::schedule::polynomial_sigmas(args.steps, 0.002, 80.0, 7.0),
+        sigmas: bdense_store::Grid::edm(args.steps).sigmas,
         rows_per_shard,
         dtype,
         base_seed: 0,

@@ -6,10 +6,9 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use bdense_queries::session::{GRID_TABLE, MANIFEST_TABLE};
 use bdense_store::{
-    DatasetSpec, DatasetWriter, Dims, Dtype, GridInfo, SeedPolicy, ShardData, StoreError,
-    WriteOptions, seeds,
+    DatasetSpec, DatasetWriter, Dims, Dtype, Grid, SeedPolicy, ShardData, StoreError, WriteOptions,
+    seeds,
 };
-use bdense_trainer::schedule::GridSpec;
 use bdense_trainer::solvers::Solver;
 
 use crate::cli::GenerateArgs;
@@ -50,18 +49,15 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
     let built = teacher_source::build(&args.teacher, &args.source, args.fit_limit, &device)?;
     let teacher_s = started.elapsed().as_secs_f64();
     let [c, h, w] = built.info.dims;
-    let grid = GridSpec {
-        points: args.grid,
-        sigma_min: args.sigma_min,
-        sigma_max: args.sigma_max,
-        rho: args.rho,
-    };
-    let mut sigmas = grid.sigmas();
+    let mut grid = Grid::polynomial(args.grid, args.sigma_min, args.sigma_max, args.rho);
     if args.append_zero {
-        sigmas.push(0.0);
+        grid = grid.with_zero();
     }
+    // The teacher runs on the grid the arguments give (on --resume, checked equal to the
+    // manifest's below), as before the grid moved to the store.
+    let sigmas = grid.sigmas.clone();
     let spec = DatasetSpec {
-        name: dataset_name(&args.dataset),
+        name: new_dataset_name(&args.dataset),
         dims: Dims {
             c: c as u32,
             h: h as u32,
@@ -69,14 +65,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         },
         dtype,
         has_denoised: args.denoised,
-        grid: GridInfo {
-            sigmas: sigmas.clone(),
-            kind: "polynomial".into(),
-            sigma_min: args.sigma_min,
-            sigma_max: args.sigma_max,
-            rho: args.rho,
-            appends_zero: args.append_zero,
-        },
+        grid,
         teacher: built.provenance(solver),
         seeds: SeedPolicy {
             base_seed: args.seed,
@@ -163,10 +152,9 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn dataset_name(path: &std::path::Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "dataset".into())
+/// The name a new dataset at `path` gets ("dataset" when the path has no final component).
+fn new_dataset_name(path: &std::path::Path) -> String {
+    bdense_store::dataset_name(path).unwrap_or_else(|| "dataset".into())
 }
 
 /// A resumed dataset must be continued with the very same teacher, grid and layout.
@@ -216,44 +204,16 @@ fn check_resume(m: &bdense_store::Manifest, spec: &DatasetSpec) -> anyhow::Resul
     if !mismatches.is_empty() {
         bail!("cannot resume: {}", mismatches.join("; "));
     }
-    if let Some(what) = grid_difference(&m.grid, &spec.grid) {
+    if let Some(what) = m.grid.difference(&spec.grid) {
         bail!("cannot resume: the sigma grid differs from the dataset's ({what})");
     }
     Ok(())
 }
 
-/// How two grids differ beyond float noise, if they do. A manifest's floats come back from
-/// JSON within an ulp or so (serde_json's default parser is not exact), so equal grids are
-/// compared with a relative tolerance far below any real change of the schedule.
-fn grid_difference(stored: &GridInfo, given: &GridInfo) -> Option<String> {
-    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs());
-    if stored.appends_zero != given.appends_zero {
-        return Some("one stores the sigma = 0 state, the other does not".into());
-    }
-    for (what, a, b) in [
-        ("sigma_min", stored.sigma_min, given.sigma_min),
-        ("sigma_max", stored.sigma_max, given.sigma_max),
-        ("rho", stored.rho, given.rho),
-    ] {
-        if !close(a, b) {
-            return Some(format!("{what}: dataset has {a}, arguments give {b}"));
-        }
-    }
-    let step = stored
-        .sigmas
-        .iter()
-        .zip(&given.sigmas)
-        .position(|(&a, &b)| !close(a, b))?;
-    Some(format!(
-        "step {step}: dataset has sigma {}, arguments give {}",
-        stored.sigmas[step], given.sigmas[step]
-    ))
-}
-
 /// Everything about the arguments that can be wrong, checked before the teacher is built and
 /// before anything is written.
 fn check_arguments(args: &GenerateArgs) -> anyhow::Result<()> {
-    let name = dataset_name(&args.dataset);
+    let name = new_dataset_name(&args.dataset);
     if [GRID_TABLE, MANIFEST_TABLE]
         .iter()
         .any(|r| r.eq_ignore_ascii_case(&name))

@@ -85,7 +85,7 @@ pub fn eval(args: &TeacherEvalArgs) -> anyhow::Result<ExitCode> {
     let spec = format!("unet:{}", args.dir.display());
     let built = teacher_source::build(&spec, &args.dataset, None, &device)?;
     let solver = args.solver;
-    let sigmas = GridSpec::edm(args.grid as usize).sigmas();
+    let sigmas = GridSpec::edm(args.grid as usize).sigmas;
     let endpoints = |teacher: &dyn bdense_trainer::teachers::Teacher| {
         let t = teacher_trajectories(
             teacher,

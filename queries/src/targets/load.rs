@@ -1,0 +1,237 @@
+//! Loading and decoding: a shard's selected steps read with DataFusion (partition-pruned to
+//! exactly those files), each column found by name, every (slot, row) cell indexed.
+
+use std::collections::HashMap;
+
+use bdense_store::{Dataset, ShardEntry, schema as cols};
+use datafusion::arrow::array::{Array, AsArray, PrimitiveArray, RecordBatch};
+use datafusion::arrow::buffer::ScalarBuffer;
+use datafusion::arrow::datatypes::{
+    ArrowPrimitiveType, DataType, Float16Type, Float32Type, Int32Type, UInt16Type, UInt64Type,
+};
+use datafusion::prelude::{SessionContext, col, lit};
+use half::f16;
+
+use super::order::ShardPlan;
+use crate::error::{QueryError, Result, RowProblem};
+use crate::table::{SHARD, STEP};
+
+/// A missing or damaged file is named now, before training starts, not deep inside a query
+/// later (the check is remembered, so the scans do not hash the files again).
+pub(crate) fn check_files(dataset: &Dataset, shard: &ShardEntry, steps: &[u16]) -> Result<()> {
+    for &step in steps {
+        let entry = dataset.file(shard, step)?;
+        let path = dataset.file_path(entry);
+        if std::fs::symlink_metadata(&path).is_err() {
+            return Err(QueryError::MissingStepFile {
+                dataset: dataset.dir().to_path_buf(),
+                path,
+            });
+        }
+        dataset.check_file(shard, entry)?;
+    }
+    Ok(())
+}
+
+/// One decoded batch's states, typed once so assembly copies slices without looking anything up.
+pub(crate) enum States {
+    F32(ScalarBuffer<f32>),
+    F16(ScalarBuffer<f16>),
+}
+
+impl States {
+    /// Appends state `r` (`dim` values) as f32.
+    pub fn extend(&self, r: usize, dim: usize, out: &mut Vec<f32>) {
+        match self {
+            States::F32(v) => out.extend_from_slice(&v[r * dim..(r + 1) * dim]),
+            States::F16(v) => out.extend(v[r * dim..(r + 1) * dim].iter().map(|h| h.to_f32())),
+        }
+    }
+}
+
+/// A shard's selected steps, decoded: their states plus where each (slot, row) lives in them.
+pub(crate) struct LoadedShard {
+    /// One entry per decoded Arrow batch.
+    pub states: Vec<States>,
+    /// `cells[slot * rows + row] = (batch, row in batch)`.
+    pub cells: Vec<(u32, u32)>,
+    pub rows: usize,
+    pub first_id: u64,
+    pub seeds: Vec<u64>,
+    pub labels: Vec<Option<i32>>,
+    /// Rows this epoch still emits from this shard.
+    pub remaining: usize,
+}
+
+impl LoadedShard {
+    /// Appends trajectory `id`'s state at `slot`.
+    pub fn extend(&self, id: u64, slot: usize, dim: usize, out: &mut Vec<f32>) {
+        let row = (id - self.first_id) as usize;
+        let (b, r) = self.cells[slot * self.rows + row];
+        self.states[b as usize].extend(r as usize, dim, out);
+    }
+}
+
+/// What a loader needs to know about the dataset, shared by every shard it loads.
+#[derive(Clone)]
+pub(crate) struct LoadSpec {
+    /// The dataset's table name in the session.
+    pub name: String,
+    pub steps: Vec<u16>,
+    /// Values per state (C x H x W).
+    pub dim: usize,
+}
+
+/// Reads `plan`'s shard at `spec.steps` and indexes every (slot, row) cell.
+pub(crate) async fn load_shard(
+    ctx: &SessionContext,
+    spec: &LoadSpec,
+    plan: &ShardPlan,
+    remaining: usize,
+) -> Result<LoadedShard> {
+    let df = ctx
+        .table(spec.name.as_str())
+        .await?
+        .filter(
+            col(SHARD)
+                .eq(lit(plan.index))
+                .and(col(STEP).in_list(spec.steps.iter().map(|&s| lit(s)).collect(), false)),
+        )?
+        .select_columns(&[cols::TRAJ_ID, STEP, cols::SEED, cols::LABEL, cols::X])?;
+    let batches = df.collect().await?;
+    let mut index = CellIndex::new(spec, plan);
+    let mut states = Vec::with_capacity(batches.len());
+    for (b, batch) in batches.iter().enumerate() {
+        index.add(b as u32, batch)?;
+        states.push(states_of(spec, batch)?);
+    }
+    index.finish(states, remaining)
+}
+
+/// Where each (slot, row) cell of one shard lives, filled batch by batch.
+struct CellIndex<'a> {
+    spec: &'a LoadSpec,
+    plan: &'a ShardPlan,
+    slot_of: HashMap<u16, usize>,
+    rows: usize,
+    cells: Vec<(u32, u32)>,
+    seeds: Vec<u64>,
+    labels: Vec<Option<i32>>,
+}
+
+impl<'a> CellIndex<'a> {
+    fn new(spec: &'a LoadSpec, plan: &'a ShardPlan) -> Self {
+        let rows = plan.rows();
+        CellIndex {
+            spec,
+            plan,
+            slot_of: spec
+                .steps
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| (s, i))
+                .collect(),
+            rows,
+            cells: vec![(u32::MAX, u32::MAX); spec.steps.len() * rows],
+            seeds: vec![0u64; rows],
+            labels: vec![None; rows],
+        }
+    }
+
+    /// Indexes every row of decoded batch `b`.
+    fn add(&mut self, b: u32, batch: &RecordBatch) -> Result<()> {
+        let ids = column::<UInt64Type>(&self.spec.name, batch, cols::TRAJ_ID)?;
+        let steps = column::<UInt16Type>(&self.spec.name, batch, STEP)?;
+        let seeds = column::<UInt64Type>(&self.spec.name, batch, cols::SEED)?;
+        let labels = column::<Int32Type>(&self.spec.name, batch, cols::LABEL)?;
+        for r in 0..batch.num_rows() {
+            let (id, step) = (ids.value(r), steps.value(r));
+            let row = id
+                .checked_sub(self.plan.first_id)
+                .map(|v| v as usize)
+                .filter(|&v| v < self.rows);
+            let (Some(row), Some(&slot)) = (row, self.slot_of.get(&step)) else {
+                return Err(self.problem(RowProblem::Unexpected, id, step));
+            };
+            let cell = &mut self.cells[slot * self.rows + row];
+            if cell.0 != u32::MAX {
+                return Err(self.problem(RowProblem::Duplicate, id, step));
+            }
+            *cell = (b, r as u32);
+            if slot == 0 {
+                self.seeds[row] = seeds.value(r);
+                self.labels[row] = labels.is_valid(r).then(|| labels.value(r));
+            }
+        }
+        Ok(())
+    }
+
+    /// The loaded shard, once every cell has a state.
+    fn finish(self, states: Vec<States>, remaining: usize) -> Result<LoadedShard> {
+        if let Some(missing) = self.cells.iter().position(|c| c.0 == u32::MAX) {
+            let (slot, row) = (missing / self.rows, missing % self.rows);
+            let id = self.plan.first_id + row as u64;
+            return Err(self.problem(RowProblem::Missing, id, self.spec.steps[slot]));
+        }
+        Ok(LoadedShard {
+            states,
+            cells: self.cells,
+            rows: self.rows,
+            first_id: self.plan.first_id,
+            seeds: self.seeds,
+            labels: self.labels,
+            remaining,
+        })
+    }
+
+    fn problem(&self, problem: RowProblem, traj_id: u64, step: u16) -> QueryError {
+        QueryError::ShardRows {
+            dataset: self.spec.name.clone(),
+            shard: self.plan.index,
+            problem,
+            traj_id,
+            step,
+        }
+    }
+}
+
+/// Column `name` of `batch` as `T`, or an error naming the column.
+fn column<'b, T: ArrowPrimitiveType>(
+    dataset: &str,
+    batch: &'b RecordBatch,
+    name: &'static str,
+) -> Result<&'b PrimitiveArray<T>> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_primitive_opt::<T>())
+        .ok_or_else(|| column_error(dataset, name, T::DATA_TYPE))
+}
+
+/// The `x` column's values, typed, after checking each state holds `spec.dim` values.
+fn states_of(spec: &LoadSpec, batch: &RecordBatch) -> Result<States> {
+    let list = batch
+        .column_by_name(cols::X)
+        .and_then(|c| c.as_fixed_size_list_opt())
+        .filter(|l| l.value_length() as usize == spec.dim)
+        .ok_or_else(|| column_error(&spec.name, cols::X, state_type(spec.dim)))?;
+    let values = list.values();
+    if let Some(v) = values.as_primitive_opt::<Float32Type>() {
+        Ok(States::F32(v.values().clone()))
+    } else if let Some(v) = values.as_primitive_opt::<Float16Type>() {
+        Ok(States::F16(v.values().clone()))
+    } else {
+        Err(column_error(&spec.name, cols::X, state_type(spec.dim)))
+    }
+}
+
+fn state_type(dim: usize) -> DataType {
+    DataType::new_fixed_size_list(DataType::Float32, dim as i32, false)
+}
+
+fn column_error(dataset: &str, column: &'static str, expected: DataType) -> QueryError {
+    QueryError::Column {
+        dataset: dataset.to_string(),
+        column,
+        expected: expected.to_string(),
+    }
+}
