@@ -10,9 +10,8 @@ use bdense_queries::{TargetSpec, TargetStream};
 use bdense_store::{Dataset, DatasetSpec, DatasetWriter, SeedPolicy, ShardData, WriteOptions};
 use bdense_trainer::classifier::{self, Classifier, ClassifierCard};
 use bdense_trainer::data::{DatasetSource, Split};
-use bdense_trainer::method::afs_derivative;
 use bdense_trainer::metrics::{self, Gaussian};
-use bdense_trainer::precond::sigma_batch;
+use bdense_trainer::sample::{labels_tensor, rollout};
 use bdense_trainer::solvers::{euler_step, host, to_d};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -257,34 +256,31 @@ pub fn evaluate(
         let target = |i: usize, j: usize, r: usize| {
             &targets[((r * intervals + i) * k + j) * d..((r * intervals + i) * k + j + 1) * d]
         };
-        let mut x = Tensor::<4>::from_data(
+        let x = Tensor::<4>::from_data(
             TensorData::new(batch.start().to_vec(), [b, c, h, w]),
             device,
         );
-        for i in 0..intervals {
-            let (s, s_next) = (layout.sigmas[i], layout.sigmas[i + 1]);
-            let (branches, d_end) = if layout.afs && i == 0 {
-                (None, afs_derivative(x.clone(), s))
-            } else {
-                let all = net.denoise_branches(x.clone(), sigma_batch(s, b, device), None);
-                let d_end = to_d(x.clone(), all.last().expect("a branch").clone(), s);
-                (Some(all), d_end)
-            };
-            if let Some(all) = branches {
-                for (j, dk) in all.into_iter().enumerate() {
-                    let xk = host(&euler_step(
-                        x.clone(),
-                        to_d(x.clone(), dk, s),
-                        s,
-                        layout.target_sigmas[i][j],
-                    ));
-                    for r in 0..b {
-                        sq_branch[i][j] += sq_err(&xk[r * d..(r + 1) * d], target(i, j, r));
-                    }
+        // A class-conditional student is given each trajectory's label, as in training.
+        let labels = batch
+            .labels()
+            .filter(|_| record.config.net.num_classes > 0)
+            .map(|l| labels_tensor(&l, device));
+        let afs = layout.afs;
+        rollout(&net, x, &layout.sigmas, afs, labels.as_ref(), &mut |step| {
+            let i = step.index;
+            for (j, dk) in step.branches.unwrap_or_default().iter().enumerate() {
+                let (x, s) = (step.x.clone(), step.s);
+                let xk = host(&euler_step(
+                    x.clone(),
+                    to_d(x, dk.clone(), s),
+                    s,
+                    layout.target_sigmas[i][j],
+                ));
+                for r in 0..b {
+                    sq_branch[i][j] += sq_err(&xk[r * d..(r + 1) * d], target(i, j, r));
                 }
             }
-            x = euler_step(x, d_end, s, s_next);
-            let xs = host(&x);
+            let xs = host(step.next);
             for r in 0..b {
                 sq_ts[i + 1] += sq_err(&xs[r * d..(r + 1) * d], target(i, k - 1, r));
             }
@@ -292,7 +288,7 @@ pub fn evaluate(
                 student_end.extend_from_slice(&xs);
                 (0..b).for_each(|r| teacher_end.extend_from_slice(target(i, k - 1, r)));
             }
-        }
+        });
         count += b;
     }
     if count == 0 {

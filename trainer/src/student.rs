@@ -311,12 +311,7 @@ fn train_batch(
         .labels
         .as_ref()
         .filter(|_| config.net.num_classes > 0)
-        .map(|l| {
-            Tensor::<1, Int>::from_data(
-                TensorData::new(l.iter().map(|&v| v as i64).collect(), [b]),
-                device,
-            )
-        });
+        .map(|l| crate::sample::labels_tensor(l, device));
     let teacher_start = |i: usize| -> Option<Tensor<4>> {
         let starts = batch.interval_starts.as_ref()?;
         let all: Tensor<3> =

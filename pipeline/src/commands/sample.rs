@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use bdense_store::Dataset;
-use bdense_trainer::sample::sample;
+use bdense_trainer::sample::{labels_tensor, sample};
 use bdense_trainer::solvers::{self, Solver};
 use burn::prelude::*;
 
@@ -54,12 +54,7 @@ pub fn run(args: &SampleArgs) -> anyhow::Result<ExitCode> {
         let labels = teacher
             .as_ref()
             .and_then(|(t, _)| labels_for(t.teacher.as_ref(), args.seed, ids.clone()))
-            .map(|l| {
-                Tensor::<1, Int>::from_data(
-                    TensorData::new(l.iter().map(|&v| v as i64).collect(), [n]),
-                    &device,
-                )
-            });
+            .map(|l| labels_tensor(&l, &device));
         let states = sample(
             &net,
             x.clone(),
