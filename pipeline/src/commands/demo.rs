@@ -132,7 +132,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let store = args.out.join("store");
-    let dataset = store.join(dataset_name(&args.dataset));
+    let dataset = store.join(dataset_dir_for(&args.dataset));
     ensure_dataset(&dataset, args, &p)?;
     let mut plan = Vec::new();
     for &n in &p.ns {
@@ -185,7 +185,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn dataset_name(source: &str) -> String {
+/// The demo's dataset directory for an image source (`idx:/a/b` -> `idx--a-b`).
+fn dataset_dir_for(source: &str) -> String {
     source.replace(['/', ':', '.'], "-")
 }
 
