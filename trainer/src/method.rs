@@ -257,16 +257,6 @@ impl MethodConfig {
         }
     }
 
-    /// `method` with `k` branches and uniform weights.
-    ///
-    /// # Panics
-    /// If SFD is given a `k` other than 1 (user input goes through [`MethodSpec::new`]).
-    pub fn new(method: Method, k: usize) -> MethodConfig {
-        let spec =
-            MethodSpec::new(method, Some(k), BranchWeights::Uniform).expect("SFD has one branch");
-        MethodConfig::with_spec(spec)
-    }
-
     pub fn method(&self) -> Method {
         self.spec.method()
     }

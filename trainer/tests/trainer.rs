@@ -625,13 +625,15 @@ fn tiny_teacher(
 
 #[test]
 fn teacher_initialised_student_reproduces_the_teacher_on_every_branch() {
-    use bdense_trainer::method::{Method, MethodConfig};
+    use bdense_trainer::method::{BranchWeights, Method, MethodConfig, MethodSpec};
     use bdense_trainer::student::{Init, StudentConfig, StudentState};
     use bdense_trainer::teachers::unet::{TeacherTarget, UnetTeacher};
     let dir = tempfile::tempdir().unwrap();
     let card = tiny_teacher(dir.path(), TeacherTarget::Data, 3, &mut |_| {});
     let config = StudentConfig {
-        method: MethodConfig::new(Method::Bdense, 4),
+        method: MethodConfig::with_spec(
+            MethodSpec::new(Method::Bdense, Some(4), BranchWeights::Uniform).unwrap(),
+        ),
         n: 4,
         steps: 1,
         batch: 2,

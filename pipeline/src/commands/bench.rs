@@ -14,8 +14,8 @@ use bdense_trainer::log::CsvLog;
 use bdense_trainer::student::{self, BatchSource, Init, StudentConfig, StudentState, TrainBatch};
 
 use crate::cli::{BenchStoreArgs, BenchTargetsArgs, BenchTrainArgs};
-use crate::commands::train::{StreamSource, to_train_batch};
 use crate::progress::bytes;
+use crate::run::{StreamSource, to_train_batch};
 
 /// States `[steps][count][dim]` plus per-trajectory seeds, from a dataset or synthetic.
 struct States {
@@ -532,12 +532,16 @@ pub fn train(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
     };
     let mut per_traj = Vec::new();
     let mut reuse = Vec::new();
-    for (method, k) in [
-        (bdense_trainer::method::Method::Sfd, 1),
-        (bdense_trainer::method::Method::Bdense, args.k),
-    ] {
+    use bdense_trainer::method::{BranchWeights, Method, MethodConfig, MethodSpec};
+    let specs = [
+        MethodSpec::Sfd,
+        MethodSpec::new(Method::Bdense, Some(args.k), BranchWeights::Uniform)
+            .map_err(anyhow::Error::msg)?,
+    ];
+    for spec in specs {
+        let (method, k) = (spec.method(), spec.k());
         let config = StudentConfig {
-            method: bdense_trainer::method::MethodConfig::new(method, k),
+            method: MethodConfig::with_spec(spec),
             n: args.n,
             steps: args.steps,
             batch: args.batch,

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use crate::cli::TrainArgs;
 
 // Kept while `commands::bench` still imports them from here; new code uses `crate::run`.
-pub use crate::run::{RunRecord, StreamSource, to_train_batch};
 
 pub fn run(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     println!("{}", crate::run::train(args, true)?);
