@@ -415,8 +415,10 @@ pub struct ReportArgs {
 #[derive(Debug, Args)]
 #[command(after_help = "Example: bdense demo --preset quick")]
 pub struct DemoArgs {
-    /// quick (about 2 minutes) or default (about 15 minutes on 2 cores).
-    #[arg(long, default_value = "default")]
+    /// The paper's regime (students copied from the shipped U-Net teacher): quick (under a
+    /// minute), default (about 20 minutes on 2 cores), full (three seeds per cell); or the
+    /// GMM teacher with students from scratch: gmm, gmm-quick.
+    #[arg(long, default_value = "default", value_parser = ["quick", "default", "full", "gmm", "gmm-quick"])]
     pub preset: String,
     /// Where the store, runs and report go.
     #[arg(long, default_value = "runs/demo")]
