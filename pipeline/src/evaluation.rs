@@ -207,6 +207,18 @@ pub fn eval_context(source: &DatasetSource, device: &Device) -> anyhow::Result<E
     })
 }
 
+/// FD-cls of classifier features `[n, F]` against the real test images' statistics.
+fn fd_from_features(ctx: &EvalContext, feats: &[f32]) -> f64 {
+    metrics::frechet_distance(&Gaussian::fit(feats, ctx.card.config.features), &ctx.real)
+}
+
+/// FD-cls of samples (`[n, C, H, W]` values) against the real test images.
+pub fn fd_cls(ctx: &EvalContext, samples: &[f32], dims: [usize; 3]) -> f64 {
+    let (feats, _) =
+        classifier::features_and_predictions(&ctx.classifier, samples, dims, &ctx.device);
+    fd_from_features(ctx, &feats)
+}
+
 /// Everything measured for one run.
 pub struct Evaluation {
     pub result: EvalResult,
@@ -302,7 +314,6 @@ pub fn evaluate(
         classifier::features_and_predictions(&ctx.classifier, &student_end, shape, device);
     let (teacher_feats, _) =
         classifier::features_and_predictions(&ctx.classifier, &teacher_end, shape, device);
-    let f = ctx.card.config.features;
     let (entropy, coverage) = metrics::label_entropy_coverage(&preds, ctx.card.config.classes);
     let result = EvalResult {
         run: run.display().to_string(),
@@ -327,8 +338,8 @@ pub fn evaluate(
                     .collect()
             })
             .collect(),
-        fd_cls: metrics::frechet_distance(&Gaussian::fit(&feats, f), &ctx.real),
-        teacher_fd_cls: metrics::frechet_distance(&Gaussian::fit(&teacher_feats, f), &ctx.real),
+        fd_cls: fd_from_features(ctx, &feats),
+        teacher_fd_cls: fd_from_features(ctx, &teacher_feats),
         label_entropy: entropy,
         label_coverage: coverage,
         classifier_accuracy: ctx.card.test_accuracy,

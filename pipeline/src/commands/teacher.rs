@@ -104,7 +104,7 @@ pub fn eval(args: &TeacherEvalArgs) -> anyhow::Result<ExitCode> {
     let ours = endpoints(built.teacher.as_ref());
     let source: DatasetSource = args.dataset.parse().context("--dataset")?;
     let ctx = evaluation::eval_context(&source, &device)?;
-    let fd = |x: &[f32]| fd_cls(&ctx, x, built.info.dims);
+    let fd = |x: &[f32]| evaluation::fd_cls(&ctx, x, built.info.dims);
     let against = match &args.against {
         Some(other) => {
             let other_teacher = teacher_source::build(other, &args.dataset, None, &device)?;
@@ -159,18 +159,4 @@ pub fn eval(args: &TeacherEvalArgs) -> anyhow::Result<ExitCode> {
         started.elapsed().as_secs_f64()
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// FD-cls of samples against the real test images' statistics in `ctx`.
-fn fd_cls(ctx: &evaluation::EvalContext, samples: &[f32], dims: [usize; 3]) -> f64 {
-    let (feats, _) = bdense_trainer::classifier::features_and_predictions(
-        &ctx.classifier,
-        samples,
-        dims,
-        &ctx.device,
-    );
-    metrics::frechet_distance(
-        &metrics::Gaussian::fit(&feats, ctx.card.config.features),
-        &ctx.real,
-    )
 }
