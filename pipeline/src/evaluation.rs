@@ -11,7 +11,7 @@ use bdense_store::{Dataset, DatasetSpec, DatasetWriter, SeedPolicy, ShardData, W
 use bdense_trainer::classifier::{self, Classifier, ClassifierCard};
 use bdense_trainer::data::{DatasetSource, Split};
 use bdense_trainer::metrics::{self, Gaussian};
-use bdense_trainer::sample::{labels_tensor, rollout};
+use bdense_trainer::sample::{labels_tensor, net_denoiser, rollout};
 use bdense_trainer::solvers::{euler_step, host, to_d};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -278,7 +278,8 @@ pub fn evaluate(
             .filter(|_| record.config.net.num_classes > 0)
             .map(|l| labels_tensor(&l, device));
         let afs = layout.afs;
-        rollout(&net, x, &layout.sigmas, afs, labels.as_ref(), &mut |step| {
+        let mut denoise = net_denoiser(&net, labels.as_ref());
+        rollout(x, &layout.sigmas, afs, &mut denoise, &mut |step| {
             let i = step.index;
             for (j, dk) in step.branches.unwrap_or_default().iter().enumerate() {
                 let (x, s) = (step.x.clone(), step.s);
@@ -300,6 +301,7 @@ pub fn evaluate(
                 student_end.extend_from_slice(&xs);
                 (0..b).for_each(|r| teacher_end.extend_from_slice(target(i, k - 1, r)));
             }
+            None
         });
         count += b;
     }

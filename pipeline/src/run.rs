@@ -38,20 +38,11 @@ pub struct RunRecord {
     pub dataset_name: String,
     pub dataset_snapshot: String,
     pub dims: [usize; 3],
-    pub layout: StudentLayoutRecord,
+    /// The (N, K) layout over the dataset's grid, as training laid it (`nfe()` tells NFE).
+    pub layout: StudentLayout,
     pub device: String,
     pub bdense_version: String,
     pub git_revision: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StudentLayoutRecord {
-    pub n: usize,
-    pub k: usize,
-    pub afs: bool,
-    pub timestamps: Vec<u16>,
-    pub sigmas: Vec<f64>,
-    pub nfe: usize,
 }
 
 impl RunRecord {
@@ -59,7 +50,10 @@ impl RunRecord {
         let path = run.join("run.json");
         let text = std::fs::read(&path)
             .with_context(|| format!("{}: not a bdense run directory", run.display()))?;
-        let record: RunRecord = serde_json::from_slice(&text)
+        let mut value: serde_json::Value = serde_json::from_slice(&text)
+            .with_context(|| format!("{}: not a valid run.json", path.display()))?;
+        upgrade_layout(&mut value).with_context(|| format!("{}", path.display()))?;
+        let record: RunRecord = serde_json::from_value(value)
             .with_context(|| format!("{}: not a valid run.json", path.display()))?;
         if record.format != RUN_FORMAT {
             bail!(
@@ -136,15 +130,13 @@ impl BatchSource for StreamSource {
 }
 
 pub fn to_train_batch(batch: &bdense_queries::TargetBatch, dims: [usize; 3]) -> TrainBatch {
-    let l = &batch.layout;
     TrainBatch {
         dims,
         traj_ids: batch.traj_ids().to_vec(),
         start: batch.start().to_vec(),
         targets: batch.targets().to_vec(),
         interval_starts: batch.interval_starts().map(<[f32]>::to_vec),
-        sigmas: l.sigmas.clone(),
-        target_sigmas: l.target_sigmas.clone(),
+        layout: batch.layout.clone(),
         labels: batch.labels(),
     }
 }
@@ -248,7 +240,7 @@ pub fn train(args: &TrainArgs, show_progress: bool) -> anyhow::Result<String> {
         record.config.method.method(),
         record.config.n,
         record.config.method.k(),
-        record.layout.nfe,
+        record.layout.nfe(),
         start_step,
         state.step,
         (trained as f64 * record.config.batch as f64) / secs,
@@ -382,6 +374,51 @@ impl Recipe {
     }
 }
 
+/// A run.json written before the record kept the whole layout (it kept N, K, AFS, the
+/// timestamps and their sigmas) gets the layout rebuilt from its dataset's grid, which must
+/// give the same timestamps and sigmas; the file itself is left as it is.
+fn upgrade_layout(value: &mut serde_json::Value) -> anyhow::Result<()> {
+    let Some(old) = value.get("layout").filter(|l| l.get("targets").is_none()) else {
+        return Ok(());
+    };
+    #[derive(Deserialize)]
+    struct Before {
+        n: usize,
+        k: usize,
+        afs: bool,
+        timestamps: Vec<u16>,
+        sigmas: Vec<f64>,
+    }
+    let old: Before = serde_json::from_value(old.clone()).context("not a valid layout")?;
+    let dataset = value
+        .get("dataset")
+        .and_then(|d| d.as_str())
+        .context("no dataset")?;
+    let grid = Dataset::open(Path::new(dataset))
+        .with_context(|| {
+            format!("written by an older bdense; its layout is rebuilt from its dataset, {dataset}")
+        })?
+        .manifest()
+        .grid
+        .clone();
+    let layout = StudentLayout::for_grid(&grid, old.n, old.k, old.afs)?;
+    let close = |a: &[f64], b: &[f64]| {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(x, y)| (x - y).abs() <= 1e-9 * x.abs().max(1.0))
+    };
+    if layout.timestamps != old.timestamps || !close(&layout.sigmas, &old.sigmas) {
+        bail!(
+            "its layout (timestamps {:?}) does not match its dataset {dataset} (timestamps {:?}): the dataset changed",
+            old.timestamps,
+            layout.timestamps
+        );
+    }
+    value["layout"] = serde_json::to_value(layout)?;
+    Ok(())
+}
+
 fn new_record(args: &TrainArgs, dataset_path: &Path) -> anyhow::Result<RunRecord> {
     // Before any work: the method with its branches is settled by the arguments alone.
     let spec =
@@ -419,7 +456,7 @@ fn new_record(args: &TrainArgs, dataset_path: &Path) -> anyhow::Result<RunRecord
             (Init::Teacher(dir), card.net)
         }
     };
-    let out_channels = mc.k() * m.dims.c as usize;
+    let out_channels = layout.k * m.dims.c as usize;
     let config = StudentConfig {
         method: mc,
         n: args.n,
@@ -444,14 +481,7 @@ fn new_record(args: &TrainArgs, dataset_path: &Path) -> anyhow::Result<RunRecord
         dataset_name: m.name.clone(),
         dataset_snapshot: m.snapshot_hash(),
         dims: [m.dims.c as usize, m.dims.h as usize, m.dims.w as usize],
-        layout: StudentLayoutRecord {
-            n: layout.n,
-            k: layout.k,
-            afs: layout.afs,
-            timestamps: layout.timestamps.clone(),
-            sigmas: layout.sigmas.clone(),
-            nfe: layout.nfe(),
-        },
+        layout,
         device: args.device.to_string(),
         bdense_version: env!("CARGO_PKG_VERSION").into(),
         git_revision: option_env!("BDENSE_GIT_REVISION")
@@ -613,12 +643,32 @@ mod tests {
   "git_revision": "unknown"
 }"#;
 
+    /// Writes `json` as RUN/run.json with its dataset path pointing at `dataset`.
+    fn run_with(json: &str, dataset: &Path) -> tempfile::TempDir {
+        let run = tempfile::tempdir().unwrap();
+        let text = json.replace("/tmp/cmp/before/store/p", dataset.to_str().unwrap());
+        std::fs::write(run.path().join("run.json"), text).unwrap();
+        run
+    }
+
     #[test]
-    fn runs_written_before_load_and_are_written_back_unchanged() {
-        let sfd: RunRecord = serde_json::from_str(OLD_SFD).unwrap();
+    fn runs_written_before_load_with_their_layout_rebuilt_from_the_dataset() {
+        let store = tempfile::tempdir().unwrap();
+        // The old records' timestamps 0, 4, 8, 12 and sigmas are those of a 13-point EDM grid.
+        let ds = bdense_tests::synthetic(store.path(), "p", 8, 13, 8, bdense_store::Dtype::F32);
+        let sfd_run = run_with(OLD_SFD, ds.dir());
+        let sfd = RunRecord::load(sfd_run.path()).unwrap();
         assert_eq!(sfd.config.method.spec, MethodSpec::Sfd);
         assert_eq!(sfd.config.method.k(), 1);
-        let bdense: RunRecord = serde_json::from_str(OLD_BDENSE).unwrap();
+        let grid = &ds.manifest().grid;
+        assert_eq!(
+            sfd.layout,
+            StudentLayout::for_grid(grid, 4, 1, false).unwrap()
+        );
+        assert_eq!(sfd.layout.targets, vec![vec![4], vec![8], vec![12]]);
+
+        let bdense_run = run_with(OLD_BDENSE, ds.dir());
+        let bdense = RunRecord::load(bdense_run.path()).unwrap();
         assert_eq!(
             bdense.config.method.spec,
             MethodSpec::Bdense {
@@ -627,13 +677,39 @@ mod tests {
             }
         );
         assert_eq!(bdense.config.method.method(), Method::Bdense);
-        for (old, record) in [(OLD_SFD, &sfd), (OLD_BDENSE, &bdense)] {
-            let again = serde_json::to_value(record).unwrap();
-            assert_eq!(
-                again,
-                serde_json::from_str::<serde_json::Value>(old).unwrap()
-            );
-        }
+        assert_eq!(bdense.layout.k, 2);
+        assert_eq!(bdense.layout.targets[0], vec![2, 4]);
+        assert_eq!(bdense.layout.nfe(), 3);
+        // The old file is left alone; saved again, the record holds the whole layout.
+        let before = std::fs::read_to_string(bdense_run.path().join("run.json")).unwrap();
+        assert!(!before.contains("target_sigmas"));
+        bdense.save(bdense_run.path()).unwrap();
+        let again = RunRecord::load(bdense_run.path()).unwrap();
+        assert_eq!(again.layout.targets, bdense.layout.targets);
+        let close = again
+            .layout
+            .target_sigmas
+            .iter()
+            .flatten()
+            .zip(bdense.layout.target_sigmas.iter().flatten())
+            .all(|(a, b)| (a - b).abs() <= 1e-12 * b);
+        assert!(close);
+    }
+
+    #[test]
+    fn an_old_run_whose_dataset_is_gone_or_changed_says_so() {
+        let store = tempfile::tempdir().unwrap();
+        let gone = run_with(OLD_SFD, &store.path().join("missing"));
+        let err = format!("{:#}", RunRecord::load(gone.path()).unwrap_err());
+        assert!(
+            err.contains("run.json") && err.contains("older bdense") && err.contains("missing"),
+            "{err}"
+        );
+        // A 25-point grid puts N = 4 at steps 0, 8, 16, 24, not the record's 0, 4, 8, 12.
+        let ds = bdense_tests::synthetic(store.path(), "q", 8, 25, 8, bdense_store::Dtype::F32);
+        let changed = run_with(OLD_SFD, ds.dir());
+        let err = format!("{:#}", RunRecord::load(changed.path()).unwrap_err());
+        assert!(err.contains("does not match its dataset"), "{err}");
     }
 
     #[test]

@@ -298,7 +298,7 @@ pub struct IntervalLoss {
 }
 
 /// Branch k takes its own Euler step from `x` at `s` to `target_sigmas[k]` and is compared
-/// with the teacher's state there.
+/// with the teacher's state there; `net` gives the branches.
 ///
 /// # Shapes
 /// - `x`: `[B, C, H, W]`; `targets`: K tensors `[B, C, H, W]`
@@ -313,12 +313,29 @@ pub fn interval_loss(
 ) -> IntervalLoss {
     let [b, _, _, _] = x.dims();
     let branches = net.denoise_branches(x.clone(), sigma_batch(s, b, &x.device()), labels);
+    branch_loss(&x, s, &branches, targets, target_sigmas, objective)
+}
+
+/// [`interval_loss`] for branches already computed at `x` (the rollout's denoiser gave them).
+pub fn branch_loss(
+    x: &Tensor<4>,
+    s: f64,
+    branches: &[Tensor<4>],
+    targets: &[Tensor<4>],
+    target_sigmas: &[f64],
+    objective: &Objective,
+) -> IntervalLoss {
     assert_eq!(branches.len(), targets.len(), "one target per branch");
     let mut loss: Option<Tensor<1>> = None;
     let mut per_branch = Vec::with_capacity(targets.len());
     let mut endpoint = None;
-    for (k, denoised) in branches.into_iter().enumerate() {
-        let xhat = euler_step(x.clone(), to_d(x.clone(), denoised, s), s, target_sigmas[k]);
+    for (k, denoised) in branches.iter().enumerate() {
+        let xhat = euler_step(
+            x.clone(),
+            to_d(x.clone(), denoised.clone(), s),
+            s,
+            target_sigmas[k],
+        );
         let diff = xhat.clone() - targets[k].clone();
         let d = match objective.distance {
             Distance::L1 => diff.abs().mean(),

@@ -2,17 +2,20 @@
 //! [`crate::method`]), fed by any [`BatchSource`], checkpointed so that a resumed run is
 //! bit-identical to an uninterrupted one on the CPU.
 
+use bdense_store::StudentLayout;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::checkpoint;
 use crate::edm::EdmNet;
 use crate::error::{Result, TrainerError};
 use crate::fit::{BatchOutcome, Schedule, TrainState, fit};
-use crate::method::{MethodConfig, Objective, StepPer, afs_derivative, interval_loss};
+use crate::method::{MethodConfig, Objective, StepPer, branch_loss};
 use crate::optim::OptimConfig;
-use crate::solvers::euler_step;
+use crate::sample::rollout;
 use crate::unet::UNetConfig;
 
 /// A batch of trajectories as the trainer sees it: host buffers, no Parquet.
@@ -27,10 +30,9 @@ pub struct TrainBatch {
     pub targets: Vec<f32>,
     /// `[B, N-1, D]` when teacher forcing: the teacher's state at each interval start.
     pub interval_starts: Option<Vec<f32>>,
-    /// Student timestamps (N).
-    pub sigmas: Vec<f64>,
-    /// `[N-1][K]`.
-    pub target_sigmas: Vec<Vec<f64>>,
+    /// The (N, K) layout the targets follow (its sigmas are the student's timestamps and
+    /// each branch's target): shared by every batch of a run, not copied into each.
+    pub layout: Arc<StudentLayout>,
     pub labels: Option<Vec<i32>>,
 }
 
@@ -255,14 +257,8 @@ impl crate::fit::Objective for IntervalObjective<'_> {
         _optim: &OptimConfig,
         lr: f64,
     ) -> Result<BatchOutcome> {
-        let (loss, per_branch, grad_norm) = train_batch(
-            self.config,
-            state,
-            &batch,
-            &self.objective,
-            lr,
-            &self.device,
-        )?;
+        let (loss, per_branch, grad_norm) =
+            train_batch(self.config, state, batch, &self.objective, lr, &self.device)?;
         Ok(BatchOutcome {
             loss,
             extra: per_branch,
@@ -278,27 +274,28 @@ impl crate::fit::Objective for IntervalObjective<'_> {
     }
 }
 
-/// Trains every interval of one batch; returns (loss, per-branch distances, grad norm).
+/// Trains every interval of one batch as callbacks of the student's own rollout; returns
+/// (loss, per-branch distances, grad norm). The batch's buffers move into the tensors.
 fn train_batch(
     config: &StudentConfig,
     state: &mut StudentState,
-    batch: &TrainBatch,
+    batch: TrainBatch,
     objective: &Objective,
     lr: f64,
     device: &Device,
 ) -> Result<(f64, Vec<f64>, f64)> {
     let m = &config.method;
+    let layout = batch.layout.clone();
     let (b, [c, h, w], d) = (batch.len(), batch.dims, batch.dim());
-    let intervals = batch.sigmas.len() - 1;
-    let k = m.k();
-    if batch.target_sigmas.iter().any(|t| t.len() != k) {
+    let (intervals, k) = (layout.intervals(), m.k());
+    if layout.k != k {
         return Err(TrainerError::Config(format!(
             "batch has {} targets per interval, the student has K = {k} branches",
-            batch.target_sigmas[0].len()
+            layout.k
         )));
     }
     let targets: Tensor<3> = Tensor::from_data(
-        TensorData::new(batch.targets.clone(), [b, intervals * k, d]),
+        TensorData::new(batch.targets, [b, intervals * k, d]),
         device,
     );
     let target = |i: usize, j: usize| {
@@ -307,60 +304,64 @@ fn train_batch(
             .narrow(1, i * k + j, 1)
             .reshape([b, c, h, w])
     };
+    let interval_starts: Option<Tensor<3>> = batch
+        .interval_starts
+        .map(|s| Tensor::from_data(TensorData::new(s, [b, intervals, d]), device));
+    // Teacher forcing starts interval i from the teacher's state there.
+    let teacher_start = |i: usize| match &interval_starts {
+        Some(all) => all.clone().narrow(1, i, 1).reshape([b, c, h, w]),
+        None => target(i - 1, k - 1),
+    };
     let labels = batch
         .labels
         .as_ref()
         .filter(|_| config.net.num_classes > 0)
         .map(|l| crate::sample::labels_tensor(l, device));
-    let teacher_start = |i: usize| -> Option<Tensor<4>> {
-        let starts = batch.interval_starts.as_ref()?;
-        let all: Tensor<3> =
-            Tensor::from_data(TensorData::new(starts.clone(), [b, intervals, d]), device);
-        Some(all.narrow(1, i, 1).reshape([b, c, h, w]))
-    };
-    let mut x: Tensor<4> =
-        Tensor::from_data(TensorData::new(batch.start.clone(), [b, c, h, w]), device);
+    let x: Tensor<4> = Tensor::from_data(TensorData::new(batch.start, [b, c, h, w]), device);
+
+    let state = RefCell::new(state);
     let (mut total, mut per_branch, mut trained, mut norm) = (0.0, vec![0.0; k], 0usize, 0.0f64);
     let mut pending: Option<Tensor<1>> = None;
-    for i in 0..intervals {
-        let s = batch.sigmas[i];
-        if m.teacher_forcing && i > 0 {
-            x = teacher_start(i).unwrap_or_else(|| target(i - 1, k - 1));
-        }
-        if m.afs && i == 0 {
-            // The analytical first step has nothing to train.
-            x = euler_step(x.clone(), afs_derivative(x, s), s, batch.sigmas[1]).detach();
-            continue;
-        }
-        let ts: Vec<Tensor<4>> = (0..k).map(|j| target(i, j)).collect();
-        let out = interval_loss(
-            &state.model,
-            x,
-            s,
-            &ts,
-            &batch.target_sigmas[i],
-            objective,
-            labels.as_ref(),
-        );
-        total += out.loss.clone().inner().into_scalar::<f64>();
-        per_branch
-            .iter_mut()
-            .zip(&out.per_branch)
-            .for_each(|(a, v)| *a += v);
-        trained += 1;
-        x = out.endpoint;
-        match m.step_per {
-            StepPer::Interval => norm = norm.max(state.optimise(&config.optim, out.loss, lr)),
-            StepPer::Trajectory => {
-                pending = Some(match pending.take() {
-                    Some(p) => p + out.loss,
-                    None => out.loss,
-                })
+    let mut denoise = |x: &Tensor<4>, s: f64| {
+        let live = state.borrow();
+        crate::sample::net_denoiser(&live.model, labels.as_ref())(x, s)
+    };
+    rollout(x, &layout.sigmas, m.afs, &mut denoise, &mut |step| {
+        let i = step.index;
+        // The analytical first step calls no network: nothing to train.
+        if let Some(branches) = step.branches {
+            let ts: Vec<Tensor<4>> = (0..k).map(|j| target(i, j)).collect();
+            let out = branch_loss(
+                step.x,
+                step.s,
+                branches,
+                &ts,
+                &layout.target_sigmas[i],
+                objective,
+            );
+            total += out.loss.clone().inner().into_scalar::<f64>();
+            per_branch
+                .iter_mut()
+                .zip(&out.per_branch)
+                .for_each(|(a, v)| *a += v);
+            trained += 1;
+            match m.step_per {
+                StepPer::Interval => {
+                    let g = state.borrow_mut().optimise(&config.optim, out.loss, lr);
+                    norm = norm.max(g)
+                }
+                StepPer::Trajectory => {
+                    pending = Some(match pending.take() {
+                        Some(p) => p + out.loss,
+                        None => out.loss,
+                    })
+                }
             }
         }
-    }
+        (m.teacher_forcing && i + 1 < intervals).then(|| teacher_start(i + 1))
+    });
     if let Some(loss) = pending {
-        norm = state.optimise(&config.optim, loss, lr);
+        norm = state.borrow_mut().optimise(&config.optim, loss, lr);
     }
     let n = trained.max(1) as f64;
     Ok((

@@ -4,6 +4,7 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -418,7 +419,7 @@ struct OnlineTeacherSource<'a> {
     teacher: &'a dyn bdense_trainer::teachers::Teacher,
     solver: bdense_trainer::solvers::Solver,
     grid: Vec<f64>,
-    layout: StudentLayout,
+    layout: Arc<StudentLayout>,
     base_seed: u64,
     batch: usize,
     dims: [usize; 3],
@@ -464,8 +465,7 @@ impl BatchSource for OnlineTeacherSource<'_> {
             start,
             targets,
             interval_starts: None,
-            sigmas: l.sigmas.clone(),
-            target_sigmas: l.target_sigmas.clone(),
+            layout: l.clone(),
             labels: t.labels,
         })
     }
@@ -586,7 +586,13 @@ pub fn train(args: &BenchTrainArgs) -> anyhow::Result<ExitCode> {
                 teacher: built.teacher.as_ref(),
                 solver: *solver,
                 grid: m.grid.sigmas.clone(),
-                layout: StudentLayout::new(&m.grid.sigmas, m.grid.points(), args.n, k, false)?,
+                layout: Arc::new(StudentLayout::new(
+                    &m.grid.sigmas,
+                    m.grid.points(),
+                    args.n,
+                    k,
+                    false,
+                )?),
                 base_seed: m.seeds.base_seed,
                 batch: args.batch,
                 dims,

@@ -83,12 +83,12 @@ pub fn evaluate_runs(
     for run in runs {
         let record = RunRecord::load(run)?;
         if let Some(nfes) = nfe
-            && !nfes.contains(&record.layout.nfe)
+            && !nfes.contains(&record.layout.nfe())
         {
             bail!(
                 "{}: the student takes NFE {}, not one of {nfes:?}",
                 run.display(),
-                record.layout.nfe
+                record.layout.nfe()
             );
         }
         let dataset = Dataset::open(&record.dataset)?;

@@ -325,7 +325,7 @@ pub fn write_report(
             c.method.method(),
             c.n,
             c.method.k(),
-            r.record.layout.nfe,
+            r.record.layout.nfe(),
             c.seed,
             c.steps,
             c.batch

@@ -25,11 +25,11 @@ pub fn run(args: &SampleArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let record = RunRecord::load(&args.run)?;
     if let Some(nfe) = args.nfe
-        && nfe != record.layout.nfe
+        && nfe != record.layout.nfe()
     {
         bail!(
             "--nfe {nfe}: this run's student takes NFE {} (N = {}{}); train another N for another NFE",
-            record.layout.nfe,
+            record.layout.nfe(),
             record.layout.n,
             if record.layout.afs { " with AFS" } else { "" }
         );
@@ -84,7 +84,7 @@ pub fn run(args: &SampleArgs) -> anyhow::Result<ExitCode> {
         "sampled {} images with the {} student (NFE {}) into {} ({}{}) in {:.1}s",
         args.count,
         record.config.method.method(),
-        record.layout.nfe,
+        record.layout.nfe(),
         args.out.display(),
         png.display(),
         if teacher.is_some() {
