@@ -48,6 +48,9 @@ pub enum Command {
     Report(ReportArgs),
     /// The main job: teacher, store, SFD and B-DENSE students, evaluation and report.
     Demo(DemoArgs),
+    /// Search each method's hyper-parameters on a validation split (same budget for both),
+    /// then train the chosen settings with fresh seeds and report on held-out trajectories.
+    Sweep(SweepArgs),
     /// Fréchet Inception Distance between two .npy image sets (libtorch build).
     Fid(FidArgs),
     /// Benchmarks, each next to a baseline measured in the same run.
@@ -426,6 +429,48 @@ pub struct DemoArgs {
     /// Images: fashion-mnist (default), procedural or idx:DIR.
     #[arg(long, default_value = "fashion-mnist")]
     pub dataset: String,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceName,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example: bdense sweep runs/demo/store/fashion-mnist --n 4 --trials 6 --steps 100 --batch 16 --out runs/sweep-nfe2\n\nSearch space (trial 0 of each method is the paper's recipe: lr 2e-4 step-half, uniform weights):\n  both methods: lr log-uniform in [5e-5, 1e-3], lr schedule step-half or constant\n  bdense also:  branch weights w_k = (k/K)^p, p uniform in [0, 3] (0: uniform, 1: linear)"
+)]
+pub struct SweepArgs {
+    /// The dataset, STORE/NAME; its NAME-val and NAME-heldout splits are generated beside it
+    /// by the same teacher from other seeds when missing.
+    pub dataset: PathBuf,
+    /// Where the search runs, the final runs and the summary go (reused: finished runs are
+    /// kept, unfinished ones resumed).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Student timestamps (NFE N - 2 with the teacher-initialised recipe's AFS).
+    #[arg(long, default_value_t = 4, value_parser = sizes(2..=MAX_GRID))]
+    pub n: usize,
+    /// B-DENSE branches per interval.
+    #[arg(long, default_value_t = 4, value_parser = sizes(1..=MAX_GRID))]
+    pub k: usize,
+    /// Trials per method (the search budget, the same for both).
+    #[arg(long, default_value_t = 6, value_parser = sizes(1..=1000))]
+    pub trials: usize,
+    /// Batch iterations of every run, search and final.
+    #[arg(long, default_value_t = 100, value_parser = value_parser!(u64).range(1..=MAX_STEPS))]
+    pub steps: u64,
+    #[arg(long, default_value_t = 16, value_parser = sizes(1..=MAX_BATCH))]
+    pub batch: usize,
+    /// Fresh seeds for the chosen settings (never a search trial's seed).
+    #[arg(long, default_value_t = 3, value_parser = sizes(1..=1000))]
+    pub final_seeds: usize,
+    /// Validation trajectories the search scores trials on.
+    #[arg(long, default_value_t = 256, value_parser = value_parser!(u64).range(1..=MAX_COUNT))]
+    pub val_count: u64,
+    /// Held-out trajectories the final runs are reported on.
+    #[arg(long, default_value_t = 256, value_parser = value_parser!(u64).range(1..=MAX_COUNT))]
+    pub heldout_count: u64,
+    /// Seed of the search's draws.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceName,
 }

@@ -23,6 +23,8 @@ use crate::teacher_source;
 /// Held-out trajectories use this offset on the base seed, so they never share noise with a
 /// training dataset generated from the same base seed.
 pub const HELDOUT_SEED_OFFSET: u64 = 0x5EED_0FF5;
+/// The same for the validation split a hyper-parameter search scores on.
+pub const VALIDATION_SEED_OFFSET: u64 = 0x5EED_7A11;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalResult {
@@ -54,9 +56,55 @@ pub struct EvalResult {
     pub fid_inception: Option<f64>,
 }
 
+/// Trajectories of a dataset's own teacher from seeds the dataset never uses: `held-out`
+/// ones report results, `validation` ones choose hyper-parameters (`bdense sweep`), so a
+/// search never sees what its report is measured on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrajectorySplit {
+    Heldout,
+    Validation,
+}
+
+impl TrajectorySplit {
+    fn suffix(self) -> &'static str {
+        match self {
+            TrajectorySplit::Heldout => "heldout",
+            TrajectorySplit::Validation => "val",
+        }
+    }
+
+    /// Added to the dataset's base seed: each split's noise is its own.
+    pub fn seed_offset(self) -> u64 {
+        match self {
+            TrajectorySplit::Heldout => HELDOUT_SEED_OFFSET,
+            TrajectorySplit::Validation => VALIDATION_SEED_OFFSET,
+        }
+    }
+
+    /// `STORE/NAME-heldout` or `STORE/NAME-val`.
+    pub fn dir(self, dataset_dir: &Path) -> PathBuf {
+        let name = dataset_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        dataset_dir.with_file_name(format!("{name}-{}", self.suffix()))
+    }
+}
+
 /// `STORE/NAME-heldout`, generated from the dataset's own teacher when missing.
 pub fn heldout_dataset(dataset: &Dataset, count: u64, device: &Device) -> anyhow::Result<Dataset> {
-    let dir = heldout_dir(dataset.dir());
+    split_dataset(dataset, TrajectorySplit::Heldout, count, device)
+}
+
+/// The `split` of `dataset` with at least `count` trajectories, generated from the dataset's
+/// own teacher when missing (or resumed when incomplete).
+pub fn split_dataset(
+    dataset: &Dataset,
+    split: TrajectorySplit,
+    count: u64,
+    device: &Device,
+) -> anyhow::Result<Dataset> {
+    let dir = split.dir(dataset.dir());
     if let Ok(existing) = Dataset::open(&dir) {
         check_heldout(dataset, &existing)?;
         if existing.manifest().trajectories() >= count.min(existing.manifest().planned_count)
@@ -68,9 +116,9 @@ pub fn heldout_dataset(dataset: &Dataset, count: u64, device: &Device) -> anyhow
     let m = dataset.manifest();
     let (built, solver) = teacher_source::from_manifest(m, device)?;
     let spec = DatasetSpec {
-        name: format!("{}-heldout", m.name),
+        name: format!("{}-{}", m.name, split.suffix()),
         seeds: SeedPolicy {
-            base_seed: m.seeds.base_seed.wrapping_add(HELDOUT_SEED_OFFSET),
+            base_seed: m.seeds.base_seed.wrapping_add(split.seed_offset()),
             scheme: m.seeds.scheme.clone(),
         },
         planned_count: count,
@@ -110,11 +158,7 @@ pub fn heldout_dataset(dataset: &Dataset, count: u64, device: &Device) -> anyhow
 }
 
 pub fn heldout_dir(dataset_dir: &Path) -> PathBuf {
-    let name = dataset_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    dataset_dir.with_file_name(format!("{name}-heldout"))
+    TrajectorySplit::Heldout.dir(dataset_dir)
 }
 
 fn check_heldout(train: &Dataset, heldout: &Dataset) -> anyhow::Result<()> {

@@ -38,6 +38,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Eval(a) => commands::eval::run(&a),
         Command::Report(a) => commands::report::run(&a),
         Command::Demo(a) => commands::demo::run(&a),
+        Command::Sweep(a) => commands::sweep::run(&a),
         Command::Fid(a) => commands::fid::run(&a),
         Command::Bench(BenchCommand::Store(a)) => commands::bench::store(&a),
         Command::Bench(BenchCommand::Targets(a)) => commands::bench::targets(&a),

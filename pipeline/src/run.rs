@@ -154,6 +154,41 @@ pub fn load_student(run: &Path, record: &RunRecord, device: &Device) -> anyhow::
     )?)
 }
 
+/// Brings the run at `run` to `steps` batch iterations as `bdense train DATASET --out RUN
+/// --steps STEPS FLAGS...` would (the flags parsed by the command line itself, so a run made
+/// here is one a user can retype): a finished run is kept, an unfinished one resumed, one
+/// that died before writing its record started again. Returns the one-line summary.
+pub fn ensure_trained(
+    dataset: &Path,
+    run: &Path,
+    steps: u64,
+    flags: &[String],
+) -> anyhow::Result<String> {
+    let finished = checkpoint::latest(run)?
+        .and_then(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .is_some_and(|name| name == format!("step-{steps:06}"));
+    if finished {
+        return Ok(format!("{}: already trained, reusing it", run.display()));
+    }
+    let mut argv: Vec<std::ffi::OsString> = vec!["bdense".into(), "train".into()];
+    if run.join("run.json").exists() {
+        argv.extend(["--resume".into(), run.into()]);
+    } else {
+        if run.exists() {
+            std::fs::remove_dir_all(run)?; // died before writing its record
+        }
+        argv.extend([dataset.into(), "--out".into(), run.into()]);
+        argv.extend(flags.iter().map(Into::into));
+    }
+    argv.extend(["--steps".into(), steps.to_string().into()]);
+    let cli = <crate::cli::Cli as clap::Parser>::try_parse_from(&argv)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", run.display()))?;
+    match cli.command {
+        crate::cli::Command::Train(args) => train(&args, false),
+        _ => unreachable!("argv names the train command"),
+    }
+}
+
 /// Trains (or resumes) the run `args` describe; returns the one-line summary. `show_progress`
 /// draws a progress bar (off when several runs train side by side).
 pub fn train(args: &TrainArgs, show_progress: bool) -> anyhow::Result<String> {

@@ -6,6 +6,7 @@ mod generate;
 mod queries;
 mod report;
 mod store;
+mod sweep;
 mod torch;
 mod train;
 

@@ -14,10 +14,9 @@ use std::time::Instant;
 
 use anyhow::bail;
 use bdense_store::Dataset;
-use bdense_trainer::method::{Distance, Method};
-use bdense_trainer::optim::LrSchedule;
+use bdense_trainer::method::Method;
 
-use crate::cli::{Command, DemoArgs, EvalArgs, GenerateArgs, InitArg, ReportArgs, TrainArgs};
+use crate::cli::{Command, DemoArgs, EvalArgs, GenerateArgs, ReportArgs};
 use crate::{dispatch, parallel};
 
 /// The teacher and the way students start from it.
@@ -228,7 +227,7 @@ fn ensure_dataset(dataset: &Path, args: &DemoArgs, p: &Preset) -> anyhow::Result
 
 /// Trains a run, resumes an interrupted one, or reuses a finished one.
 fn ensure_run(
-    run: &PathBuf,
+    run: &Path,
     dataset: &Path,
     method: Method,
     n: usize,
@@ -236,56 +235,41 @@ fn ensure_run(
     args: &DemoArgs,
     p: &Preset,
 ) -> anyhow::Result<()> {
-    let finished = bdense_trainer::checkpoint::latest(run)?
-        .and_then(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .is_some_and(|name| name == format!("step-{:06}", p.steps));
-    if finished {
-        println!("{}: already trained, reusing it", run.display());
-        return Ok(());
-    }
-    // `train --resume` continues a run from its checkpoint, or from step 0 if it died before
-    // its first one.
-    let resume = run.join("run.json").exists();
-    if run.exists() && !resume {
-        std::fs::remove_dir_all(run)?; // died before writing its record
-    }
     let teacher_init = p.regime == Regime::TeacherInit;
-    let summary = crate::run::train(
-        &TrainArgs {
-            dataset: (!resume).then(|| dataset.to_path_buf()),
-            method,
-            n,
-            // SFD has one branch; only B-DENSE is given K.
-            k: (method == Method::Bdense).then_some(p.k),
-            steps: Some(p.steps),
-            batch: p.batch,
-            seed,
-            init: if teacher_init {
-                InitArg::Teacher(shipped_teacher())
+    let init = if teacher_init {
+        format!("teacher:{}", shipped_teacher().display())
+    } else {
+        "scratch".into()
+    };
+    let mut flags: Vec<String> = vec![
+        format!("--method={method}"),
+        format!("--n={n}"),
+        format!("--batch={}", p.batch),
+        format!("--seed={seed}"),
+        format!("--init={init}"),
+        format!("--lr={}", p.lr),
+        format!(
+            "--lr-schedule={}",
+            if teacher_init {
+                "step-half"
             } else {
-                InitArg::Scratch
-            },
-            out: (!resume).then(|| run.clone()),
-            resume: resume.then(|| run.clone()),
-            lr: Some(p.lr),
-            lr_schedule: Some(if teacher_init {
-                LrSchedule::StepHalf { factor: 0.1 }
-            } else {
-                LrSchedule::Constant
-            }),
-            distance: Distance::L1,
-            weights: bdense_trainer::method::BranchWeights::Uniform,
-            afs: Some(teacher_init),
-            teacher_forcing: false,
-            step_per_trajectory: false,
-            ema: Some(p.ema),
-            grad_clip: Some(if teacher_init { 0.0 } else { 1.0 }),
-            base: p.base,
-            checkpoint_every: p.steps,
-            device: args.device.clone(),
-        },
-        false,
-    )?;
-    println!("{summary}");
+                "constant"
+            }
+        ),
+        format!("--afs={teacher_init}"),
+        format!("--ema={}", p.ema),
+        format!("--grad-clip={}", if teacher_init { 0.0 } else { 1.0 }),
+        format!("--base={}", p.base),
+        format!("--checkpoint-every={}", p.steps),
+        format!("--device={}", args.device),
+    ];
+    // SFD has one branch; only B-DENSE is given K.
+    if method == Method::Bdense {
+        flags.push(format!("--k={}", p.k));
+    }
+    println!(
+        "{}",
+        crate::run::ensure_trained(dataset, run, p.steps, &flags)?
+    );
     Ok(())
 }

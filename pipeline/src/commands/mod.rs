@@ -9,6 +9,7 @@ pub mod report;
 pub mod sample;
 pub mod sql;
 pub mod store;
+pub mod sweep;
 pub mod targets;
 pub mod teacher;
 pub mod train;
