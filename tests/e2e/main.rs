@@ -4,10 +4,12 @@ mod args;
 mod crash;
 mod generate;
 mod queries;
+mod readers;
 mod report;
 mod store;
 mod torch;
 mod train;
+mod workers;
 
 use bdense_tests::TestDir;
 
