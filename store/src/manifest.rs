@@ -384,7 +384,7 @@ impl Manifest {
             format_version: u32,
         }
         let version: VersionOnly =
-            serde_json::from_slice(&text).map_err(|source| StoreError::ManifestJson {
+            serde_json::from_slice(text).map_err(|source| StoreError::ManifestJson {
                 path: path.clone(),
                 source,
             })?;
@@ -396,7 +396,7 @@ impl Manifest {
             });
         }
         let manifest: Manifest =
-            serde_json::from_slice(&text).map_err(|source| StoreError::ManifestJson {
+            serde_json::from_slice(text).map_err(|source| StoreError::ManifestJson {
                 path: path.clone(),
                 source,
             })?;
