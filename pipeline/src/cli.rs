@@ -72,6 +72,10 @@ pub enum StoreCommand {
     /// Remove files the committed manifest does not name.
     #[command(after_help = "Example: bdense store gc runs/store/fmnist --dry-run")]
     Gc(GcArgs),
+    /// Move a dataset of an older bdense (manifest.json, step=0007) to the current layout
+    /// (_bdense/, step=7) in place, without copying data; safe to rerun if interrupted.
+    #[command(after_help = "Example: bdense store upgrade runs/store/fmnist")]
+    Upgrade(DatasetArgs),
 }
 
 #[derive(Debug, Args)]
@@ -145,6 +149,15 @@ pub struct GenerateArgs {
     /// Continue an interrupted generation from its manifest.
     #[arg(long)]
     pub resume: bool,
+    /// W generators filling one dataset at once (with --worker I, on W machines or GPUs):
+    /// each solves the shards s with s % W == I and commits them as it goes. The first to
+    /// arrive creates the dataset, the others join it (same arguments, else an error); rerun
+    /// a killed worker with the same arguments to complete its part.
+    #[arg(long, requires = "worker", conflicts_with_all = ["shard", "resume"], value_parser = value_parser!(u32).range(1..))]
+    pub workers: Option<u32>,
+    /// This generator's index I, 0 <= I < W (with --workers W).
+    #[arg(long, requires = "workers")]
+    pub worker: Option<u32>,
     /// Storage type of the states: f32 or f16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,

@@ -28,6 +28,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Store(StoreCommand::Info(a)) => commands::store::info(&a),
         Command::Store(StoreCommand::Verify(a)) => commands::store::verify(&a),
         Command::Store(StoreCommand::Gc(a)) => commands::store::gc(&a),
+        Command::Store(StoreCommand::Upgrade(a)) => commands::store::upgrade(&a),
         Command::Generate(a) => commands::generate::run(&a),
         Command::Sql(a) => commands::sql::run(&a),
         Command::Targets(a) => commands::targets::run(&a),

@@ -45,7 +45,7 @@ pub enum StoreError {
         found: u32,
         supported: u32,
     },
-    #[error("{path}: no dataset here (missing manifest.json)")]
+    #[error("{path}: no dataset here (no manifest in _bdense/manifests/)")]
     NotADataset { path: PathBuf },
     #[error("{path}: a dataset already exists here; use resume/append or another name")]
     AlreadyExists { path: PathBuf },
@@ -58,9 +58,13 @@ pub enum StoreError {
     )]
     Damaged { path: PathBuf, detail: String },
     #[error(
-        "{path}: holds files but no dataset (no manifest.json); a dataset is written only into a new or empty directory"
+        "{path}: holds files but no dataset (no manifest in _bdense/manifests/); a dataset is written only into a new or empty directory"
     )]
     NotEmpty { path: PathBuf },
+    #[error(
+        "{path}: a dataset in an older bdense's layout (manifest.json, step=0007): readable as it is; run `bdense store upgrade {path}` before writing to it or collecting its garbage"
+    )]
+    LegacyLayout { path: PathBuf },
     #[error("{path}: shard {shard} is already committed; refusing to overwrite it")]
     ShardCommitted { path: PathBuf, shard: u32 },
 }

@@ -1,22 +1,33 @@
 //! Crash-safe file primitives: everything durable is written to a temporary name, synced and
-//! renamed into place, then the directory is synced so the rename itself survives a crash.
+//! published under its final name without replacing anything (see [`crate::backend`]), then
+//! the directory is synced so the new name itself survives a crash.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Result, StoreError};
 
-/// Temporary sibling of `path`; dot-prefixed so DataFusion, pyarrow and duckdb skip it. The
-/// writer's pid in the name tells `gc` whose it is (see [`WriterLock`]).
+/// Temporary sibling of `path`, `.NAME.tmp-PID-N`: dot-prefixed so DataFusion, pyarrow,
+/// polars and duckdb skip it (and it does not end in `.parquet`). The writer's pid in the name
+/// tells `gc` whose it is (see [`WriterLock`]); N keeps two writers of one process apart.
 pub(crate) fn temp_path(path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = path.file_name().unwrap_or_default().to_string_lossy();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
 }
 
-/// The pid and final name of a temporary file [`temp_path`] named, `None` for other names.
+/// The pid and final name of a temporary file [`temp_path`] named (or an older bdense's
+/// `.NAME.tmp-PID`), `None` for other names.
 pub(crate) fn temp_owner(name: &str) -> Option<(u32, &str)> {
-    let (base, pid) = name.strip_prefix('.')?.rsplit_once(".tmp-")?;
+    let (base, tail) = name.strip_prefix('.')?.rsplit_once(".tmp-")?;
+    let pid = match tail.split_once('-') {
+        Some((pid, n)) => {
+            digits(n)?;
+            pid
+        }
+        None => tail,
+    };
     Some((digits(pid)?, base))
 }
 
@@ -33,45 +44,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| StoreError::io(dir, e))
 }
 
-/// Renames a complete, synced temp file into place and makes the rename durable.
-pub(crate) fn publish(temp: &Path, path: &Path) -> Result<()> {
-    std::fs::rename(temp, path).map_err(|e| StoreError::io(path, e))?;
-    sync_dir(path.parent().expect("published files live in a directory"))
-}
-
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let temp = temp_path(path);
-    let result = File::create(&temp)
-        .and_then(|mut f| {
-            f.write_all(bytes)?;
-            f.sync_all()
-        })
-        .map_err(|e| StoreError::io(&temp, e));
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&temp);
-        return Err(e);
-    }
-    publish(&temp, path)
-}
-
-/// An exclusive advisory lock on the dataset's lock file, released on drop.
-pub(crate) struct DatasetLock(File);
-
-impl DatasetLock {
-    pub(crate) fn acquire(dataset_dir: &Path) -> Result<DatasetLock> {
-        let path = dataset_dir.join(crate::manifest::LOCK_FILE);
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| StoreError::io(&path, e))?;
-        file.lock().map_err(|e| StoreError::io(&path, e))?;
-        Ok(DatasetLock(file))
-    }
-}
-
-/// Held (exclusive `flock` on `.writer-PID-N.lock`) by every open [`crate::DatasetWriter`] for
+/// Held (exclusive `flock` on `_bdense/writer-PID-N.lock`) by every open [`crate::DatasetWriter`] for
 /// its whole life, so `gc` can tell a live writer's temporary files from a dead one's: the
 /// kernel drops the lock when the process dies, however it dies.
 pub(crate) struct WriterLock {
@@ -79,7 +52,10 @@ pub(crate) struct WriterLock {
     path: PathBuf,
 }
 
-const WRITER_LOCK_PREFIX: &str = ".writer-";
+/// Writer locks live in [`crate::manifest::META_DIR`]; an older bdense put them at the top
+/// as `.writer-PID-N.lock`.
+const WRITER_LOCK_PREFIX: &str = "writer-";
+pub(crate) const LEGACY_WRITER_LOCK_PREFIX: &str = ".writer-";
 const WRITER_LOCK_SUFFIX: &str = ".lock";
 
 impl WriterLock {
@@ -92,7 +68,9 @@ impl WriterLock {
             "{WRITER_LOCK_PREFIX}{}-{n}{WRITER_LOCK_SUFFIX}",
             std::process::id()
         );
-        let path = dataset_dir.join(name);
+        let meta = dataset_dir.join(crate::manifest::META_DIR);
+        std::fs::create_dir_all(&meta).map_err(|e| StoreError::io(&meta, e))?;
+        let path = meta.join(name);
         let file = File::create(&path).map_err(|e| StoreError::io(&path, e))?;
         file.lock().map_err(|e| StoreError::io(&path, e))?;
         Ok(WriterLock { file, path })
@@ -101,7 +79,8 @@ impl WriterLock {
     /// The pid of a writer lock file's name, `None` for other names.
     pub(crate) fn owner(name: &str) -> Option<u32> {
         let rest = name
-            .strip_prefix(WRITER_LOCK_PREFIX)?
+            .strip_prefix(WRITER_LOCK_PREFIX)
+            .or_else(|| name.strip_prefix(LEGACY_WRITER_LOCK_PREFIX))?
             .strip_suffix(WRITER_LOCK_SUFFIX)?;
         let (pid, n) = rest.split_once('-')?;
         digits(n)?;
@@ -174,10 +153,4 @@ pub(crate) fn read_bounded(file: File, path: &Path, limit: u64) -> Result<(Vec<u
     let longer = bytes.len() as u64 > limit;
     bytes.truncate(limit as usize);
     Ok((bytes, longer))
-}
-
-impl Drop for DatasetLock {
-    fn drop(&mut self) {
-        let _ = self.0.unlock();
-    }
 }

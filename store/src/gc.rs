@@ -1,22 +1,25 @@
 //! `gc`: removes what a crashed or interrupted writer left behind in a dataset, and nothing
 //! else. It deletes only names the store itself creates (uncommitted `step=N/shard-N.parquet`
-//! files, `.NAME.tmp-PID` temporaries, stale writer locks) inside a dataset directory, never
-//! files it does not recognise and never a directory that holds no manifest.
+//! files, `.NAME.tmp-PID-N` temporaries, stale writer locks, manifest versions older than the
+//! newest [`KEEP_VERSIONS`]) inside a dataset directory, never files it does not recognise,
+//! never what the newest snapshot names and never a directory that holds no manifest.
 //!
 //! Whose is a temporary file? Its name carries the writer's pid, and every open writer holds
-//! a `flock` on `.writer-PID-N.lock` (see `fsutil::WriterLock`). A file of a pid whose lock
-//! is held belongs to a live writer and stays; one whose lock file exists but is not held
+//! a `flock` on `_bdense/writer-PID-N.lock` (see `fsutil::WriterLock`). A file of a pid whose
+//! lock is held belongs to a live writer and stays; one whose lock file exists but is not held
 //! (the kernel releases it when the process dies) is abandoned and goes at once; one with no
 //! lock file at all (another host, an older bdense) goes only once older than the grace
-//! period. Uncommitted files with final names have no pid: they too wait out the grace period.
+//! period. Uncommitted files with final names have no pid: they stay while any writer of the
+//! dataset lives, and for the grace period.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::error::{Result, StoreError};
-use crate::fsutil::{DatasetLock, WriterLock, temp_owner};
-use crate::manifest::{self, LOCK_FILE, MANIFEST_FILE, Manifest};
+use crate::fsutil::{WriterLock, temp_owner};
+use crate::manifest::{self, KEEP_VERSIONS, MANIFEST_DIR, META_DIR};
+use crate::writer::latest_writable;
 
 /// How long a file whose writer cannot be identified is presumed to be in use.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(600);
@@ -62,26 +65,97 @@ pub fn collect_garbage(dataset_dir: &Path, dry_run: bool) -> Result<GcReport> {
 
 /// Deletes what dead writers left in the dataset at `dataset_dir` (or only lists it when
 /// `options.dry_run`).
+///
+/// No lock is taken (the protocol of docs/STORE-PROTOCOL.md): files are listed and stat'd
+/// first, then the live writers are looked up, then the newest snapshot is read. A file a
+/// writer commits before that read is named by it; one committed after was published by a
+/// writer alive at the lookup (whose files stay) or freshened within the grace period.
 pub fn collect_garbage_with(dataset_dir: &Path, options: &GcOptions) -> Result<GcReport> {
-    // Refuse a non-dataset before touching anything (not even creating a lock file in it).
-    Manifest::load(dataset_dir)?;
-    let _lock = DatasetLock::acquire(dataset_dir)?;
-    // Under the lock no commit is half done: re-read what is committed now.
-    let manifest = Manifest::load(dataset_dir)?;
+    // Refuse a non-dataset (or an older layout) before touching anything.
+    latest_writable(dataset_dir)?;
     let mut gc = Collector {
         dir: dataset_dir,
         options,
-        committed: manifest
-            .shards
-            .iter()
-            .flat_map(|s| s.files.iter().map(|f| dataset_dir.join(&f.path)))
-            .collect(),
+        committed: HashSet::new(),
         writers: HashMap::new(),
+        any_writer_alive: false,
         now: SystemTime::now(),
         report: GcReport::default(),
     };
-    gc.sweep_top()?;
+    let found = gc.list()?;
+    gc.any_writer_alive = gc
+        .writer_locks()
+        .iter()
+        .any(|(p, _)| WriterLock::is_held(p));
+    let (_, manifest) = latest_writable(dataset_dir)?;
+    gc.committed = manifest
+        .shards
+        .iter()
+        .flat_map(|s| s.files.iter().map(|f| dataset_dir.join(&f.path)))
+        .collect();
+    let versions = found
+        .iter()
+        .filter_map(|f| match f.kind {
+            Kind::Version(v) => Some(v),
+            _ => None,
+        })
+        .collect::<Vec<u64>>();
+    let newest_kept = versions
+        .iter()
+        .copied()
+        .rev()
+        .nth(KEEP_VERSIONS.saturating_sub(1));
+    for f in found {
+        match f.kind {
+            Kind::Shard => {
+                if !gc.committed.contains(&f.path) {
+                    gc.consider_uncommitted(&f.path, &f.meta)?;
+                }
+            }
+            Kind::Temp(pid) => gc.consider_temp(&f.path, &f.meta, pid)?,
+            Kind::WriterLock => {
+                // A dead writer's lock file goes once it is clearly old: a brand-new one may
+                // be between its writer's create and flock.
+                if !WriterLock::is_held(&f.path) && gc.age(&f.meta) >= STALE_LOCK_AGE {
+                    gc.remove(&f.path, &f.meta)?;
+                }
+            }
+            // Old versions go, the newest few stay (the newest always: `newest_kept` is
+            // at most it).
+            Kind::Version(v) => {
+                if newest_kept.is_some_and(|keep| v < keep) {
+                    gc.remove(&f.path, &f.meta)?;
+                }
+            }
+        }
+    }
+    if !options.dry_run {
+        for dir in gc.step_dirs()? {
+            if std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_none()) {
+                let _ = std::fs::remove_dir(&dir);
+            }
+        }
+    }
     Ok(gc.report)
+}
+
+/// A store-named file gc found, and what it is.
+struct Found {
+    path: PathBuf,
+    meta: std::fs::Metadata,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// `step=N/shard-N.parquet`, committed or not.
+    Shard,
+    /// `.NAME.tmp-PID-N` of a step file or a manifest version.
+    Temp(u32),
+    /// `_bdense/writer-PID-N.lock`.
+    WriterLock,
+    /// `_bdense/manifests/<v>.json`.
+    Version(u64),
 }
 
 /// What gc knows of a pid's writer.
@@ -99,52 +173,108 @@ struct Collector<'a> {
     options: &'a GcOptions,
     committed: HashSet<PathBuf>,
     writers: HashMap<u32, Writer>,
+    /// Whether any writer held its lock when gc looked, after listing.
+    any_writer_alive: bool,
     now: SystemTime,
     report: GcReport,
 }
 
 impl Collector<'_> {
-    fn sweep_top(&mut self) -> Result<()> {
-        for (path, name, meta) in entries(self.dir)? {
-            if name == MANIFEST_FILE || name == LOCK_FILE {
-                continue;
-            }
-            if meta.is_dir() && manifest::is_step_dir_name(&name) {
-                self.sweep_step_dir(&path)?;
-            } else if meta.is_file() && WriterLock::owner(&name).is_some() {
-                // A dead writer's lock file goes once it is clearly old: a brand-new one may
-                // be between its writer's create and flock.
-                if !WriterLock::is_held(&path) && self.age(&meta) >= STALE_LOCK_AGE {
-                    self.remove(&path, &meta)?;
-                }
-            } else if meta.is_file()
-                && let Some((pid, MANIFEST_FILE)) = temp_owner(&name)
-            {
-                self.consider_temp(&path, &meta, pid)?;
+    /// Every file gc may delete, with what it is; nothing else is looked at.
+    fn list(&self) -> Result<Vec<Found>> {
+        let mut found = Vec::new();
+        for dir in self.step_dirs()? {
+            for (path, name, meta) in entries(&dir)? {
+                let kind = if !meta.is_file() {
+                    continue;
+                } else if manifest::is_shard_file_name(&name) {
+                    Kind::Shard
+                } else if let Some((pid, base)) = temp_owner(&name)
+                    && manifest::is_shard_file_name(base)
+                {
+                    Kind::Temp(pid)
+                } else {
+                    continue;
+                };
+                found.push(Found { path, meta, kind });
             }
         }
-        Ok(())
+        for (path, name, meta) in entries_if_any(&self.dir.join(manifest::STAGING_DIR))? {
+            if meta.is_file()
+                && let Some((pid, base)) = temp_owner(&name)
+                && manifest::is_staging_name(base)
+            {
+                found.push(Found {
+                    path,
+                    meta,
+                    kind: Kind::Temp(pid),
+                });
+            }
+        }
+        for (path, name, meta) in entries_if_any(&self.dir.join(MANIFEST_DIR))? {
+            let kind = if !meta.is_file() {
+                continue;
+            } else if let Some(v) = manifest::parse_version(&name) {
+                Kind::Version(v)
+            } else if let Some((pid, base)) = temp_owner(&name)
+                && manifest::parse_version(base).is_some()
+            {
+                Kind::Temp(pid)
+            } else {
+                continue;
+            };
+            found.push(Found { path, meta, kind });
+        }
+        for (path, meta) in self.writer_locks() {
+            found.push(Found {
+                path,
+                meta,
+                kind: Kind::WriterLock,
+            });
+        }
+        Ok(found)
     }
 
-    fn sweep_step_dir(&mut self, dir: &Path) -> Result<()> {
-        for (path, name, meta) in entries(dir)? {
-            if !meta.is_file() {
-                continue;
-            }
-            if manifest::is_shard_file_name(&name) {
-                if !self.committed.contains(&path) {
-                    self.consider_aged(&path, &meta, "an uncommitted shard file")?;
-                }
-            } else if let Some((pid, base)) = temp_owner(&name)
-                && manifest::is_shard_file_name(base)
-            {
-                self.consider_temp(&path, &meta, pid)?;
-            }
+    fn step_dirs(&self) -> Result<Vec<PathBuf>> {
+        Ok(entries(self.dir)?
+            .into_iter()
+            .filter(|(_, name, meta)| meta.is_dir() && manifest::is_step_dir_name(name))
+            .map(|(path, _, _)| path)
+            .collect())
+    }
+
+    /// `_bdense/writer-PID-N.lock` files, with their metadata.
+    fn writer_locks(&self) -> Vec<(PathBuf, std::fs::Metadata)> {
+        entries_if_any(&self.dir.join(META_DIR))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, name, meta)| meta.is_file() && WriterLock::owner(name).is_some())
+            .map(|(path, _, meta)| (path, meta))
+            .collect()
+    }
+
+    /// A step file under its final name that the newest snapshot does not name: a writer
+    /// published it and died before committing, or is about to commit it. It has no pid in
+    /// its name, so it stays while any writer of this dataset lives, and for the grace period.
+    fn consider_uncommitted(&mut self, path: &Path, meta: &std::fs::Metadata) -> Result<()> {
+        if self.any_writer_alive {
+            self.keep(
+                path,
+                "an uncommitted shard file while a writer of this dataset is running".into(),
+            );
+            return Ok(());
         }
-        if !self.options.dry_run && std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none()) {
-            let _ = std::fs::remove_dir(dir);
+        // A writer that found this file in its way with its own bytes freshens it before
+        // committing it: look again just before deleting.
+        let fresh = std::fs::symlink_metadata(path).unwrap_or_else(|_| meta.clone());
+        if fresh.modified().ok() != meta.modified().ok() {
+            self.keep(
+                path,
+                "an uncommitted shard file changed while gc ran".into(),
+            );
+            return Ok(());
         }
-        Ok(())
+        self.consider_aged(path, meta, "an uncommitted shard file")
     }
 
     fn consider_temp(&mut self, path: &Path, meta: &std::fs::Metadata, pid: u32) -> Result<()> {
@@ -186,11 +316,15 @@ impl Collector<'_> {
         if let Some(&known) = self.writers.get(&pid) {
             return known;
         }
-        let locks: Vec<PathBuf> = entries(self.dir)
-            .unwrap_or_default()
+        let locks: Vec<PathBuf> = self
+            .writer_locks()
             .into_iter()
-            .filter(|(_, name, _)| WriterLock::owner(name) == Some(pid))
-            .map(|(path, _, _)| path)
+            .filter(|(path, _)| {
+                path.file_name()
+                    .and_then(|n| WriterLock::owner(&n.to_string_lossy()))
+                    == Some(pid)
+            })
+            .map(|(path, _)| path)
             .collect();
         let state = if locks.iter().any(|p| WriterLock::is_held(p)) {
             Writer::Alive
@@ -222,6 +356,16 @@ impl Collector<'_> {
         self.report.bytes += meta.len();
         self.report.removed.push(path.to_path_buf());
         Ok(())
+    }
+}
+
+/// [`entries`] of a directory that may not exist (yet): none then.
+fn entries_if_any(dir: &Path) -> Result<Vec<(PathBuf, String, std::fs::Metadata)>> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => entries(dir),
+        Ok(_) => Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(StoreError::io(dir, e)),
     }
 }
 

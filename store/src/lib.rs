@@ -1,17 +1,22 @@
 //! The trajectory store: teacher trajectories as Parquet datasets keyed by step.
 //!
-//! A *store* is a directory of *datasets*. A dataset is a `manifest.json` (the committed
-//! snapshot) plus one Parquet file per (step, shard):
+//! A *store* is a directory of *datasets*. A dataset is a directory of hive-partitioned Parquet
+//! files, one per (step, shard), that pyarrow, polars, duckdb and DataFusion open as they are,
+//! plus everything else under `_bdense/` (which such readers skip): the committed manifest
+//! versions and the writers' lock files:
 //!
 //! ```text
-//! <store>/<name>/manifest.json
-//! <store>/<name>/step=0007/shard-00003.parquet
+//! <store>/<name>/step=7/shard-00003.parquet
+//! <store>/<name>/_bdense/manifests/00000000000000000042.json   (the newest is the snapshot)
+//! <store>/<name>/_bdense/writer-PID-N.lock
 //! ```
 //!
-//! Files are written under a temporary name and renamed when complete; the manifest is replaced
-//! atomically last, so a reader sees either the old snapshot or the new one. Files the manifest
-//! does not name are ignored by readers; [`gc::collect_garbage`] removes those a dead writer
-//! left (only names the store creates, never while their writer lives).
+//! Files are written under a hidden temporary name and published whole; each commit is a new
+//! manifest version created with put-if-absent, so a reader sees one whole snapshot and
+//! several writers can commit to one dataset (docs/STORE-PROTOCOL.md). Files the newest
+//! manifest does not name are ignored by readers; [`gc::collect_garbage`] removes those a dead
+//! writer left (only names the store creates, never while their writer lives). Datasets of an
+//! older bdense (`manifest.json`, `step=0007`) open read-only; [`upgrade`] moves them.
 //!
 //! The sigma grid the manifest records ([`grid::Grid`]) and the (N, K) student layout over it
 //! ([`layout::StudentLayout`]) are defined here, once, for every crate above.
@@ -20,6 +25,7 @@
 //! when loaded, and a step file's size, xxh3 hash, row count and trajectory ids are compared
 //! with the manifest before its data are handed out ([`integrity`]).
 
+pub mod backend;
 pub mod error;
 pub mod gc;
 pub mod grid;
@@ -30,6 +36,7 @@ pub mod reader;
 pub mod schema;
 pub mod seeds;
 pub mod synthetic;
+pub mod upgrade;
 pub mod verify;
 pub mod writer;
 
@@ -52,13 +59,14 @@ pub fn dataset_name(dir: &std::path::Path) -> Option<String> {
     dir.file_name().map(|n| n.to_string_lossy().into_owned())
 }
 
-/// Lists the datasets (directories holding a `manifest.json`) inside a store, sorted by name.
+/// Lists the datasets (directories holding a committed manifest, of either layout) inside a
+/// store, sorted by name.
 pub fn list_datasets(store: &std::path::Path) -> Result<Vec<String>> {
     let entries = std::fs::read_dir(store).map_err(|e| StoreError::io(store, e))?;
     let mut names = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| StoreError::io(store, e))?;
-        if entry.path().join(manifest::MANIFEST_FILE).is_file() {
+        if entry.path().is_dir() && writer::is_dataset(&entry.path()) {
             names.push(entry.file_name().to_string_lossy().into_owned());
         }
     }

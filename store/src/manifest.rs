@@ -1,20 +1,129 @@
-//! The manifest: the committed snapshot of a dataset, replaced atomically.
+//! The manifest: the committed snapshot of a dataset, one immutable JSON file per version
+//! under `_bdense/manifests/`, each created with put-if-absent; the newest version is the
+//! snapshot (docs/STORE-PROTOCOL.md).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::{Backend, LocalDir};
 use crate::error::{Result, StoreError};
-use crate::fsutil;
 /// The manifest's `grid` field (defined with the grid it describes).
 pub use crate::grid::Grid;
 
 /// Bumped when a reader of the previous version could misread a new dataset.
 pub const FORMAT_VERSION: u32 = 1;
-pub const MANIFEST_FILE: &str = "manifest.json";
-/// Held (advisory `flock`) while a writer commits or `gc` deletes, so they never interleave.
-pub const LOCK_FILE: &str = "manifest.lock";
+/// Everything in a dataset that is not data lives under this directory: readers of Parquet
+/// datasets (pyarrow, polars, duckdb, DataFusion) skip names starting with `_` or `.`.
+pub const META_DIR: &str = "_bdense";
+/// One file per committed version, `00000000000000000007.json` (fixed width, so names sort
+/// as numbers).
+pub const MANIFEST_DIR: &str = "_bdense/manifests";
+/// Where writers stage step files (`.step-7-shard-00003.parquet.tmp-PID-N`) before publishing
+/// them under their final names.
+pub const STAGING_DIR: &str = "_bdense/staging";
+
+/// The name a staged step file is based on (before `fsutil::temp_path` makes it temporary).
+pub fn staging_name(step: u16, shard: u32) -> String {
+    format!("step-{step}-shard-{shard:05}.parquet")
+}
+
+/// Whether `name` is a [`staging_name`].
+pub(crate) fn is_staging_name(name: &str) -> bool {
+    name.strip_prefix("step-")
+        .and_then(|s| s.split_once("-"))
+        .is_some_and(|(step, shard)| all_digits(step) && is_shard_file_name(shard))
+}
+
+/// Where an older bdense kept its one manifest (and `manifest.lock` its lock): still read,
+/// never written (`bdense store upgrade` moves such a dataset to the versioned layout).
+pub const LEGACY_MANIFEST_FILE: &str = "manifest.json";
+pub const LEGACY_LOCK_FILE: &str = "manifest.lock";
+/// Manifest versions `gc` keeps (the newest ones); a reader that listed a version gc then
+/// pruned lists again.
+pub const KEEP_VERSIONS: usize = 8;
+
+/// The file name of manifest version `v`.
+pub fn version_name(v: u64) -> String {
+    format!("{v:020}.json")
+}
+
+/// The version a manifest file name holds, `None` for other names (temporaries included).
+pub fn parse_version(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".json")?;
+    (digits.len() == 20 && all_digits(digits))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// Relative path of manifest version `v` inside the dataset.
+pub fn version_path(v: u64) -> String {
+    format!("{MANIFEST_DIR}/{}", version_name(v))
+}
+
+/// Which manifest a snapshot was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// `_bdense/manifests/<v>.json`.
+    Versioned(u64),
+    /// An older bdense's `manifest.json`: readable, not writable until upgraded.
+    Legacy,
+}
+
+impl Version {
+    pub fn rel_path(self) -> String {
+        match self {
+            Version::Versioned(v) => version_path(v),
+            Version::Legacy => LEGACY_MANIFEST_FILE.into(),
+        }
+    }
+}
+
+/// Committed versions, ascending.
+pub(crate) fn versions(backend: &dyn Backend) -> Result<Vec<u64>> {
+    let mut v: Vec<u64> = backend
+        .list(MANIFEST_DIR)?
+        .iter()
+        .filter_map(|n| parse_version(n))
+        .collect();
+    v.sort_unstable();
+    Ok(v)
+}
+
+/// The newest committed snapshot and its version: the highest version under
+/// `_bdense/manifests/`, else an older bdense's `manifest.json`.
+pub fn load_latest(backend: &dyn Backend) -> Result<(Version, Manifest)> {
+    // A version listed and then pruned by gc (only ever old ones) means a newer one exists:
+    // list again.
+    for _ in 0..16 {
+        let version = match versions(backend)?.last() {
+            Some(&v) => Version::Versioned(v),
+            None => Version::Legacy,
+        };
+        let rel = version.rel_path();
+        match backend.get(&rel)? {
+            Some(bytes) => return Ok((version, Manifest::parse(&bytes, &backend.locate(&rel))?)),
+            None if version == Version::Legacy => {
+                return Err(StoreError::NotADataset {
+                    path: backend.locate(""),
+                });
+            }
+            None => continue,
+        }
+    }
+    Err(StoreError::invalid(
+        backend.locate(MANIFEST_DIR),
+        "manifest versions keep disappearing while listed; is something deleting them?",
+    ))
+}
+
+/// Commits `manifest` as version `v` unless that version exists (`Ok(false)`: another writer
+/// won; re-read, merge, retry).
+pub(crate) fn put_version(backend: &dyn Backend, v: u64, manifest: &Manifest) -> Result<bool> {
+    let bytes = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
+    backend.put_if_absent(&version_path(v), &bytes)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dims {
@@ -228,35 +337,46 @@ impl Manifest {
         (self.planned_shards() as u64).saturating_sub(committed)
     }
 
-    /// A stable content hash of the committed snapshot (the file hashes, in order).
+    /// A stable content hash of the committed snapshot (the file hashes, in order). The
+    /// store's own file names enter in the form an older bdense wrote (`step=0007/...`), so the
+    /// hash is the same in either layout: before and after `bdense store upgrade`, and as run
+    /// records made by an older bdense hold it.
     pub fn snapshot_hash(&self) -> String {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         h.update(self.name.as_bytes());
         for shard in &self.shards {
             for f in &shard.files {
-                h.update(f.path.as_bytes());
+                if f.path == file_name(f.step, shard.index) {
+                    h.update(legacy_file_name(f.step, shard.index).as_bytes());
+                } else {
+                    h.update(f.path.as_bytes());
+                }
                 h.update(f.xxh3.as_bytes());
             }
         }
         format!("{:016x}", h.digest())
     }
 
+    /// The file of the newest committed manifest (an older bdense's `manifest.json` when the
+    /// dataset has no versioned one; where version 1 goes when it has neither).
     pub fn path(dataset_dir: &Path) -> PathBuf {
-        dataset_dir.join(MANIFEST_FILE)
+        let backend = LocalDir::new(dataset_dir);
+        let version = match versions(&backend).ok().and_then(|v| v.last().copied()) {
+            Some(v) => Version::Versioned(v),
+            None if dataset_dir.join(LEGACY_MANIFEST_FILE).exists() => Version::Legacy,
+            None => Version::Versioned(1),
+        };
+        dataset_dir.join(version.rel_path())
     }
 
-    /// Reads and checks the committed manifest of the dataset at `dataset_dir`.
+    /// Reads and checks the newest committed manifest of the dataset at `dataset_dir`.
     pub fn load(dataset_dir: &Path) -> Result<Manifest> {
-        let path = Manifest::path(dataset_dir);
-        let text = match std::fs::read(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::NotADataset {
-                    path: dataset_dir.to_path_buf(),
-                });
-            }
-            Err(e) => return Err(StoreError::io(&path, e)),
-        };
+        load_latest(&LocalDir::new(dataset_dir)).map(|(_, m)| m)
+    }
+
+    /// Parses and checks a manifest's bytes; `path` names the file in errors.
+    pub fn parse(text: &[u8], path: &Path) -> Result<Manifest> {
+        let path = path.to_path_buf();
         // Check the version before the full schema, so a newer manifest says "upgrade" rather
         // than failing on a field it does not know.
         #[derive(Deserialize)]
@@ -264,7 +384,7 @@ impl Manifest {
             format_version: u32,
         }
         let version: VersionOnly =
-            serde_json::from_slice(&text).map_err(|source| StoreError::ManifestJson {
+            serde_json::from_slice(text).map_err(|source| StoreError::ManifestJson {
                 path: path.clone(),
                 source,
             })?;
@@ -276,7 +396,7 @@ impl Manifest {
             });
         }
         let manifest: Manifest =
-            serde_json::from_slice(&text).map_err(|source| StoreError::ManifestJson {
+            serde_json::from_slice(text).map_err(|source| StoreError::ManifestJson {
                 path: path.clone(),
                 source,
             })?;
@@ -351,12 +471,6 @@ impl Manifest {
         }
         None
     }
-
-    /// Writes the manifest atomically: temp file, fsync, rename, fsync of the directory.
-    pub(crate) fn commit(&self, dataset_dir: &Path) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(self).expect("manifest serialises");
-        fsutil::write_atomic(&Manifest::path(dataset_dir), &bytes)
-    }
 }
 
 /// What makes a dataset's shape unusable, if anything: shared by writers (before creating)
@@ -417,8 +531,15 @@ pub(crate) fn check_relative_path(path: &str) -> std::result::Result<(), &'stati
     }
 }
 
-/// File name of the Parquet file for `(step, shard)`, relative to the dataset directory.
+/// File name of the Parquet file for `(step, shard)`, relative to the dataset directory. The
+/// step is a plain integer (`step=7`), so hive-partitioned readers type it as one; an older
+/// bdense wrote `step=0007`, which manifests keep naming and readers keep opening.
 pub fn file_name(step: u16, shard: u32) -> String {
+    format!("step={step}/shard-{shard:05}.parquet")
+}
+
+/// [`file_name`] as an older bdense wrote it (`step=0007/shard-00003.parquet`).
+fn legacy_file_name(step: u16, shard: u32) -> String {
     format!("step={step:04}/shard-{shard:05}.parquet")
 }
 
@@ -429,7 +550,8 @@ pub fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-/// Whether `name` is a step partition directory this store writes (`step=0007`).
+/// Whether `name` is a step partition directory this store writes (`step=7`, or an older
+/// bdense's `step=0007`).
 pub(crate) fn is_step_dir_name(name: &str) -> bool {
     name.strip_prefix("step=").is_some_and(all_digits)
 }

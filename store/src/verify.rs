@@ -62,7 +62,7 @@ pub fn verify(dataset: &Dataset) -> Result<Report> {
         let expected = m.planned_range(shard.index);
         if shard.id_range() != expected {
             report.problems.push(Problem {
-                path: dataset.dir().join(crate::manifest::MANIFEST_FILE),
+                path: crate::manifest::Manifest::path(dataset.dir()),
                 message: format!(
                     "shard {} covers ids {:?}, expected {:?}",
                     shard.index,

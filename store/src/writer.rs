@@ -1,10 +1,12 @@
 //! Writes whole shards: every step of a batch of trajectories, one Parquet file per step.
 //!
-//! Order of operations (crash safety): each step file is written to a hidden temporary name and
-//! fsynced; then, under the dataset lock, the manifest is re-read (another process may have
-//! committed meanwhile), the temp files are renamed into place, and the manifest naming them is
-//! replaced atomically. A crash at any point leaves the last committed snapshot intact; files
-//! not named by the manifest are ignored by readers and removed by `gc`.
+//! Order of operations (crash safety, docs/STORE-PROTOCOL.md): each step file is written to a
+//! hidden temporary name and fsynced, then published under its final name with put-if-absent
+//! (never replacing a file); then the newest manifest is read, this shard's entry added, and
+//! the result written as the next manifest version with put-if-absent. A writer that loses
+//! that race (another writer took the version) re-reads the newer snapshot, merges its entry
+//! into it and tries the next version. A crash at any point leaves the last committed snapshot
+//! intact; files no manifest names are ignored by readers and removed by `gc`.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -21,10 +23,11 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
+use crate::backend::{self, LocalDir};
 use crate::error::{Result, StoreError};
-use crate::fsutil::{self, DatasetLock, WriterLock};
+use crate::fsutil::{self, WriterLock};
 use crate::manifest::{
-    self, Dims, Dtype, FileEntry, Grid, Manifest, Provenance, SeedPolicy, ShardEntry,
+    self, Dims, Dtype, FileEntry, Grid, Manifest, Provenance, SeedPolicy, ShardEntry, Version,
 };
 use crate::schema;
 
@@ -101,13 +104,17 @@ impl DatasetWriter {
     /// or be empty: a dataset never shares its directory with files it does not own (gc
     /// deletes inside it).
     pub fn create(dir: &Path, spec: DatasetSpec, options: WriteOptions) -> Result<Self> {
-        if Manifest::path(dir).exists() {
-            return Err(StoreError::AlreadyExists {
-                path: dir.to_path_buf(),
-            });
+        let exists = || StoreError::AlreadyExists {
+            path: dir.to_path_buf(),
+        };
+        if is_dataset(dir) {
+            return Err(exists());
         }
         check_spec(dir, &spec)?;
-        refuse_foreign_files(dir)?;
+        if let Err(e) = refuse_foreign_files(dir) {
+            // A concurrent creator may have committed and started writing step files since.
+            return Err(if is_dataset(dir) { exists() } else { e });
+        }
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
         let now = manifest::now_unix();
         let manifest = Manifest {
@@ -126,14 +133,9 @@ impl DatasetWriter {
             shards: Vec::new(),
         };
         let writer_lock = WriterLock::acquire(dir)?;
-        {
-            let _lock = DatasetLock::acquire(dir)?;
-            if Manifest::path(dir).exists() {
-                return Err(StoreError::AlreadyExists {
-                    path: dir.to_path_buf(),
-                });
-            }
-            manifest.commit(dir)?;
+        // Version 1 is the empty dataset; of several creators racing, exactly one writes it.
+        if !manifest::put_version(&LocalDir::new(dir), 1, &manifest)? {
+            return Err(exists());
         }
         // Write from the manifest as read back, so a fresh and a resumed writer use the very
         // same (JSON round-tripped) sigmas.
@@ -141,9 +143,10 @@ impl DatasetWriter {
         Ok(Self::with_manifest(dir, manifest, options, writer_lock))
     }
 
-    /// Opens an existing dataset to add the shards it is missing (resume).
+    /// Opens an existing dataset to add the shards it is missing (resume, or one of several
+    /// writers filling it). A dataset of an older bdense's layout must be upgraded first.
     pub fn open(dir: &Path, options: WriteOptions) -> Result<Self> {
-        let manifest = Manifest::load(dir)?;
+        let manifest = latest_writable(dir)?.1;
         let writer_lock = WriterLock::acquire(dir)?;
         Ok(Self::with_manifest(dir, manifest, options, writer_lock))
     }
@@ -307,7 +310,11 @@ impl DatasetWriter {
         let final_path = self.dir.join(&rel);
         let dir = final_path.parent().expect("step directory");
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
-        let temp = fsutil::temp_path(&final_path);
+        // Staged under `_bdense/staging/`, not beside the data: polars reads every file of a
+        // partition directory, hidden ones included, but skips `_`-prefixed directories.
+        let staging = self.dir.join(manifest::STAGING_DIR);
+        std::fs::create_dir_all(&staging).map_err(|e| StoreError::io(&staging, e))?;
+        let temp = fsutil::temp_path(&staging.join(manifest::staging_name(step, data.index)));
         let batch = self.step_batch(data, rows, step)?;
         match write_parquet(&temp, &batch, props, step) {
             Ok((bytes, hash)) => Ok(StagedFile {
@@ -382,23 +389,33 @@ impl DatasetWriter {
         b.build()
     }
 
-    /// Publishes the staged files and the manifest that names them, under the dataset lock.
+    /// Publishes the staged files, then commits the next manifest version naming them; on
+    /// losing the race for a version, merges into the newer snapshot and tries again.
     fn commit_shard(
         &mut self,
         index: u32,
         rows: usize,
         staged: Vec<StagedFile>,
     ) -> Result<ShardEntry> {
-        let _lock = DatasetLock::acquire(&self.dir)?;
-        // Another process (a `--shard i/n` sibling) may have committed since we opened.
-        let mut latest = Manifest::load(&self.dir)?;
+        let backend = LocalDir::new(&self.dir);
+        // Another writer (a `--worker` sibling) may have committed since we opened.
+        let (mut version, mut latest) = match latest_writable(&self.dir) {
+            Ok(v) => v,
+            Err(e) => {
+                discard(&staged);
+                return Err(e);
+            }
+        };
         if latest.shard(index).is_some() {
             discard(&staged);
             self.manifest = latest;
             return Err(self.committed(index));
         }
-        for file in &staged {
-            fsutil::publish(&file.temp, &file.final_path)?;
+        for (i, file) in staged.iter().enumerate() {
+            if let Err(e) = publish_data(file) {
+                discard(&staged[i..]);
+                return Err(e);
+            }
         }
         let entry = ShardEntry {
             index,
@@ -406,13 +423,101 @@ impl DatasetWriter {
             rows: rows as u64,
             files: staged.into_iter().map(|s| s.entry).collect(),
         };
-        latest.shards.push(entry.clone());
-        latest.shards.sort_by_key(|s| s.index);
-        latest.updated_unix = manifest::now_unix();
-        latest.commit(&self.dir)?;
-        self.manifest = latest;
-        Ok(entry)
+        loop {
+            latest.shards.push(entry.clone());
+            latest.shards.sort_by_key(|s| s.index);
+            latest.updated_unix = manifest::now_unix();
+            let next = version.checked_add(1).ok_or_else(|| {
+                StoreError::invalid(manifest::version_path(version), "no manifest version left")
+            })?;
+            let put = manifest::put_version(&backend, next, &latest)?;
+            // Lost the race for `next` (or won it and others committed after): read the
+            // newest snapshot.
+            let newest = if put && manifest::versions(&backend)?.last() == Some(&next) {
+                None
+            } else {
+                Some(latest_writable(&self.dir)?)
+            };
+            let Some((newest_version, newest)) = newest else {
+                self.manifest = latest;
+                return Ok(entry);
+            };
+            // Every version after ours was merged from a snapshot holding ours. But a version
+            // number is free again once gc pruned it, and a writer that read a long outdated
+            // snapshot could fill such a hole, which no reader takes as the newest: a put
+            // counts only if the newest snapshot holds its entry.
+            if put && newest.shard(index) == Some(&entry) {
+                self.manifest = newest;
+                return Ok(entry);
+            }
+            (version, latest) = (newest_version, newest);
+            if latest.shard(index).is_some() {
+                // Another writer of this very shard won; its files are byte for byte ours
+                // (`publish_data` checked), so the snapshot holds our data either way.
+                self.manifest = latest;
+                return Err(self.committed(index));
+            }
+        }
     }
+}
+
+/// Whether `dir` holds a committed dataset (of either layout).
+pub(crate) fn is_dataset(dir: &Path) -> bool {
+    !matches!(
+        manifest::load_latest(&LocalDir::new(dir)),
+        Err(StoreError::NotADataset { .. })
+    )
+}
+
+/// The newest snapshot and its version, refusing an older bdense's layout (written only after
+/// `bdense store upgrade`, which gives it a first version).
+pub(crate) fn latest_writable(dir: &Path) -> Result<(u64, Manifest)> {
+    match manifest::load_latest(&LocalDir::new(dir))? {
+        (Version::Versioned(v), m) => Ok((v, m)),
+        (Version::Legacy, _) => Err(StoreError::LegacyLayout {
+            path: dir.to_path_buf(),
+        }),
+    }
+}
+
+/// Publishes one staged step file under its final name, never replacing a file there. A file
+/// already there is not committed (the caller checked the snapshot): a writer of the same
+/// shard that died before its commit, or one racing us. Its bytes are used if they are exactly
+/// ours (generation is deterministic), freshened so that gc's grace period counts from now;
+/// other bytes are an error, since the manifest must name what the file holds.
+fn publish_data(file: &StagedFile) -> Result<()> {
+    let dir = file.final_path.parent().expect("step directory");
+    // gc removes empty step directories: (re)create ours right before linking into it.
+    let mut tries = 0;
+    let published = loop {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        match backend::link_if_absent(&file.temp, &file.final_path) {
+            Err(StoreError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound && tries < 8 =>
+            {
+                tries += 1
+            }
+            other => break other,
+        }
+    };
+    if published? {
+        return Ok(());
+    }
+    let (bytes, hash) = hash_file(&file.final_path)?;
+    if bytes != file.entry.bytes || hash != file.entry.xxh3 {
+        return Err(StoreError::invalid(
+            &file.final_path,
+            format!(
+                "an uncommitted file with other content is in the way ({bytes} bytes, xxh3 {hash}; this writer's is {} bytes, xxh3 {}): a writer of the same shard with other options, or one that died; `bdense store gc` removes it once its writer is gone",
+                file.entry.bytes, file.entry.xxh3
+            ),
+        ));
+    }
+    File::options()
+        .write(true)
+        .open(&file.final_path)
+        .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+        .map_err(|e| StoreError::io(&file.final_path, e))
 }
 
 fn check_spec(dir: &Path, spec: &DatasetSpec) -> Result<()> {
@@ -424,8 +529,8 @@ fn check_spec(dir: &Path, spec: &DatasetSpec) -> Result<()> {
     }
 }
 
-/// A new dataset goes into a new or empty directory only (the lock and temporary manifest
-/// files of a create that died aside): never into a store root or a directory of someone
+/// A new dataset goes into a new or empty directory only (the `_bdense/` of a create that died,
+/// or of a concurrent creator, aside): never into a store root or a directory of someone
 /// else's files.
 fn refuse_foreign_files(dir: &Path) -> Result<()> {
     let entries = match std::fs::read_dir(dir) {
@@ -437,10 +542,7 @@ fn refuse_foreign_files(dir: &Path) -> Result<()> {
         let entry = entry.map_err(|e| StoreError::io(dir, e))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let ours = name == manifest::LOCK_FILE
-            || WriterLock::owner(&name).is_some()
-            || fsutil::temp_owner(&name).is_some_and(|(_, base)| base == manifest::MANIFEST_FILE);
-        if !ours {
+        if name != manifest::META_DIR {
             return Err(StoreError::NotEmpty {
                 path: dir.to_path_buf(),
             });
@@ -471,6 +573,7 @@ struct StagedFile {
     entry: FileEntry,
 }
 
+/// Removes staged temporaries (those already published are gone: a no-op for them).
 fn discard(staged: &[StagedFile]) {
     for s in staged {
         let _ = std::fs::remove_file(&s.temp);

@@ -167,7 +167,7 @@ fn truncated_file_is_named_and_reported() {
     let p = problems(&ds);
     assert!(
         p.iter()
-            .any(|p| p.contains("step=0004/shard-00002.parquet") && p.contains("size")),
+            .any(|p| p.contains("step=4/shard-00002.parquet") && p.contains("size")),
         "{p:?}"
     );
 }
@@ -187,13 +187,13 @@ fn flipped_bytes_are_caught_by_the_hash_and_never_panic() {
     // numbers, never a panic.
     let err = ds.read_step(&ds.shards()[0], 1).unwrap_err().to_string();
     assert!(
-        err.contains("step=0001/shard-00000.parquet") && err.contains("content hash"),
+        err.contains("step=1/shard-00000.parquet") && err.contains("content hash"),
         "{err}"
     );
     let p = problems(&ds);
     assert!(
         p.iter()
-            .any(|p| p.contains("step=0001/shard-00000.parquet") && p.contains("content hash")),
+            .any(|p| p.contains("step=1/shard-00000.parquet") && p.contains("content hash")),
         "{p:?}"
     );
 }
@@ -210,7 +210,7 @@ fn replace_file(ds: &Dataset, shard: usize, step: usize, batch: &RecordBatch) ->
     let (bytes, hash) = hash_file(&path).unwrap();
     m.shards[shard].files[step].bytes = bytes;
     m.shards[shard].files[step].xxh3 = hash;
-    std::fs::write(ds.dir().join("manifest.json"), serde_json_vec(&m)).unwrap();
+    std::fs::write(Manifest::path(ds.dir()), serde_json_vec(&m)).unwrap();
     path
 }
 
@@ -316,7 +316,7 @@ fn unsorted_duplicate_and_misplaced_ids_are_reported() {
     let p = problems(&ds);
     assert!(
         p.iter()
-            .any(|p| p.contains("step=0001/shard-00000") && p.contains("not strictly increasing")),
+            .any(|p| p.contains("step=1/shard-00000") && p.contains("not strictly increasing")),
         "{p:?}"
     );
 
@@ -344,23 +344,23 @@ fn unsorted_duplicate_and_misplaced_ids_are_reported() {
 fn missing_step_partition_and_missing_file_are_named() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = small(tmp.path());
-    std::fs::remove_dir_all(ds.dir().join("step=0005")).unwrap();
+    std::fs::remove_dir_all(ds.dir().join("step=5")).unwrap();
     let p = problems(&ds);
     assert_eq!(
-        p.iter().filter(|p| p.contains("step=0005")).count(),
+        p.iter().filter(|p| p.contains("step=5")).count(),
         3,
         "{p:?}"
     );
     let err = ds.read_step(&ds.shards()[0], 5).unwrap_err().to_string();
-    assert!(err.contains("step=0005/shard-00000.parquet"), "{err}");
+    assert!(err.contains("step=5/shard-00000.parquet"), "{err}");
 
     // A manifest that forgets a step of a shard is refused at open.
     let mut m = Manifest::load(ds.dir()).unwrap();
     m.shards[1].files.pop();
-    std::fs::write(ds.dir().join("manifest.json"), serde_json_vec(&m)).unwrap();
+    std::fs::write(Manifest::path(ds.dir()), serde_json_vec(&m)).unwrap();
     let err = Dataset::open(ds.dir()).unwrap_err().to_string();
     assert!(
-        err.contains("manifest.json") && err.contains("shard 1 lists 5 step files"),
+        err.contains("_bdense/manifests/") && err.contains("shard 1 lists 5 step files"),
         "{err}"
     );
 }
@@ -380,11 +380,11 @@ fn nan_and_inf_are_reported_with_their_trajectory() {
     let p = problems(&ds);
     assert_eq!(p.len(), 2, "{p:?}");
     assert!(
-        p[0].contains("step=0002/shard-00001") && p[0].contains("trajectory 14"),
+        p[0].contains("step=2/shard-00001") && p[0].contains("trajectory 14"),
         "{p:?}"
     );
     assert!(
-        p[1].contains("step=0004/shard-00001") && p[1].contains("trajectory 9"),
+        p[1].contains("step=4/shard-00001") && p[1].contains("trajectory 9"),
         "{p:?}"
     );
 }
@@ -393,7 +393,7 @@ fn nan_and_inf_are_reported_with_their_trajectory() {
 fn newer_format_and_garbage_manifests_are_refused_by_name() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = small(tmp.path());
-    let path = ds.dir().join("manifest.json");
+    let path = Manifest::path(ds.dir());
     let text = std::fs::read_to_string(&path).unwrap();
     let newer = text.replace(
         &format!("\"format_version\": {FORMAT_VERSION}"),
@@ -402,17 +402,17 @@ fn newer_format_and_garbage_manifests_are_refused_by_name() {
     std::fs::write(&path, newer + "\n").unwrap();
     let err = Dataset::open(ds.dir()).unwrap_err();
     assert!(matches!(err, StoreError::NewerFormat { .. }), "{err}");
-    assert!(err.to_string().contains("manifest.json") && err.to_string().contains("upgrade"));
+    assert!(err.to_string().contains("_bdense/manifests/") && err.to_string().contains("upgrade"));
     std::fs::write(&path, "{ not json").unwrap();
     let err = Dataset::open(ds.dir()).unwrap_err().to_string();
     assert!(
-        err.contains("manifest.json") && err.contains("not valid JSON"),
+        err.contains("_bdense/manifests/") && err.contains("not valid JSON"),
         "{err}"
     );
     let err = Dataset::open(&tmp.path().join("nothing"))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("missing manifest.json"), "{err}");
+    assert!(err.contains("no dataset here"), "{err}");
 }
 
 #[test]
@@ -424,7 +424,7 @@ fn bad_writes_change_nothing_committed() {
     w.write_shard(&gaussian_shard(&s, 0).data()).unwrap();
     let ds = Dataset::open(&dir).unwrap();
     let before = snapshot(&ds);
-    let manifest_before = std::fs::read(dir.join("manifest.json")).unwrap();
+    let manifest_before = std::fs::read(Manifest::path(&dir)).unwrap();
 
     let mut short = gaussian_shard(&s, 1);
     short.states.truncate(100);
@@ -450,7 +450,7 @@ fn bad_writes_change_nothing_committed() {
 
     assert_eq!(snapshot(&ds), before);
     assert_eq!(
-        std::fs::read(dir.join("manifest.json")).unwrap(),
+        std::fs::read(Manifest::path(&dir)).unwrap(),
         manifest_before
     );
 }
@@ -536,16 +536,16 @@ fn gc_removes_strays_and_keeps_every_committed_file() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = small(tmp.path());
     let before = snapshot(&ds);
-    std::fs::write(ds.dir().join("step=0002/shard-00099.parquet"), b"stray").unwrap();
-    std::fs::create_dir_all(ds.dir().join("step=0042")).unwrap();
-    std::fs::write(ds.dir().join("step=0042/shard-00000.parquet"), b"stray").unwrap();
+    std::fs::write(ds.dir().join("step=2/shard-00099.parquet"), b"stray").unwrap();
+    std::fs::create_dir_all(ds.dir().join("step=42")).unwrap();
+    std::fs::write(ds.dir().join("step=42/shard-00000.parquet"), b"stray").unwrap();
     let dry = collect_garbage(ds.dir(), &now(true)).unwrap();
     assert_eq!(dry.removed.len(), 2);
-    assert!(ds.dir().join("step=0042").exists());
+    assert!(ds.dir().join("step=42").exists());
     let report = collect_garbage(ds.dir(), &now(false)).unwrap();
     assert_eq!(report.removed.len(), 2);
     assert_eq!(report.bytes, 10);
-    assert!(!ds.dir().join("step=0042").exists());
+    assert!(!ds.dir().join("step=42").exists());
     assert_eq!(snapshot(&ds), before);
     assert!(verify(&ds).unwrap().ok());
 }
@@ -598,7 +598,7 @@ fn readers_during_commits_see_whole_snapshots() {
 
 /// Rewrites the manifest of `ds` through `edit` on its JSON.
 fn edit_manifest(ds: &Dataset, edit: impl FnOnce(&mut serde_json::Value)) {
-    let path = ds.dir().join("manifest.json");
+    let path = Manifest::path(ds.dir());
     let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     edit(&mut m);
     std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
@@ -614,8 +614,8 @@ fn open_error(ds: &Dataset) -> String {
 fn manifest_integers_are_range_checked_at_load() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = small(tmp.path());
-    let original = std::fs::read(ds.dir().join("manifest.json")).unwrap();
-    let restore = || std::fs::write(ds.dir().join("manifest.json"), &original).unwrap();
+    let original = std::fs::read(Manifest::path(ds.dir())).unwrap();
+    let restore = || std::fs::write(Manifest::path(ds.dir()), &original).unwrap();
     type Edit = Box<dyn Fn(&mut serde_json::Value)>;
     let cases: Vec<(Edit, &str)> = vec![
         (
@@ -651,7 +651,7 @@ fn manifest_integers_are_range_checked_at_load() {
         edit_manifest(&ds, edit);
         let err = open_error(&ds);
         assert!(
-            err.contains("manifest.json") && err.contains(needle),
+            err.contains("_bdense/manifests/") && err.contains(needle),
             "{needle}: {err}"
         );
         restore();
@@ -663,7 +663,7 @@ fn manifest_integers_are_range_checked_at_load() {
     let ds2 = Dataset::open(ds.dir()).unwrap();
     let err = ds2.read_step(&ds2.shards()[0], 2).unwrap_err().to_string();
     assert!(
-        err.contains("step=0002/shard-00000.parquet") && err.contains("size"),
+        err.contains("step=2/shard-00000.parquet") && err.contains("size"),
         "{err}"
     );
     assert_eq!(problems(&ds2).len(), 1);
@@ -675,34 +675,34 @@ fn manifest_integers_are_range_checked_at_load() {
 fn manifest_paths_cannot_escape_the_dataset() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = small(tmp.path());
-    let original = std::fs::read(ds.dir().join("manifest.json")).unwrap();
+    let original = std::fs::read(Manifest::path(ds.dir())).unwrap();
     for evil in [
         "../../../../etc/passwd",
         "/etc/hostname",
         "/dev/zero",
-        "step=0001//x",
+        "step=1//x",
         "./a",
         "",
     ] {
         edit_manifest(&ds, |m| m["shards"][0]["files"][1]["path"] = evil.into());
         let err = open_error(&ds);
         assert!(
-            err.contains("manifest.json") && err.contains("file path"),
+            err.contains("_bdense/manifests/") && err.contains("file path"),
             "{evil:?}: {err}"
         );
-        std::fs::write(ds.dir().join("manifest.json"), &original).unwrap();
+        std::fs::write(Manifest::path(ds.dir()), &original).unwrap();
     }
     edit_manifest(&ds, |m| {
-        m["shards"][1]["files"][1]["path"] = "step=0001/shard-00000.parquet".into()
+        m["shards"][1]["files"][1]["path"] = "step=1/shard-00000.parquet".into()
     });
     assert!(open_error(&ds).contains("listed twice"));
-    std::fs::write(ds.dir().join("manifest.json"), &original).unwrap();
+    std::fs::write(Manifest::path(ds.dir()), &original).unwrap();
     edit_manifest(&ds, |m| {
         let first = m["shards"][0].clone();
         m["shards"].as_array_mut().unwrap().insert(1, first);
     });
     assert!(open_error(&ds).contains("unique and increasing"));
-    std::fs::write(ds.dir().join("manifest.json"), &original).unwrap();
+    std::fs::write(Manifest::path(ds.dir()), &original).unwrap();
 
     // Symlinks (even to a device that never ends) are refused, not followed.
     let victim = ds.file_path(&ds.shards()[0].files[3]);
@@ -713,7 +713,7 @@ fn manifest_paths_cannot_escape_the_dataset() {
     let p = problems(&ds);
     assert!(
         p.iter()
-            .any(|p| p.contains("step=0003/shard-00000") && p.contains("not a regular file")),
+            .any(|p| p.contains("step=3/shard-00000") && p.contains("not a regular file")),
         "{p:?}"
     );
 }
@@ -739,7 +739,7 @@ fn reader_checks_rows_and_ids_against_the_manifest() {
     let ds = Dataset::open(ds.dir()).unwrap();
     let err = ds.read_step(&ds.shards()[0], 1).unwrap_err().to_string();
     assert!(
-        err.contains("step=0001/shard-00000") && err.contains("trajectory ids"),
+        err.contains("step=1/shard-00000") && err.contains("trajectory ids"),
         "{err}"
     );
     let err = ds
@@ -747,7 +747,7 @@ fn reader_checks_rows_and_ids_against_the_manifest() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("step=0001/shard-00000") && err.contains("trajectory ids"),
+        err.contains("step=1/shard-00000") && err.contains("trajectory ids"),
         "{err}"
     );
 
@@ -786,7 +786,7 @@ fn create_refuses_a_directory_of_other_files() {
         .err()
         .unwrap();
     assert!(matches!(err, StoreError::NotEmpty { .. }), "{err}");
-    assert!(!tmp.path().join("manifest.json").exists());
+    assert!(!tmp.path().join("_bdense").exists());
     let file = tmp.path().join("README");
     let err = DatasetWriter::create(&file, s.dataset_spec(), WriteOptions::default())
         .err()
@@ -810,7 +810,7 @@ fn gc_keeps_live_writers_files_and_foreign_files() {
     let tmp = tempfile::tempdir().unwrap();
     let ds = small(tmp.path());
     let before = snapshot(&ds);
-    let step = ds.dir().join("step=0001");
+    let step = ds.dir().join("step=1");
     let mine = step.join(format!(".shard-00009.parquet.tmp-{}", std::process::id()));
     let dead = step.join(".shard-00010.parquet.tmp-999999999");
     let unknown = step.join(".shard-00011.parquet.tmp-999999998");
@@ -823,7 +823,7 @@ fn gc_keeps_live_writers_files_and_foreign_files() {
         std::fs::write(f, b"x").unwrap();
     }
     // A lock file nobody holds: its writer (pid 999999999) died.
-    std::fs::write(ds.dir().join(".writer-999999999-0.lock"), b"").unwrap();
+    std::fs::write(ds.dir().join("_bdense/writer-999999999-0.lock"), b"").unwrap();
     let writer = DatasetWriter::open(ds.dir(), WriteOptions::default()).unwrap();
     let report = collect_garbage(ds.dir(), &GcOptions::default()).unwrap();
     assert_eq!(report.removed, vec![dead.clone()], "{report:?}");
@@ -845,7 +845,7 @@ fn gc_keeps_live_writers_files_and_foreign_files() {
     // Not a dataset: refused, and no lock file is created there.
     let err = collect_garbage(tmp.path(), &now(false)).unwrap_err();
     assert!(matches!(err, StoreError::NotADataset { .. }), "{err}");
-    assert!(!tmp.path().join("manifest.lock").exists());
+    assert!(!tmp.path().join("_bdense").exists());
 }
 
 /// A damaged footer that a rewritten manifest vouches for (its hash updated to match) makes
@@ -869,7 +869,7 @@ fn damaged_footers_never_panic_a_reader() {
         let mut m = Manifest::load(ds.dir()).unwrap();
         let (size, hash) = hash_file(&path).unwrap();
         (m.shards[0].files[1].bytes, m.shards[0].files[1].xxh3) = (size, hash);
-        std::fs::write(ds.dir().join("manifest.json"), serde_json_vec(&m)).unwrap();
+        std::fs::write(Manifest::path(ds.dir()), serde_json_vec(&m)).unwrap();
         let ds = Dataset::open(ds.dir()).unwrap();
         match ds.read_step(&ds.shards()[0], 1) {
             Ok(b) => assert_eq!(b.batch.columns(), written.columns(), "byte {at}"),
@@ -881,4 +881,232 @@ fn damaged_footers_never_panic_a_reader() {
         let _ = ds.check_file(&ds.shards()[0], &ds.shards()[0].files[1]);
         let _ = verify(&ds).unwrap();
     }
+}
+
+/// Turns a dataset written now into the layout an older bdense wrote: one `manifest.json` at
+/// the top and zero-padded step partitions (`step=0007`), named so by the manifest.
+fn make_legacy(dir: &Path) {
+    let newest = Manifest::path(dir);
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&newest).unwrap()).unwrap();
+    for shard in m["shards"].as_array_mut().unwrap() {
+        for f in shard["files"].as_array_mut().unwrap() {
+            let step = f["step"].as_u64().unwrap();
+            let path = f["path"].as_str().unwrap().to_string();
+            let old = path.replace(&format!("step={step}/"), &format!("step={step:04}/"));
+            std::fs::create_dir_all(dir.join(format!("step={step:04}"))).unwrap();
+            std::fs::rename(dir.join(&path), dir.join(&old)).unwrap();
+            f["path"] = old.into();
+        }
+    }
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(dir.join("_bdense")).unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() && std::fs::read_dir(&p).unwrap().next().is_none() {
+            std::fs::remove_dir(&p).unwrap();
+        }
+    }
+}
+
+#[test]
+fn an_older_layout_opens_read_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = small(tmp.path());
+    let hashes = |ds: &Dataset| snapshot(ds).into_iter().map(|(_, h)| h).collect::<Vec<_>>();
+    let before = hashes(&ds);
+    make_legacy(ds.dir());
+    assert!(ds.dir().join("step=0003").is_dir() && !ds.dir().join("step=3").exists());
+    let old = Dataset::open(ds.dir()).unwrap();
+    assert_eq!(
+        old.shards()[0].files[3].path,
+        "step=0003/shard-00000.parquet"
+    );
+    assert_eq!(hashes(&old), before);
+    assert!(verify(&old).unwrap().ok());
+    assert_eq!(bdense_store::list_datasets(tmp.path()).unwrap(), vec!["g"]);
+    // Writing and gc need the versioned layout: refused, by name, with the way out.
+    let err = DatasetWriter::open(ds.dir(), WriteOptions::default())
+        .err()
+        .unwrap();
+    assert!(matches!(err, StoreError::LegacyLayout { .. }), "{err}");
+    assert!(err.to_string().contains("bdense store upgrade"), "{err}");
+    let err = collect_garbage(ds.dir(), &now(false)).unwrap_err();
+    assert!(matches!(err, StoreError::LegacyLayout { .. }), "{err}");
+    assert!(!ds.dir().join("_bdense").exists());
+
+    // `bdense store upgrade`, killed after linking some files to their new names (as a
+    // first attempt leaves them) and run again: the current layout, the same snapshot hash.
+    let snapshot_before = old.manifest().snapshot_hash();
+    std::fs::create_dir_all(ds.dir().join("step=3")).unwrap();
+    std::fs::hard_link(
+        ds.dir().join("step=0003/shard-00000.parquet"),
+        ds.dir().join("step=3/shard-00000.parquet"),
+    )
+    .unwrap();
+    let report = bdense_store::upgrade::upgrade(ds.dir()).unwrap();
+    assert_eq!(report.files_moved, 3 * 6, "{report:?}");
+    let new = Dataset::open(ds.dir()).unwrap();
+    assert_eq!(new.shards()[0].files[3].path, "step=3/shard-00000.parquet");
+    assert_eq!(new.manifest().snapshot_hash(), snapshot_before);
+    assert_eq!(hashes(&new), before);
+    assert!(verify(&new).unwrap().ok());
+    let mut top: Vec<String> = std::fs::read_dir(ds.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort();
+    assert_eq!(
+        top,
+        [
+            "_bdense", "step=0", "step=1", "step=2", "step=3", "step=4", "step=5"
+        ]
+    );
+    assert!(bdense_store::upgrade::upgrade(ds.dir()).unwrap().already);
+    drop(DatasetWriter::open(ds.dir(), WriteOptions::default()).unwrap());
+    assert!(
+        collect_garbage(ds.dir(), &now(false))
+            .unwrap()
+            .removed
+            .is_empty()
+    );
+}
+
+/// The commit protocol (docs/STORE-PROTOCOL.md) with several writers at once: each commit
+/// lands in a new manifest version, a writer that loses the race for one merges into the
+/// winner's snapshot, and the result is what one writer writes.
+#[test]
+fn concurrent_writers_commit_every_shard_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = SyntheticSpec {
+        count: 8 * 16,
+        ..spec("c", 0, Dtype::F32)
+    };
+    let options = || WriteOptions {
+        threads: 1,
+        ..WriteOptions::default()
+    };
+    let files = |ds: &Dataset| -> Vec<(String, String)> {
+        ds.shards()
+            .iter()
+            .flat_map(|s| s.files.iter().map(|f| (f.path.clone(), f.xxh3.clone())))
+            .collect()
+    };
+    let one = write_gaussian(&tmp.path().join("one/c"), &s, options()).unwrap();
+    let dir = tmp.path().join("many/c");
+    drop(DatasetWriter::create(&dir, s.dataset_spec(), options()).unwrap());
+    std::thread::scope(|scope| {
+        for w in 0..4u32 {
+            let (dir, s) = (&dir, &s);
+            scope.spawn(move || {
+                let mut writer = DatasetWriter::open(dir, options()).unwrap();
+                for i in (w..16).step_by(4) {
+                    writer.write_shard(&gaussian_shard(s, i).data()).unwrap();
+                }
+            });
+        }
+    });
+    let many = Dataset::open(&dir).unwrap();
+    assert_eq!(files(&many), files(&one));
+    assert!(verify(&many).unwrap().ok());
+    let versions = || {
+        let mut v: Vec<String> = std::fs::read_dir(dir.join("_bdense/manifests"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    // Version 1 is the empty dataset, then one per shard; no temporary is left.
+    assert_eq!(versions().len(), 17, "{:?}", versions());
+    assert_eq!(versions()[16], "00000000000000000017.json");
+
+    // gc prunes all but the newest 8 versions; the snapshot stays.
+    let report = collect_garbage(&dir, &now(false)).unwrap();
+    assert_eq!(report.removed.len(), 9, "{report:?}");
+    assert_eq!(versions()[0], "00000000000000000010.json");
+    assert_eq!(files(&Dataset::open(&dir).unwrap()), files(&one));
+
+    // A version put below the newest (what a writer holding a pruned, outdated snapshot
+    // could write into the hole) is never taken as the snapshot; such a writer sees the
+    // newer version after its put and merges into it (writer.rs, `commit_shard`).
+    std::fs::write(
+        dir.join("_bdense/manifests/00000000000000000006.json"),
+        std::fs::read(dir.join("_bdense/manifests/00000000000000000010.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        Manifest::path(&dir),
+        dir.join("_bdense/manifests/00000000000000000017.json")
+    );
+    assert_eq!(Dataset::open(&dir).unwrap().shards().len(), 16);
+}
+
+/// A writer killed after publishing a shard's files and before committing leaves them under
+/// their final names: gc keeps them while any writer lives, a rerun of the shard uses them
+/// (same bytes), and other bytes in the way are an error naming the file.
+#[test]
+fn published_but_uncommitted_files_are_kept_for_live_writers_and_reused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = spec("u", 24, Dtype::F32);
+    let dir = tmp.path().join("u");
+    let mut w = DatasetWriter::create(&dir, s.dataset_spec(), WriteOptions::default()).unwrap();
+    w.write_shard(&gaussian_shard(&s, 0).data()).unwrap();
+    // What a dead writer of shard 1 left: its files, published, never committed.
+    let other = write_gaussian(&tmp.path().join("ref/u"), &s, WriteOptions::default()).unwrap();
+    for f in &other.shards()[1].files {
+        let to = dir.join(&f.path);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(other.file_path(f), &to).unwrap();
+    }
+    let leftover = dir.join(&other.shards()[1].files[2].path);
+    let report = collect_garbage(&dir, &now(false)).unwrap();
+    assert!(report.removed.is_empty(), "{report:?}");
+    assert!(
+        report
+            .kept
+            .iter()
+            .any(|(p, why)| p == &leftover && why.contains("writer")),
+        "{report:?}"
+    );
+    // The rerun finds its own bytes there and commits them.
+    w.write_shard(&gaussian_shard(&s, 1).data()).unwrap();
+    // Other bytes in the way: refused by name, nothing committed.
+    let f16 = write_gaussian(
+        &tmp.path().join("f16/u"),
+        &spec("u", 24, Dtype::F16),
+        WriteOptions::default(),
+    )
+    .unwrap();
+    let in_way = dir.join(&f16.shards()[2].files[0].path);
+    std::fs::create_dir_all(in_way.parent().unwrap()).unwrap();
+    std::fs::copy(f16.file_path(&f16.shards()[2].files[0]), &in_way).unwrap();
+    let err = w
+        .write_shard(&gaussian_shard(&s, 2).data())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("step=0/shard-00002.parquet") && err.contains("other content"),
+        "{err}"
+    );
+    assert_eq!(Dataset::open(&dir).unwrap().shards().len(), 2);
+    drop(w);
+    // With no writer alive and no grace, gc removes it; the shard then commits.
+    let report = collect_garbage(&dir, &now(false)).unwrap();
+    assert_eq!(report.removed, vec![in_way], "{report:?}");
+    let mut w = DatasetWriter::open(&dir, WriteOptions::default()).unwrap();
+    w.write_shard(&gaussian_shard(&s, 2).data()).unwrap();
+    let ds = Dataset::open(&dir).unwrap();
+    assert!(verify(&ds).unwrap().ok());
+    let hashes = |d: &Dataset| -> Vec<String> {
+        d.shards()
+            .iter()
+            .flat_map(|s| s.files.iter().map(|f| f.xxh3.clone()))
+            .collect()
+    };
+    assert_eq!(hashes(&ds), hashes(&other));
 }

@@ -4,11 +4,13 @@ mod args;
 mod crash;
 mod generate;
 mod queries;
+mod readers;
 mod report;
 mod store;
 mod sweep;
 mod torch;
 mod train;
+mod workers;
 
 use bdense_tests::TestDir;
 

@@ -2,6 +2,7 @@
 //! faults of a real generate.
 
 use bdense_store::Dtype;
+use bdense_store::manifest::Manifest;
 use bdense_tests::{file_hashes, synthetic};
 
 use crate::dir;
@@ -45,7 +46,7 @@ fn ls_info_verify_gc_on_a_synthetic_store() {
     let out = t.bdense(["store", "verify", "store/gauss"]).ok();
     assert!(out.contains("verify ok: 27 files, 360 rows"), "{out}");
 
-    std::fs::write(t.join("store/gauss/step=0003/shard-00009.parquet"), b"junk").unwrap();
+    std::fs::write(t.join("store/gauss/step=3/shard-00009.parquet"), b"junk").unwrap();
     let out = t.bdense(["store", "gc", "store/gauss"]).ok();
     assert!(
         out.contains("gc done: 0 files") && out.contains("younger than the grace period"),
@@ -65,35 +66,35 @@ fn ls_info_verify_gc_on_a_synthetic_store() {
 fn info_names_a_missing_or_resized_file() {
     let t = dir();
     synthetic(&t.join("store"), "g", 32, 5, 16, Dtype::F32);
-    std::fs::remove_file(t.join("store/g/step=0004/shard-00000.parquet")).unwrap();
+    std::fs::remove_file(t.join("store/g/step=4/shard-00000.parquet")).unwrap();
     t.bdense(["store", "info", "store/g"])
-        .fails_with("step=0004/shard-00000.parquet: cannot read");
+        .fails_with("step=4/shard-00000.parquet: cannot read");
     synthetic(&t.join("store"), "h", 32, 5, 16, Dtype::F32);
-    let victim = t.join("store/h/step=0001/shard-00001.parquet");
+    let victim = t.join("store/h/step=1/shard-00001.parquet");
     let mut bytes = std::fs::read(&victim).unwrap();
     bytes.push(0);
     std::fs::write(&victim, bytes).unwrap();
     t.bdense(["store", "info", "store/h"])
-        .fails_with("step=0001/shard-00001.parquet: size");
+        .fails_with("step=1/shard-00001.parquet: size");
 }
 
 #[test]
 fn verify_fails_with_a_line_per_problem() {
     let t = dir();
     synthetic(&t.join("store"), "g", 32, 5, 16, Dtype::F32);
-    let victim = t.join("store/g/step=0002/shard-00001.parquet");
+    let victim = t.join("store/g/step=2/shard-00001.parquet");
     let mut bytes = std::fs::read(&victim).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&victim, bytes).unwrap();
-    std::fs::remove_file(t.join("store/g/step=0004/shard-00000.parquet")).unwrap();
+    std::fs::remove_file(t.join("store/g/step=4/shard-00000.parquet")).unwrap();
     let (out, _) = t.bdense(["store", "verify", "store/g"]).code(1);
     assert!(
-        out.contains("step=0002/shard-00001.parquet: content hash"),
+        out.contains("step=2/shard-00001.parquet: content hash"),
         "{out}"
     );
     assert!(
-        out.contains("step=0004/shard-00000.parquet: cannot read"),
+        out.contains("step=4/shard-00000.parquet: cannot read"),
         "{out}"
     );
     assert!(out.contains("verify FAILED"), "{out}");
@@ -103,11 +104,17 @@ fn verify_fails_with_a_line_per_problem() {
 fn bad_arguments_name_what_is_wrong() {
     let t = dir();
     t.bdense(["store", "info", "nowhere/none"])
-        .fails_with("nowhere/none: no dataset here (missing manifest.json)");
+        .fails_with("nowhere/none: no dataset here (no manifest in _bdense/manifests/)");
     synthetic(&t.join("store"), "g", 8, 5, 16, Dtype::F32);
-    std::fs::write(t.join("store/g/manifest.json"), "{\"format_version\": 99}").unwrap();
-    t.bdense(["store", "verify", "store/g"])
-        .fails_with("manifest.json: manifest has format version 99");
+    std::fs::write(
+        Manifest::path(&t.join("store/g")),
+        "{\"format_version\": 99}",
+    )
+    .unwrap();
+    let stderr = t
+        .bdense(["store", "verify", "store/g"])
+        .fails_with(".json: manifest has format version 99");
+    assert!(stderr.contains("store/g/_bdense/manifests/"), "{stderr}");
 }
 
 /// Finding 1: generate never writes into a directory of other files (here the store root),
@@ -136,7 +143,7 @@ fn generate_and_gc_never_touch_files_that_are_not_a_datasets() {
 
     // Inside a dataset, gc deletes only the store's own names.
     std::fs::write(t.join("store/a/my-notes.txt"), "keep").unwrap();
-    std::fs::write(t.join("store/a/step=0002/plot.png"), "keep").unwrap();
+    std::fs::write(t.join("store/a/step=2/plot.png"), "keep").unwrap();
     std::fs::create_dir_all(t.join("store/a/extra")).unwrap();
     std::fs::write(t.join("store/a/extra/shard-00007.parquet"), "keep").unwrap();
     let out = t.bdense(["store", "gc", "store/a", "--grace", "0"]).ok();
@@ -145,7 +152,7 @@ fn generate_and_gc_never_touch_files_that_are_not_a_datasets() {
         "store/README",
         "store/notes/todo.txt",
         "store/a/my-notes.txt",
-        "store/a/step=0002/plot.png",
+        "store/a/step=2/plot.png",
         "store/a/extra/shard-00007.parquet",
     ] {
         assert!(t.join(kept).is_file(), "{kept} was deleted");
@@ -167,34 +174,34 @@ fn generate_and_gc_never_touch_files_that_are_not_a_datasets() {
 fn manifest_paths_stay_inside_the_dataset() {
     let t = dir();
     synthetic(&t.join("store"), "g", 16, 5, 16, Dtype::F32);
-    let manifest = t.join("store/g/manifest.json");
+    let manifest = Manifest::path(&t.join("store/g"));
     let original = std::fs::read_to_string(&manifest).unwrap();
     for evil in [
         "../../../../etc/passwd",
         "/etc/hostname",
         "/dev/zero",
-        "step=0001/../../a",
+        "step=1/../../a",
     ] {
-        let edited = original.replace("step=0001/shard-00000.parquet", evil);
+        let edited = original.replace("step=1/shard-00000.parquet", evil);
         std::fs::write(&manifest, edited).unwrap();
         let stderr = t
             .bdense(["store", "verify", "store/g"])
-            .fails_with("manifest.json");
+            .fails_with("_bdense/manifests/");
         assert!(stderr.contains("file path"), "{evil}: {stderr}");
     }
     // A symlink inside the dataset is not followed either.
     std::fs::write(&manifest, &original).unwrap();
-    let victim = t.join("store/g/step=0001/shard-00000.parquet");
+    let victim = t.join("store/g/step=1/shard-00000.parquet");
     std::fs::remove_file(&victim).unwrap();
     std::os::unix::fs::symlink("/dev/zero", &victim).unwrap();
     let (out, _) = t.bdense(["store", "verify", "store/g"]).code(1);
     assert!(
-        out.contains("step=0001/shard-00000.parquet: cannot read")
+        out.contains("step=1/shard-00000.parquet: cannot read")
             && out.contains("not a regular file"),
         "{out}"
     );
     t.bdense(["sql", "store", "SELECT count(*) FROM g"])
-        .fails_with("step=0001/shard-00000.parquet");
+        .fails_with("step=1/shard-00000.parquet");
 
     let mut m: serde_json::Value = serde_json::from_str(&original).unwrap();
     let first = m["shards"][0].clone();
@@ -211,12 +218,12 @@ fn a_damaged_shard_fails_sql_targets_and_train_by_name() {
     let t = dir();
     crate::procedural_store(&t);
     // Flip one bit inside the data pages (not the footer): decoding may well succeed.
-    let victim = t.join("store/p/step=0006/shard-00001.parquet");
+    let victim = t.join("store/p/step=6/shard-00001.parquet");
     let mut bytes = std::fs::read(&victim).unwrap();
     let at = bytes.len() / 3;
     bytes[at] ^= 0x01;
     std::fs::write(&victim, bytes).unwrap();
-    let name = "step=0006/shard-00001.parquet";
+    let name = "step=6/shard-00001.parquet";
     t.bdense(["sql", "store", "SELECT sum(l2(x)) FROM p"])
         .fails_with(name);
     // Files the query does not read stay usable.
@@ -337,7 +344,7 @@ fn a_full_disk_is_an_error_naming_the_file_and_keeps_the_snapshot() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("store/full/step=") && stderr.contains("File too large"),
+        stderr.contains("store/full/_bdense/staging/.step-") && stderr.contains("File too large"),
         "{stderr}"
     );
     let out = t.bdense(["store", "verify", "store/full"]).ok();
@@ -381,7 +388,7 @@ fn gc_during_generate_keeps_the_writers_files() {
             break status;
         }
         assert!(Instant::now() < deadline, "generate did not finish");
-        if t.join("store/k/manifest.json").exists() {
+        if bdense_store::Dataset::open(&t.join("store/k")).is_ok() {
             t.bdense(["store", "gc", "store/k", "--grace", "0"]).ok();
             runs += 1;
         } else {

@@ -216,6 +216,8 @@ fn ensure_dataset(dataset: &Path, args: &DemoArgs, p: &Preset) -> anyhow::Result
         seed: 0,
         shard: None,
         resume,
+        workers: None,
+        worker: None,
         dtype: "f32".into(),
         denoised: false,
         device: args.device.to_string(),

@@ -41,7 +41,12 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         .parse()
         .map_err(anyhow::Error::msg)
         .context("--dtype")?;
-    let part = args.shard.as_deref().map(parse_shard).transpose()?;
+    let part = match (args.worker, args.workers) {
+        (Some(i), Some(n)) if i >= n => bail!("--worker {i}: need 0 <= I < --workers {n}"),
+        (Some(i), Some(n)) => Some((i, n)),
+        _ => args.shard.as_deref().map(parse_shard).transpose()?,
+    };
+    let joining = args.workers.is_some();
     check_arguments(args)?;
     let device = bdense_trainer::backend::parse_device(&args.device)
         .map_err(anyhow::Error::msg)
@@ -78,10 +83,23 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
     let options = WriteOptions::default();
     let mut writer = if args.resume {
         let w = DatasetWriter::open(&args.dataset, options)?;
-        check_resume(w.manifest(), &spec)?;
+        if let Some(why) = spec_mismatch(w.manifest(), &spec) {
+            bail!("cannot resume: {why}");
+        }
         w
     } else {
-        match DatasetWriter::create(&args.dataset, spec, options) {
+        match DatasetWriter::create(&args.dataset, spec.clone(), options.clone()) {
+            // Another worker created it first (or this worker is rerun): join it.
+            Err(StoreError::AlreadyExists { .. }) if joining => {
+                let w = DatasetWriter::open(&args.dataset, options)?;
+                if let Some(why) = spec_mismatch(w.manifest(), &spec) {
+                    bail!(
+                        "{}: the dataset exists with other arguments than this worker's ({why}); every --workers generator of one dataset takes the same arguments",
+                        args.dataset.display()
+                    );
+                }
+                w
+            }
             Err(e @ StoreError::AlreadyExists { .. }) => {
                 return Err(anyhow::Error::new(e).context(format!(
                     "{} exists: pass --resume to continue it, or choose another name",
@@ -118,13 +136,18 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
             &mut |b| progress.inc(b as u64),
         );
         let write_started = Instant::now();
-        let entry = writer.write_shard(&ShardData {
+        let written = writer.write_shard(&ShardData {
             index,
             seeds: &t.seeds,
             labels: t.labels.as_deref(),
             states: &t.states,
             denoised: t.denoised.as_deref(),
-        })?;
+        });
+        let entry = match written {
+            // A second run of this worker committed it meanwhile: the same bytes are there.
+            Err(StoreError::ShardCommitted { .. }) if joining => continue,
+            other => other?,
+        };
         write_s += write_started.elapsed().as_secs_f64();
         written_bytes += entry.bytes();
         done += 1;
@@ -157,8 +180,9 @@ fn new_dataset_name(path: &std::path::Path) -> String {
     bdense_store::dataset_name(path).unwrap_or_else(|| "dataset".into())
 }
 
-/// A resumed dataset must be continued with the very same teacher, grid and layout.
-fn check_resume(m: &bdense_store::Manifest, spec: &DatasetSpec) -> anyhow::Result<()> {
+/// How a dataset differs from what the arguments would create, if it does: a resumed or
+/// joined dataset must be continued with the very same teacher, grid and layout.
+fn spec_mismatch(m: &bdense_store::Manifest, spec: &DatasetSpec) -> Option<String> {
     let mismatches: Vec<String> = [
         (
             "teacher",
@@ -202,12 +226,11 @@ fn check_resume(m: &bdense_store::Manifest, spec: &DatasetSpec) -> anyhow::Resul
     .map(|(what, a, b)| format!("{what}: dataset has {a}, arguments give {b}"))
     .collect();
     if !mismatches.is_empty() {
-        bail!("cannot resume: {}", mismatches.join("; "));
+        return Some(mismatches.join("; "));
     }
-    if let Some(what) = m.grid.difference(&spec.grid) {
-        bail!("cannot resume: the sigma grid differs from the dataset's ({what})");
-    }
-    Ok(())
+    m.grid
+        .difference(&spec.grid)
+        .map(|what| format!("the sigma grid differs from the dataset's ({what})"))
 }
 
 /// Everything about the arguments that can be wrong, checked before the teacher is built and

@@ -1,4 +1,4 @@
-//! `bdense store ls | info | verify | gc`.
+//! `bdense store ls | info | verify | gc | upgrade`.
 
 use std::process::ExitCode;
 
@@ -179,5 +179,20 @@ pub fn gc(args: &GcArgs) -> anyhow::Result<ExitCode> {
             )
         }
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn upgrade(args: &DatasetArgs) -> anyhow::Result<ExitCode> {
+    let report = bdense_store::upgrade::upgrade(&args.dataset)
+        .with_context(|| format!("upgrading {}", args.dataset.display()))?;
+    if report.already && report.files_moved == 0 {
+        println!("{}: already in the current layout", args.dataset.display());
+    } else {
+        println!(
+            "upgraded {}: {} step files renamed (step=N), manifest in _bdense/manifests/",
+            args.dataset.display(),
+            report.files_moved
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
