@@ -20,6 +20,7 @@
 //! when loaded, and a step file's size, xxh3 hash, row count and trajectory ids are compared
 //! with the manifest before its data are handed out ([`integrity`]).
 
+pub mod decode;
 pub mod error;
 pub mod gc;
 pub mod grid;
