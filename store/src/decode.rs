@@ -21,9 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, FixedSizeListArray, PrimitiveArray};
-use arrow::datatypes::{
-    ArrowPrimitiveType, DataType, FieldRef, Float16Type, Float32Type, Schema,
-};
+use arrow::datatypes::{ArrowPrimitiveType, DataType, FieldRef, Float16Type, Float32Type, Schema};
 use bytes::Bytes;
 use half::f16;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
@@ -158,7 +156,10 @@ impl VectorColumn {
                 return Ok(None);
             }
             let (start, len) = chunk.byte_range();
-            if start.checked_add(len).is_none_or(|end| end > bytes.len() as u64) {
+            if start
+                .checked_add(len)
+                .is_none_or(|end| end > bytes.len() as u64)
+            {
                 return Err(damaged(format!(
                     "row group {g}: column chunk at {start}+{len} lies outside the file"
                 )));
@@ -405,16 +406,15 @@ impl StoredFloat for Float16Type {
     const WIDTH: usize = 2;
 
     fn extend_plain(src: &[u8], out: &mut Vec<f16>) {
-        out.extend(src.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])));
+        out.extend(
+            src.chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]])),
+        );
     }
 
     fn extend_split(src: &[u8], n: usize, out: &mut Vec<f16>) {
         let (lo, hi) = src.split_at(n);
-        out.extend(
-            lo.iter()
-                .zip(hi)
-                .map(|(&a, &b)| f16::from_le_bytes([a, b])),
-        );
+        out.extend(lo.iter().zip(hi).map(|(&a, &b)| f16::from_le_bytes([a, b])));
     }
 }
 

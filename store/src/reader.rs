@@ -210,29 +210,39 @@ impl Dataset {
             .collect();
         if !general.is_empty() {
             let mask = ProjectionMask::roots(reader_meta.parquet_schema(), general.iter().copied());
-            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, reader_meta.clone())
-                .with_batch_size(rows.max(1))
-                .with_projection(mask)
-                .with_row_groups(groups)
-                .build()
-                .map_err(|e| StoreError::parquet(&path, e))?;
+            let reader =
+                ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, reader_meta.clone())
+                    .with_batch_size(rows.max(1))
+                    .with_projection(mask)
+                    .with_row_groups(groups)
+                    .build()
+                    .map_err(|e| StoreError::parquet(&path, e))?;
             let batches = reader
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map_err(|source| StoreError::Arrow {
                     path: path.clone(),
                     source,
                 })?;
-            let mut decoded = general.iter().enumerate().map(|(i, &root)| match batches.as_slice() {
-                [one] => Ok(one.column(i).clone()),
-                [] => Ok(new_empty_array(reader_meta.schema().field(root).data_type())),
-                _ => {
-                    let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(i).as_ref()).collect();
-                    arrow::compute::concat(&parts)
-                }
-            });
+            let mut decoded =
+                general
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &root)| match batches.as_slice() {
+                        [one] => Ok(one.column(i).clone()),
+                        [] => Ok(new_empty_array(
+                            reader_meta.schema().field(root).data_type(),
+                        )),
+                        _ => {
+                            let parts: Vec<&dyn Array> =
+                                batches.iter().map(|b| b.column(i).as_ref()).collect();
+                            arrow::compute::concat(&parts)
+                        }
+                    });
             for slot in arrays.iter_mut().filter(|a| a.is_none()) {
                 let array = decoded.next().unwrap_or_else(|| {
-                    Err(arrow::error::ArrowError::InvalidArgumentError("no batch".into()))
+                    Err(arrow::error::ArrowError::InvalidArgumentError(
+                        "no batch".into(),
+                    ))
                 });
                 *slot = Some(array.map_err(|source| StoreError::Arrow {
                     path: path.clone(),
@@ -246,7 +256,10 @@ impl Dataset {
                 source,
             }
         })?);
-        let arrays: Vec<ArrayRef> = arrays.into_iter().map(|a| a.expect("every column decoded")).collect();
+        let arrays: Vec<ArrayRef> = arrays
+            .into_iter()
+            .map(|a| a.expect("every column decoded"))
+            .collect();
         if let Some(found) = arrays.iter().map(|a| a.len()).find(|&n| n != rows) {
             return Err(StoreError::invalid(
                 &path,

@@ -111,7 +111,8 @@ fn write(values: Arc<dyn Array>, l: Layout) -> Bytes {
 fn general(bytes: &Bytes) -> Result<FixedSizeListArray, String> {
     let builder =
         ParquetRecordBatchReaderBuilder::try_new(bytes.clone()).map_err(|e| e.to_string())?;
-    let mask = bdense_store::parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), ["x"]);
+    let mask =
+        bdense_store::parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), ["x"]);
     let reader = builder
         .with_projection(mask)
         .build()
@@ -219,7 +220,9 @@ fn fast_path_declines_what_it_does_not_recognise() {
     )]));
     let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(list)]).unwrap();
     let mut out = Vec::new();
-    let props = WriterProperties::builder().set_dictionary_enabled(true).build();
+    let props = WriterProperties::builder()
+        .set_dictionary_enabled(true)
+        .build();
     let mut w = ArrowWriter::try_new(&mut out, schema, Some(props)).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
@@ -267,7 +270,11 @@ fn fast_path_declines_what_it_does_not_recognise() {
 #[test]
 fn damaged_pages_are_errors_naming_the_file_never_panics() {
     let path = Path::new("/data/step=3/shard-00001.parquet");
-    for (split, zstd, v2) in [(true, true, false), (false, false, false), (true, false, true)] {
+    for (split, zstd, v2) in [
+        (true, true, false),
+        (false, false, false),
+        (true, false, true),
+    ] {
         let l = Layout {
             rows: 24,
             row_group_rows: 8,
@@ -286,7 +293,10 @@ fn damaged_pages_are_errors_naming_the_file_never_panics() {
                 .metadata()
                 .clone();
             let (start, _) = meta.row_group(0).column(1).byte_range();
-            let (last_start, last_len) = meta.row_group(meta.num_row_groups() - 1).column(1).byte_range();
+            let (last_start, last_len) = meta
+                .row_group(meta.num_row_groups() - 1)
+                .column(1)
+                .byte_range();
             let end = (last_start + last_len) as usize;
             let mut cases: Vec<Vec<u8>> = Vec::new();
             for at in start as usize..end {

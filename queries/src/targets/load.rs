@@ -88,7 +88,11 @@ pub(crate) struct LoadSpec {
 
 /// Reads `plan`'s shard at `spec.steps` and indexes every (slot, row) cell. Blocking: CPU
 /// work (hashing and decoding), run on a blocking thread by the producer.
-pub(crate) fn load_shard(spec: &LoadSpec, plan: &ShardPlan, remaining: usize) -> Result<LoadedShard> {
+pub(crate) fn load_shard(
+    spec: &LoadSpec,
+    plan: &ShardPlan,
+    remaining: usize,
+) -> Result<LoadedShard> {
     let ds = &spec.dataset;
     let shard = ds
         .shards()
@@ -101,7 +105,9 @@ pub(crate) fn load_shard(spec: &LoadSpec, plan: &ShardPlan, remaining: usize) ->
     let mut index = CellIndex::new(spec, plan);
     let mut states = Vec::with_capacity(spec.steps.len());
     for (b, &step) in spec.steps.iter().enumerate() {
-        let batch = ds.read_step_columns(shard, step, Some(&LOADED), None)?.batch;
+        let batch = ds
+            .read_step_columns(shard, step, Some(&LOADED), None)?
+            .batch;
         index.add(b as u32, step, &batch)?;
         states.push(states_of(spec, &batch)?);
     }
