@@ -6,11 +6,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use arrow::array::{Array, AsArray, FixedSizeListArray, RecordBatch};
+use arrow::array::{
+    Array, ArrayRef, AsArray, FixedSizeListArray, RecordBatch, RecordBatchOptions, new_empty_array,
+};
 use arrow::datatypes::{Float16Type, Float32Type, Int32Type, SchemaRef, UInt64Type};
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
 
+use crate::decode::VectorColumn;
 use crate::error::{Result, StoreError};
 use crate::integrity::{self, VerifiedFiles};
 use crate::manifest::{FileEntry, Manifest, ShardEntry};
@@ -28,6 +33,9 @@ pub struct Dataset {
     schema: SchemaRef,
     /// Files checked by [`Dataset::check_file`], shared by every clone.
     verified: Arc<VerifiedFiles>,
+    /// Decode the vector columns with [`crate::decode`] where it recognises them (the
+    /// default); off, everything goes through arrow-rs' general reader (benchmarks compare).
+    fast_decode: bool,
 }
 
 impl Dataset {
@@ -39,7 +47,14 @@ impl Dataset {
             manifest,
             schema,
             verified: Arc::default(),
+            fast_decode: true,
         })
+    }
+
+    /// This dataset with the vector-column fast path on (the default) or off.
+    pub fn with_fast_decode(mut self, on: bool) -> Dataset {
+        self.fast_decode = on;
+        self
     }
 
     /// Checks `entry` of `shard` against the manifest (size, content hash, rows, trajectory
@@ -138,10 +153,19 @@ impl Dataset {
         columns: Option<&[&str]>,
         row_groups: Option<Vec<usize>>,
     ) -> Result<StepBatch> {
-        let builder = self.open_bytes(&path, bytes)?;
-        let meta = builder.metadata().clone();
-        let rows = match &row_groups {
-            Some(groups) => groups
+        let reader_meta = ArrowReaderMetadata::load(&bytes, ArrowReaderOptions::default())
+            .map_err(|e| StoreError::parquet(&path, e))?;
+        if let Some(problem) = schema::schema_mismatch(&self.schema, reader_meta.schema()) {
+            return Err(StoreError::schema(&path, problem));
+        }
+        let meta = reader_meta.metadata().clone();
+        let row_groups_given = row_groups.is_some();
+        let groups: Vec<usize> = match row_groups {
+            Some(groups) => groups,
+            None => (0..meta.num_row_groups()).collect(),
+        };
+        let rows = match row_groups_given {
+            true => groups
                 .iter()
                 .map(|&g| {
                     (g < meta.num_row_groups())
@@ -149,52 +173,108 @@ impl Dataset {
                         .ok_or_else(|| StoreError::invalid(&path, format!("has no row group {g}")))
                 })
                 .sum::<Result<usize>>()?,
-            None => shard.rows as usize,
+            false => shard.rows as usize,
         };
-        let mut builder = builder.with_batch_size(rows.max(1));
-        if let Some(cols) = columns {
-            let indices = cols
-                .iter()
-                .map(|c| {
-                    self.schema
-                        .index_of(c)
-                        .map_err(|_| StoreError::schema(&path, format!("no column {c}")))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
-            builder = builder.with_projection(mask);
+        // Root columns to return, in the file's order (what a projection mask gives).
+        let selected: Vec<usize> = match columns {
+            Some(cols) => {
+                let mut indices = cols
+                    .iter()
+                    .map(|c| {
+                        self.schema
+                            .index_of(c)
+                            .map_err(|_| StoreError::schema(&path, format!("no column {c}")))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                indices.sort_unstable();
+                indices.dedup();
+                indices
+            }
+            None => (0..self.schema.fields().len()).collect(),
+        };
+        // The vector columns through the fast path where it recognises them, the rest (and
+        // whatever it declines) through the general reader.
+        let mut arrays: Vec<Option<ArrayRef>> = vec![None; selected.len()];
+        if self.fast_decode {
+            for (slot, &root) in arrays.iter_mut().zip(&selected) {
+                if let Some(plan) = VectorColumn::recognise(&meta, reader_meta.schema(), root) {
+                    *slot = plan.decode(&path, &bytes, &meta, &groups)?;
+                }
+            }
         }
-        if let Some(groups) = row_groups {
-            builder = builder.with_row_groups(groups);
+        let general: Vec<usize> = selected
+            .iter()
+            .zip(&arrays)
+            .filter(|(_, a)| a.is_none())
+            .map(|(&root, _)| root)
+            .collect();
+        if !general.is_empty() {
+            let mask = ProjectionMask::roots(reader_meta.parquet_schema(), general.iter().copied());
+            let reader =
+                ParquetRecordBatchReaderBuilder::new_with_metadata(bytes, reader_meta.clone())
+                    .with_batch_size(rows.max(1))
+                    .with_projection(mask)
+                    .with_row_groups(groups)
+                    .build()
+                    .map_err(|e| StoreError::parquet(&path, e))?;
+            let batches = reader
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|source| StoreError::Arrow {
+                    path: path.clone(),
+                    source,
+                })?;
+            let mut decoded =
+                general
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &root)| match batches.as_slice() {
+                        [one] => Ok(one.column(i).clone()),
+                        [] => Ok(new_empty_array(
+                            reader_meta.schema().field(root).data_type(),
+                        )),
+                        _ => {
+                            let parts: Vec<&dyn Array> =
+                                batches.iter().map(|b| b.column(i).as_ref()).collect();
+                            arrow::compute::concat(&parts)
+                        }
+                    });
+            for slot in arrays.iter_mut().filter(|a| a.is_none()) {
+                let array = decoded.next().unwrap_or_else(|| {
+                    Err(arrow::error::ArrowError::InvalidArgumentError(
+                        "no batch".into(),
+                    ))
+                });
+                *slot = Some(array.map_err(|source| StoreError::Arrow {
+                    path: path.clone(),
+                    source,
+                })?);
+            }
         }
-        let reader = builder.build().map_err(|e| StoreError::parquet(&path, e))?;
-        let mut batches = reader
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|source| StoreError::Arrow {
+        let schema = Arc::new(reader_meta.schema().project(&selected).map_err(|source| {
+            StoreError::Arrow {
                 path: path.clone(),
                 source,
-            })?;
-        let batch = match batches.len() {
-            1 => batches.pop().expect("one batch"),
-            _ => {
-                let schema = batches
-                    .first()
-                    .map(|b| b.schema())
-                    .unwrap_or_else(|| self.schema.clone());
-                arrow::compute::concat_batches(&schema, &batches).map_err(|source| {
-                    StoreError::Arrow {
-                        path: path.clone(),
-                        source,
-                    }
-                })?
             }
-        };
-        if batch.num_rows() != rows {
+        })?);
+        let arrays: Vec<ArrayRef> = arrays
+            .into_iter()
+            .map(|a| a.expect("every column decoded"))
+            .collect();
+        if let Some(found) = arrays.iter().map(|a| a.len()).find(|&n| n != rows) {
             return Err(StoreError::invalid(
                 &path,
-                format!("holds {} rows, the manifest says {rows}", batch.num_rows()),
+                format!("holds {found} rows, the manifest says {rows}"),
             ));
         }
+        let batch = RecordBatch::try_new_with_options(
+            schema,
+            arrays,
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )
+        .map_err(|source| StoreError::Arrow {
+            path: path.clone(),
+            source,
+        })?;
         Ok(StepBatch {
             path,
             step,

@@ -1,5 +1,10 @@
-//! Loading and decoding: a shard's selected steps read with DataFusion (partition-pruned to
-//! exactly those files), each column found by name, every (slot, row) cell indexed.
+//! Loading and decoding: a shard's selected step files read through the store's reader (each
+//! file checked against the manifest, its state vectors decoded by the store's fast path
+//! straight into Arrow buffers), each column found by name, every (slot, row) cell indexed.
+//!
+//! The files are read directly rather than through a DataFusion scan: the scan's Parquet
+//! decoder materialises a repetition and a definition level per float of the `x` column and
+//! held the stream to a tenth of the raw-file ceiling (docs/perf.md, issue 15).
 
 use std::collections::HashMap;
 
@@ -7,14 +12,12 @@ use bdense_store::{Dataset, ShardEntry, schema as cols};
 use datafusion::arrow::array::{Array, AsArray, PrimitiveArray, RecordBatch};
 use datafusion::arrow::buffer::ScalarBuffer;
 use datafusion::arrow::datatypes::{
-    ArrowPrimitiveType, DataType, Float16Type, Float32Type, Int32Type, UInt16Type, UInt64Type,
+    ArrowPrimitiveType, DataType, Float16Type, Float32Type, Int32Type, UInt64Type,
 };
-use datafusion::prelude::{SessionContext, col, lit};
 use half::f16;
 
 use super::order::ShardPlan;
 use crate::error::{QueryError, Result, RowProblem};
-use crate::table::{SHARD, STEP};
 
 /// A missing or damaged file is named now, before training starts, not deep inside a query
 /// later (the check is remembered, so the scans do not hash the files again).
@@ -75,38 +78,44 @@ impl LoadedShard {
 /// What a loader needs to know about the dataset, shared by every shard it loads.
 #[derive(Clone)]
 pub(crate) struct LoadSpec {
-    /// The dataset's table name in the session.
+    pub dataset: Dataset,
+    /// The dataset's name, for errors.
     pub name: String,
     pub steps: Vec<u16>,
     /// Values per state (C x H x W).
     pub dim: usize,
 }
 
-/// Reads `plan`'s shard at `spec.steps` and indexes every (slot, row) cell.
-pub(crate) async fn load_shard(
-    ctx: &SessionContext,
+/// Reads `plan`'s shard at `spec.steps` and indexes every (slot, row) cell. Blocking: CPU
+/// work (hashing and decoding), run on a blocking thread by the producer.
+pub(crate) fn load_shard(
     spec: &LoadSpec,
     plan: &ShardPlan,
     remaining: usize,
 ) -> Result<LoadedShard> {
-    let df = ctx
-        .table(spec.name.as_str())
-        .await?
-        .filter(
-            col(SHARD)
-                .eq(lit(plan.index))
-                .and(col(STEP).in_list(spec.steps.iter().map(|&s| lit(s)).collect(), false)),
-        )?
-        .select_columns(&[cols::TRAJ_ID, STEP, cols::SEED, cols::LABEL, cols::X])?;
-    let batches = df.collect().await?;
+    let ds = &spec.dataset;
+    let shard = ds
+        .shards()
+        .iter()
+        .find(|s| s.index == plan.index)
+        .ok_or_else(|| QueryError::Dataset {
+            dataset: spec.name.clone(),
+            detail: format!("shard {} is not in the manifest", plan.index),
+        })?;
     let mut index = CellIndex::new(spec, plan);
-    let mut states = Vec::with_capacity(batches.len());
-    for (b, batch) in batches.iter().enumerate() {
-        index.add(b as u32, batch)?;
-        states.push(states_of(spec, batch)?);
+    let mut states = Vec::with_capacity(spec.steps.len());
+    for (b, &step) in spec.steps.iter().enumerate() {
+        let batch = ds
+            .read_step_columns(shard, step, Some(&LOADED), None)?
+            .batch;
+        index.add(b as u32, step, &batch)?;
+        states.push(states_of(spec, &batch)?);
     }
     index.finish(states, remaining)
 }
+
+/// The columns a shard load reads.
+const LOADED: [&str; 4] = [cols::TRAJ_ID, cols::SEED, cols::LABEL, cols::X];
 
 /// Where each (slot, row) cell of one shard lives, filled batch by batch.
 struct CellIndex<'a> {
@@ -138,14 +147,13 @@ impl<'a> CellIndex<'a> {
         }
     }
 
-    /// Indexes every row of decoded batch `b`.
-    fn add(&mut self, b: u32, batch: &RecordBatch) -> Result<()> {
+    /// Indexes every row of decoded batch `b`, the shard's file for `step`.
+    fn add(&mut self, b: u32, step: u16, batch: &RecordBatch) -> Result<()> {
         let ids = column::<UInt64Type>(&self.spec.name, batch, cols::TRAJ_ID)?;
-        let steps = column::<UInt16Type>(&self.spec.name, batch, STEP)?;
         let seeds = column::<UInt64Type>(&self.spec.name, batch, cols::SEED)?;
         let labels = column::<Int32Type>(&self.spec.name, batch, cols::LABEL)?;
         for r in 0..batch.num_rows() {
-            let (id, step) = (ids.value(r), steps.value(r));
+            let id = ids.value(r);
             let row = id
                 .checked_sub(self.plan.first_id)
                 .map(|v| v as usize)

@@ -1,6 +1,6 @@
 //! Branch targets, streamed: for a student with N timestamps and K branches, each trajectory's
-//! start state and its K (N-1) teacher targets, assembled with DataFusion from the steps the
-//! layout selects, in an order shuffled by a seed, in batches of B, through a bounded
+//! start state and its K (N-1) teacher targets, assembled from the step files the layout
+//! selects (read through the store's checked reader and its vector fast path), in an order shuffled by a seed, in batches of B, through a bounded
 //! prefetch channel fed by a background thread.
 //!
 //! One module per job: [`order`] (which trajectory comes when: a pure function of the
@@ -23,7 +23,6 @@ use datafusion::arrow::datatypes::{DataType, Field, Float32Type, Schema, SchemaR
 
 use crate::error::{QueryError, Result};
 use crate::layout::StudentLayout;
-use crate::session::StoreSession;
 use assemble::Assembler;
 use load::{LoadSpec, check_files};
 use order::ShardPlan;
@@ -186,6 +185,7 @@ impl TargetStream {
         }
         let layout = Arc::new(StudentLayout::for_grid(&m.grid, spec.n, spec.k, spec.afs)?);
         let load = LoadSpec {
+            dataset: dataset.clone(),
             name: dataset.name(),
             steps: layout.steps(),
             dim: dataset.dim(),
@@ -194,7 +194,6 @@ impl TargetStream {
         let batches_per_epoch = m.trajectories().div_ceil(spec.batch as u64);
         let (tx, rx) = sync_channel(spec.prefetch.max(1));
         let producer = Producer {
-            session: StoreSession::for_dataset(dataset)?,
             assembler: Assembler {
                 layout: layout.clone(),
                 teacher_forcing: spec.teacher_forcing,

@@ -1,5 +1,5 @@
 //! Threading: one background thread runs a tokio runtime that decodes shards ahead of need
-//! (each in its own task, so decoding uses every core) and cuts them into batches, sent
+//! (each on its own blocking thread, so decoding uses every core) and cuts them into batches, sent
 //! through a bounded channel so the consumer sets the pace.
 
 use std::collections::{HashMap, VecDeque};
@@ -10,16 +10,14 @@ use super::assemble::Assembler;
 use super::load::{LoadSpec, LoadedShard, load_shard};
 use super::order::{ShardPlan, epoch_order, shard_needs, shard_of};
 use crate::error::{QueryError, Result};
-use crate::session::StoreSession;
 
-/// Shards decoded ahead of the one being assembled, each in its own task, so decoding runs on
+/// Shards decoded ahead of the one being assembled, each on its own blocking thread, so decoding runs on
 /// every core while batches are cut.
 const LOOKAHEAD_SHARDS: usize = 2;
 
 type ShardLoad = tokio::task::JoinHandle<Result<LoadedShard>>;
 
 pub(crate) struct Producer {
-    pub session: StoreSession,
     pub load: LoadSpec,
     pub assembler: Assembler,
     pub plans: Vec<ShardPlan>,
@@ -64,9 +62,8 @@ impl Producer {
 
     /// Starts decoding shard `s` in the background.
     fn spawn_load(&self, s: usize, remaining: usize) -> ShardLoad {
-        let ctx = self.session.ctx().clone();
         let (spec, plan) = (self.load.clone(), self.plans[s].clone());
-        tokio::spawn(async move { load_shard(&ctx, &spec, &plan, remaining).await })
+        tokio::task::spawn_blocking(move || load_shard(&spec, &plan, remaining))
     }
 
     /// Sends one epoch's batches after skipping `skip` trajectories; false when the consumer

@@ -1,0 +1,446 @@
+//! The fast path for the state vector columns (`x`, `denoised`): non-null
+//! `FixedSizeList<f32|f16, dim>` pages decoded straight into the batch's value buffer.
+//!
+//! arrow-rs' general reader materialises a repetition and a definition level for every float
+//! of a list column and then rebuilds validity from them, which costs more than decompressing
+//! and unshuffling the values (docs/perf.md). For a required list of required floats the
+//! levels carry no information: every row is `dim` present values, so the repetition levels
+//! are `0, 1, 1, ..., 1` per row and the definition levels are all 1. This module checks that
+//! they are exactly that pattern run by run (RLE runs in O(1), bit-packed groups bit by bit:
+//! about one group per row) instead of decoding them, and copies or unshuffles
+//! (BYTE_STREAM_SPLIT) the values into one buffer that becomes the Arrow array without a copy.
+//!
+//! Pages come from the parquet crate's own page reader (page headers, decompression). What
+//! the fast path does not recognise (another physical or logical type, nullable levels,
+//! dictionary pages, encodings other than PLAIN and BYTE_STREAM_SPLIT, any other level
+//! pattern) it declines (`Ok(None)`) and the caller uses the general reader, so a legal file
+//! from another writer still reads. A page that cannot be what its header claims (it does not
+//! decompress, or holds the wrong number of value bytes or values) is an error naming the file.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, FixedSizeListArray, PrimitiveArray};
+use arrow::datatypes::{ArrowPrimitiveType, DataType, FieldRef, Float16Type, Float32Type, Schema};
+use bytes::Bytes;
+use half::f16;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::basic::{Encoding, LogicalType, Type as PhysicalType};
+use parquet::column::page::Page;
+use parquet::file::metadata::ParquetMetaData;
+use parquet::file::serialized_reader::SerializedPageReader;
+
+use crate::error::{Result, StoreError};
+use crate::integrity;
+
+/// A vector column the fast path can decode: one leaf, required list of required floats.
+#[derive(Debug, Clone)]
+pub(crate) struct VectorColumn {
+    /// Index of the column's leaf in the Parquet schema.
+    leaf: usize,
+    element: Element,
+    dim: usize,
+    /// The list's item field, as the file's Arrow schema spells it.
+    item: FieldRef,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Element {
+    F32,
+    F16,
+}
+
+impl VectorColumn {
+    /// The fast-path plan for root column `root` of a file, or `None` when its schema is not
+    /// a non-null `FixedSizeList<f32|f16>` stored as a required list of required floats.
+    pub(crate) fn recognise(
+        meta: &ParquetMetaData,
+        schema: &Schema,
+        root: usize,
+    ) -> Option<VectorColumn> {
+        let field = schema.fields().get(root)?;
+        let DataType::FixedSizeList(item, dim) = field.data_type() else {
+            return None;
+        };
+        if field.is_nullable() || *dim <= 0 {
+            return None;
+        }
+        let descr = meta.file_metadata().schema_descr();
+        let mut leaves = (0..descr.num_columns()).filter(|&l| descr.get_column_root_idx(l) == root);
+        let (leaf, None) = (leaves.next()?, leaves.next()) else {
+            return None;
+        };
+        let column = descr.column(leaf);
+        // Required outer field, repeated list, required item: one level of each, and a value
+        // present wherever the definition level is 1.
+        if column.max_def_level() != 1 || column.max_rep_level() != 1 {
+            return None;
+        }
+        let element = match (item.data_type(), column.physical_type()) {
+            (DataType::Float32, PhysicalType::FLOAT) if column.logical_type_ref().is_none() => {
+                Element::F32
+            }
+            (DataType::Float16, PhysicalType::FIXED_LEN_BYTE_ARRAY)
+                if column.type_length() == 2
+                    && column.logical_type_ref() == Some(&LogicalType::Float16) =>
+            {
+                Element::F16
+            }
+            _ => return None,
+        };
+        Some(VectorColumn {
+            leaf,
+            element,
+            dim: *dim as usize,
+            item: item.clone(),
+        })
+    }
+
+    /// Decodes the column over `row_groups` (in that order) into one array, `Ok(None)` when a
+    /// page is of a kind the fast path leaves to the general reader.
+    pub(crate) fn decode(
+        &self,
+        path: &Path,
+        bytes: &Bytes,
+        meta: &ParquetMetaData,
+        row_groups: &[usize],
+    ) -> Result<Option<ArrayRef>> {
+        let values: Option<ArrayRef> = match self.element {
+            Element::F32 => self
+                .decode_values::<Float32Type>(path, bytes, meta, row_groups)?
+                .map(|v| Arc::new(v) as ArrayRef),
+            Element::F16 => self
+                .decode_values::<Float16Type>(path, bytes, meta, row_groups)?
+                .map(|v| Arc::new(v) as ArrayRef),
+        };
+        let Some(values) = values else {
+            return Ok(None);
+        };
+        let list = FixedSizeListArray::try_new(self.item.clone(), self.dim as i32, values, None)
+            .map_err(|source| StoreError::Arrow {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Some(Arc::new(list)))
+    }
+
+    fn decode_values<T: StoredFloat>(
+        &self,
+        path: &Path,
+        bytes: &Bytes,
+        meta: &ParquetMetaData,
+        row_groups: &[usize],
+    ) -> Result<Option<PrimitiveArray<T>>> {
+        let damaged = |detail: String| integrity::damaged(path, detail);
+        let mut expected = 0usize;
+        for &g in row_groups {
+            let group = meta
+                .row_groups()
+                .get(g)
+                .ok_or_else(|| damaged(format!("has no row group {g}")))?;
+            let rows = usize::try_from(group.num_rows())
+                .map_err(|_| damaged(format!("row group {g} has {} rows", group.num_rows())))?;
+            expected = rows
+                .checked_mul(self.dim)
+                .and_then(|v| v.checked_add(expected))
+                .ok_or_else(|| damaged(format!("row group {g} has {rows} rows")))?;
+        }
+        let mut out: Vec<T::Native> = Vec::new();
+        // The footer's row counts size the buffer; a count no allocation can hold is damage.
+        out.try_reserve_exact(expected)
+            .map_err(|_| damaged(format!("claims {expected} values in column {}", self.leaf)))?;
+        for &g in row_groups {
+            let group = meta.row_group(g);
+            let chunk = group.column(self.leaf);
+            if chunk.dictionary_page_offset().is_some() {
+                return Ok(None);
+            }
+            let (start, len) = chunk.byte_range();
+            if start
+                .checked_add(len)
+                .is_none_or(|end| end > bytes.len() as u64)
+            {
+                return Err(damaged(format!(
+                    "row group {g}: column chunk at {start}+{len} lies outside the file"
+                )));
+            }
+            let rows = group.num_rows() as usize;
+            let pages = SerializedPageReader::new(Arc::new(bytes.clone()), chunk, rows, None)
+                .map_err(|e| StoreError::parquet(path, e))?;
+            let want = rows * self.dim;
+            let mut at = 0usize;
+            for page in pages {
+                let page = page.map_err(|e| StoreError::parquet(path, e))?;
+                let Some(n) = self.page_values::<T>(&page, at, path, &mut out)? else {
+                    return Ok(None);
+                };
+                at += n;
+                if at > want {
+                    break;
+                }
+            }
+            if at != want {
+                return Err(damaged(format!(
+                    "row group {g}: column {} holds {at} values, {rows} rows of {} need {want}",
+                    self.leaf, self.dim
+                )));
+            }
+        }
+        Ok(Some(PrimitiveArray::<T>::new(out.into(), None)))
+    }
+
+    /// Appends one data page's values; `at` is the chunk position of its first value (so the
+    /// repetition pattern is checked across pages). `Ok(None)`: not a page for the fast path.
+    fn page_values<T: StoredFloat>(
+        &self,
+        page: &Page,
+        at: usize,
+        path: &Path,
+        out: &mut Vec<T::Native>,
+    ) -> Result<Option<usize>> {
+        let (n, encoding, values) = match page {
+            Page::DataPage {
+                buf,
+                num_values,
+                encoding,
+                def_level_encoding,
+                rep_level_encoding,
+                ..
+            } => {
+                if *rep_level_encoding != Encoding::RLE || *def_level_encoding != Encoding::RLE {
+                    return Ok(None);
+                }
+                let n = *num_values as usize;
+                // v1: each level run is prefixed by its byte length (u32, little-endian).
+                let Some((rep, rest)) = prefixed(buf) else {
+                    return Err(short_page(path));
+                };
+                let Some((def, values)) = prefixed(rest) else {
+                    return Err(short_page(path));
+                };
+                if !self.levels_trivial(rep, def, n, at) {
+                    return Ok(None);
+                }
+                (n, *encoding, values)
+            }
+            Page::DataPageV2 {
+                buf,
+                num_values,
+                encoding,
+                num_nulls,
+                def_levels_byte_len,
+                rep_levels_byte_len,
+                ..
+            } => {
+                if *num_nulls != 0 {
+                    return Ok(None);
+                }
+                let n = *num_values as usize;
+                let (r, d) = (*rep_levels_byte_len as usize, *def_levels_byte_len as usize);
+                if r.saturating_add(d) > buf.len() {
+                    return Err(short_page(path));
+                }
+                let (rep, rest) = buf.split_at(r);
+                let (def, values) = rest.split_at(d);
+                if !self.levels_trivial(rep, def, n, at) {
+                    return Ok(None);
+                }
+                (n, *encoding, values)
+            }
+            Page::DictionaryPage { .. } => return Ok(None),
+        };
+        if !matches!(encoding, Encoding::PLAIN | Encoding::BYTE_STREAM_SPLIT) {
+            return Ok(None);
+        }
+        if n.checked_mul(T::WIDTH) != Some(values.len()) {
+            return Err(integrity::damaged(
+                path,
+                format!(
+                    "a page of column {} holds {} value bytes for {n} values of {} bytes",
+                    self.leaf,
+                    values.len(),
+                    T::WIDTH
+                ),
+            ));
+        }
+        match encoding {
+            Encoding::PLAIN => T::extend_plain(values, out),
+            _ => T::extend_split(values, n, out),
+        }
+        Ok(Some(n))
+    }
+
+    /// Whether `n` values from chunk position `at` have the levels of `dim` present values
+    /// per row: repetition 0 at each row start and 1 elsewhere, definition 1 throughout.
+    fn levels_trivial(&self, rep: &[u8], def: &[u8], n: usize, at: usize) -> bool {
+        let dim = self.dim;
+        let rep_ok = for_each_run(rep, n, |pos, run| match run {
+            Run::Repeated(value, count) => {
+                let r = (at + pos) % dim;
+                match value {
+                    0 => dim == 1 || (count == 1 && r == 0),
+                    1 => r != 0 && r + count <= dim,
+                    _ => false,
+                }
+            }
+            Run::Packed(bits, count) => (0..count).all(|j| {
+                let want = (at + pos + j) % dim != 0;
+                (bits[j / 8] >> (j % 8)) & 1 == want as u8
+            }),
+        });
+        let def_ok = for_each_run(def, n, |_, run| match run {
+            Run::Repeated(value, _) => value == 1,
+            Run::Packed(bits, count) => {
+                let full = count / 8;
+                bits[..full].iter().all(|&b| b == 0xff)
+                    && (count % 8 == 0 || bits[full] | (0xff << (count % 8)) == 0xff)
+            }
+        });
+        rep_ok && def_ok
+    }
+}
+
+fn short_page(path: &Path) -> StoreError {
+    integrity::damaged(path, "a data page is shorter than its level lengths say")
+}
+
+/// Splits a length-prefixed (u32, little-endian) block off the front of `buf`.
+fn prefixed(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?) as usize;
+    let rest = &buf[4..];
+    (len <= rest.len()).then(|| rest.split_at(len))
+}
+
+/// One run of 1-bit levels in the RLE/bit-packed hybrid encoding.
+enum Run<'a> {
+    /// `count` copies of a value.
+    Repeated(u8, usize),
+    /// `count` values, bit `j` of the bytes (least significant first) being value `j`.
+    Packed(&'a [u8], usize),
+}
+
+/// Walks the first `n` levels of a bit-width-1 RLE/bit-packed hybrid block, calling `check`
+/// with each run's position; false when `check` refuses a run or the block is short or
+/// malformed (the general reader then decides what the page is).
+fn for_each_run(mut data: &[u8], n: usize, mut check: impl FnMut(usize, Run) -> bool) -> bool {
+    let mut pos = 0usize;
+    while pos < n {
+        let Some((header, rest)) = uleb128(data) else {
+            return false;
+        };
+        data = rest;
+        let left = n - pos;
+        if header & 1 == 0 {
+            let count = (header >> 1) as usize;
+            let Some((&value, rest)) = data.split_first() else {
+                return false;
+            };
+            data = rest;
+            if count == 0 || !check(pos, Run::Repeated(value, count.min(left))) {
+                return false;
+            }
+            pos += count.min(left);
+        } else {
+            // Groups of 8 values, one byte each at bit width 1.
+            let groups = (header >> 1) as usize;
+            let Some(bits) = data.get(..groups) else {
+                return false;
+            };
+            data = &data[groups..];
+            let count = groups.saturating_mul(8).min(left);
+            if groups == 0 || !check(pos, Run::Packed(bits, count)) {
+                return false;
+            }
+            pos += count;
+        }
+    }
+    true
+}
+
+fn uleb128(data: &[u8]) -> Option<(u64, &[u8])> {
+    let mut value = 0u64;
+    for (i, &b) in data.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, &data[i + 1..]));
+        }
+    }
+    None
+}
+
+/// A float type of the vector columns: its width and how PLAIN and BYTE_STREAM_SPLIT bytes
+/// become values.
+trait StoredFloat: ArrowPrimitiveType {
+    const WIDTH: usize;
+    fn extend_plain(src: &[u8], out: &mut Vec<Self::Native>);
+    /// `src` is `WIDTH` streams of `n` bytes: byte `k` of every value, then byte `k + 1`.
+    fn extend_split(src: &[u8], n: usize, out: &mut Vec<Self::Native>);
+}
+
+impl StoredFloat for Float32Type {
+    const WIDTH: usize = 4;
+
+    fn extend_plain(src: &[u8], out: &mut Vec<f32>) {
+        out.extend(
+            src.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+    }
+
+    fn extend_split(src: &[u8], n: usize, out: &mut Vec<f32>) {
+        let (b0, rest) = src.split_at(n);
+        let (b1, rest) = rest.split_at(n);
+        let (b2, b3) = rest.split_at(n);
+        // Zipped slice iterators: no bounds checks, and the compiler vectorises the interleave.
+        out.extend(
+            b0.iter()
+                .zip(b1)
+                .zip(b2)
+                .zip(b3)
+                .map(|(((&a, &b), &c), &d)| f32::from_le_bytes([a, b, c, d])),
+        );
+    }
+}
+
+impl StoredFloat for Float16Type {
+    const WIDTH: usize = 2;
+
+    fn extend_plain(src: &[u8], out: &mut Vec<f16>) {
+        out.extend(
+            src.chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]])),
+        );
+    }
+
+    fn extend_split(src: &[u8], n: usize, out: &mut Vec<f16>) {
+        let (lo, hi) = src.split_at(n);
+        out.extend(lo.iter().zip(hi).map(|(&a, &b)| f16::from_le_bytes([a, b])));
+    }
+}
+
+/// The vector column `column` of a whole Parquet file through the fast path, or `Ok(None)`
+/// when the fast path declines it: what the tests and the fuzz harness hold against the
+/// general reader. Readers of a dataset go through [`crate::Dataset`], which checks the file
+/// against the manifest first.
+pub fn decode_vector_column(
+    path: &Path,
+    bytes: Bytes,
+    column: &str,
+) -> Result<Option<FixedSizeListArray>> {
+    integrity::guard(path, || {
+        let meta = ArrowReaderMetadata::load(&bytes, ArrowReaderOptions::default())
+            .map_err(|e| StoreError::parquet(path, e))?;
+        let Ok(root) = meta.schema().index_of(column) else {
+            return Ok(None);
+        };
+        let Some(plan) = VectorColumn::recognise(meta.metadata(), meta.schema(), root) else {
+            return Ok(None);
+        };
+        let groups: Vec<usize> = (0..meta.metadata().num_row_groups()).collect();
+        let array = plan.decode(path, &bytes, meta.metadata(), &groups)?;
+        Ok(array.map(|a| {
+            use arrow::array::AsArray;
+            a.as_fixed_size_list().clone()
+        }))
+    })
+}

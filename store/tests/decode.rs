@@ -1,0 +1,332 @@
+//! The vector-column fast path (`bdense_store::decode`) against arrow-rs' general reader:
+//! value for value (bit for bit, NaN payloads included) on every dtype and encoding the
+//! writer produces, the fallback for what it does not recognise, and damaged pages.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bdense_store::arrow::array::{
+    Array, AsArray, FixedSizeListArray, Float16Array, Float32Array, RecordBatch, UInt64Array,
+};
+use bdense_store::arrow::datatypes::{DataType, Field, Schema};
+use bdense_store::decode::decode_vector_column;
+use bdense_store::parquet::arrow::ArrowWriter;
+use bdense_store::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use bdense_store::parquet::basic::{Compression, Encoding, ZstdLevel};
+use bdense_store::parquet::file::properties::{WriterProperties, WriterVersion};
+use bdense_store::parquet::schema::types::ColumnPath;
+use bytes::Bytes;
+use half::f16;
+
+const DIM: usize = 13;
+
+/// Floats with special values: NaNs with payloads and both signs, infinities, zeros of both
+/// signs, subnormals, and ordinary values.
+fn f32_values(rows: usize) -> Vec<f32> {
+    let special = [
+        f32::from_bits(0x7fc0_0001),
+        f32::from_bits(0xffa0_1234),
+        f32::from_bits(0x7f80_0001), // signalling NaN
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        0.0,
+        -0.0,
+        f32::from_bits(1),
+        f32::MIN_POSITIVE,
+        f32::MAX,
+    ];
+    (0..rows * DIM)
+        .map(|i| match i % 7 {
+            0 => special[(i / 7) % special.len()],
+            _ => (i as f32 * 0.37).sin() * 1e3_f32.powf((i % 5) as f32 - 2.0),
+        })
+        .collect()
+}
+
+fn f16_values(rows: usize) -> Vec<f16> {
+    let special = [
+        f16::from_bits(0x7e01),
+        f16::from_bits(0xfd23),
+        f16::INFINITY,
+        f16::NEG_INFINITY,
+        f16::ZERO,
+        f16::NEG_ZERO,
+        f16::from_bits(1),
+        f16::MAX,
+    ];
+    (0..rows * DIM)
+        .map(|i| match i % 5 {
+            0 => special[(i / 5) % special.len()],
+            _ => f16::from_f32((i as f32 * 0.61).cos() * 100.0),
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    rows: usize,
+    row_group_rows: usize,
+    /// Data page size limit in bytes: small values split a row group (and rows) over pages.
+    page_bytes: usize,
+    split: bool,
+    zstd: bool,
+    v2: bool,
+}
+
+fn write(values: Arc<dyn Array>, l: Layout) -> Bytes {
+    let item = Arc::new(Field::new("item", values.data_type().clone(), false));
+    let list = FixedSizeListArray::try_new(item, DIM as i32, values, None).unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("traj_id", DataType::UInt64, false),
+        Field::new("x", list.data_type().clone(), false),
+    ]));
+    let ids = UInt64Array::from_iter_values(0..l.rows as u64);
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(ids), Arc::new(list)]).unwrap();
+    let leaf = ColumnPath::from(vec!["x".into(), "list".into(), "item".into()]);
+    let mut props = WriterProperties::builder()
+        .set_dictionary_enabled(false)
+        .set_max_row_group_row_count(Some(l.row_group_rows))
+        .set_data_page_size_limit(l.page_bytes)
+        .set_write_batch_size(7)
+        .set_compression(if l.zstd {
+            Compression::ZSTD(ZstdLevel::try_new(1).unwrap())
+        } else {
+            Compression::UNCOMPRESSED
+        })
+        .set_writer_version(if l.v2 {
+            WriterVersion::PARQUET_2_0
+        } else {
+            WriterVersion::PARQUET_1_0
+        });
+    if l.split {
+        props = props.set_column_encoding(leaf, Encoding::BYTE_STREAM_SPLIT);
+    }
+    let mut out = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut out, schema, Some(props.build())).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    Bytes::from(out)
+}
+
+fn general(bytes: &Bytes) -> Result<FixedSizeListArray, String> {
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(bytes.clone()).map_err(|e| e.to_string())?;
+    let mask =
+        bdense_store::parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), ["x"]);
+    let reader = builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let batches: Vec<RecordBatch> = reader
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(0).as_ref()).collect();
+    let all = bdense_store::arrow::compute::concat(&parts).map_err(|e| e.to_string())?;
+    Ok(all.as_fixed_size_list().clone())
+}
+
+/// The values of a list column as bits (f32 or f16), so NaN payloads compare.
+fn bits(list: &FixedSizeListArray) -> Vec<u32> {
+    let v = list.values();
+    match v.data_type() {
+        DataType::Float32 => v
+            .as_primitive::<bdense_store::arrow::datatypes::Float32Type>()
+            .values()
+            .iter()
+            .map(|f| f.to_bits())
+            .collect(),
+        _ => v
+            .as_primitive::<bdense_store::arrow::datatypes::Float16Type>()
+            .values()
+            .iter()
+            .map(|f| u32::from(f.to_bits()))
+            .collect(),
+    }
+}
+
+fn layouts() -> Vec<Layout> {
+    let mut out = Vec::new();
+    for (rows, row_group_rows, page_bytes) in [
+        (1, 1, 1 << 20),
+        (40, 16, 1 << 20),
+        (40, 40, 100), // many pages per row group, rows split over pages
+        (300, 128, 1 << 20),
+        (257, 64, 3000),
+    ] {
+        for split in [true, false] {
+            for zstd in [true, false] {
+                for v2 in [false, true] {
+                    out.push(Layout {
+                        rows,
+                        row_group_rows,
+                        page_bytes,
+                        split,
+                        zstd,
+                        v2,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn fast_path_matches_the_general_reader_on_f32_and_f16() {
+    let path = Path::new("mem.parquet");
+    for l in layouts() {
+        let arrays: [Arc<dyn Array>; 2] = [
+            Arc::new(Float32Array::from(f32_values(l.rows))),
+            Arc::new(Float16Array::from(f16_values(l.rows))),
+        ];
+        for values in arrays {
+            let bytes = write(values.clone(), l);
+            let fast = decode_vector_column(path, bytes.clone(), "x").unwrap();
+            let want = general(&bytes).unwrap();
+            // Parquet v2 writers store FIXED_LEN_BYTE_ARRAY (f16) without an explicit
+            // encoding as DELTA_BYTE_ARRAY, which the fast path leaves to the general reader.
+            let delta = l.v2 && !l.split && *values.data_type() == DataType::Float16;
+            let Some(fast) = fast else {
+                assert!(delta, "fast path declined {l:?} {}", values.data_type());
+                continue;
+            };
+            assert_eq!(fast.data_type(), want.data_type(), "{l:?}");
+            assert_eq!(fast.len(), l.rows, "{l:?}");
+            assert_eq!(fast.null_count(), 0);
+            assert_eq!(bits(&fast), bits(&want), "{l:?} {}", values.data_type());
+        }
+    }
+}
+
+#[test]
+fn fast_path_declines_what_it_does_not_recognise() {
+    let path = Path::new("mem.parquet");
+    let l = Layout {
+        rows: 20,
+        row_group_rows: 8,
+        page_bytes: 1 << 20,
+        split: false,
+        zstd: true,
+        v2: false,
+    };
+    // A dictionary-encoded vector column: left to the general reader.
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    let values = Arc::new(Float32Array::from(vec![1.5f32; 20 * DIM]));
+    let list = FixedSizeListArray::try_new(item.clone(), DIM as i32, values.clone(), None).unwrap();
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "x",
+        list.data_type().clone(),
+        false,
+    )]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(list)]).unwrap();
+    let mut out = Vec::new();
+    let props = WriterProperties::builder()
+        .set_dictionary_enabled(true)
+        .build();
+    let mut w = ArrowWriter::try_new(&mut out, schema, Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    assert!(
+        decode_vector_column(path, Bytes::from(out), "x")
+            .unwrap()
+            .is_none()
+    );
+    // A nullable list column (its definition levels carry nulls).
+    let nullable = FixedSizeListArray::try_new(
+        item,
+        DIM as i32,
+        values,
+        Some(vec![true, false].into_iter().cycle().take(20).collect()),
+    )
+    .unwrap();
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "x",
+        nullable.data_type().clone(),
+        true,
+    )]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(nullable)]).unwrap();
+    let mut out = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut out, schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    assert!(
+        decode_vector_column(path, Bytes::from(out), "x")
+            .unwrap()
+            .is_none()
+    );
+    // Not a vector column at all.
+    let bytes = write(Arc::new(Float32Array::from(f32_values(l.rows))), l);
+    assert!(
+        decode_vector_column(path, bytes, "traj_id")
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// Every single-byte change and every truncation inside the vector column's pages: the fast
+/// path returns an error naming the file, declines, or returns exactly what the general
+/// reader returns; it never panics (a panic fails the test: `decode_vector_column` turns one
+/// into an error whose text says the decoder failed, which is checked for below).
+#[test]
+fn damaged_pages_are_errors_naming_the_file_never_panics() {
+    let path = Path::new("/data/step=3/shard-00001.parquet");
+    for (split, zstd, v2) in [
+        (true, true, false),
+        (false, false, false),
+        (true, false, true),
+    ] {
+        let l = Layout {
+            rows: 24,
+            row_group_rows: 8,
+            page_bytes: 200,
+            split,
+            zstd,
+            v2,
+        };
+        for values in [
+            Arc::new(Float32Array::from(f32_values(l.rows))) as Arc<dyn Array>,
+            Arc::new(Float16Array::from(f16_values(l.rows))),
+        ] {
+            let pristine = write(values, l).to_vec();
+            let meta = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(pristine.clone()))
+                .unwrap()
+                .metadata()
+                .clone();
+            let (start, _) = meta.row_group(0).column(1).byte_range();
+            let (last_start, last_len) = meta
+                .row_group(meta.num_row_groups() - 1)
+                .column(1)
+                .byte_range();
+            let end = (last_start + last_len) as usize;
+            let mut cases: Vec<Vec<u8>> = Vec::new();
+            for at in start as usize..end {
+                for flip in [0x01u8, 0x80, 0xff] {
+                    let mut b = pristine.clone();
+                    b[at] ^= flip;
+                    cases.push(b);
+                }
+            }
+            for at in (start as usize..end).step_by(17) {
+                cases.push(pristine[..at].to_vec());
+            }
+            for damaged in cases {
+                let bytes = Bytes::from(damaged);
+                match decode_vector_column(path, bytes.clone(), "x") {
+                    Err(e) => {
+                        let msg = e.to_string();
+                        assert!(msg.contains("shard-00001.parquet"), "{msg}");
+                        assert!(!msg.contains("decoder failed"), "panicked: {msg}");
+                    }
+                    Ok(None) => {}
+                    Ok(Some(fast)) => {
+                        // Accepted: only where the general reader accepts the same values.
+                        let want = general(&bytes).unwrap_or_else(|e| {
+                            panic!("fast path accepted a file the general reader refuses: {e}")
+                        });
+                        assert_eq!(bits(&fast), bits(&want));
+                    }
+                }
+            }
+        }
+    }
+}
