@@ -48,6 +48,8 @@ pub enum Command {
     Report(ReportArgs),
     /// The main job: teacher, store, SFD and B-DENSE students, evaluation and report.
     Demo(DemoArgs),
+    /// Progressive distillation rounds from the U-Net teacher: PD against PD + B-DENSE.
+    Pd(crate::commands::pd::PdArgs),
     /// Fréchet Inception Distance between two .npy image sets (libtorch build).
     Fid(FidArgs),
     /// Benchmarks, each next to a baseline measured in the same run.
