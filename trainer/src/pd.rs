@@ -485,6 +485,7 @@ pub struct RoundStep {
 /// Trains round `round` (student of `student_steps` Euler steps) from `teacher` into `run`,
 /// or reuses it when `run` already holds this very round finished. Returns the student's
 /// weights file.
+#[allow(clippy::too_many_arguments)]
 pub fn train_round(
     config: &PdConfig,
     teacher: &NetFile,

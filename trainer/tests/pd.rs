@@ -254,7 +254,13 @@ fn the_k1_loss_is_edm_loss_towards_the_pd_target() {
     let (clean, noise, target) = (t(v(1024, 2.0)), t(v(1024, 4.0)), t(v(1024, 2.0)));
     let sigma = Tensor::<1>::from_data(TensorData::new(vec![0.01f32, 0.3, 2.0, 40.0], [4]), &dev);
     let noisy = clean.clone() + noise.clone() * sigma.clone().reshape([4, 1, 1, 1]);
-    let (ours, _) = pd_loss(&net, noisy, sigma.clone(), &[target.clone()], &[1.0]);
+    let (ours, _) = pd_loss(
+        &net,
+        noisy,
+        sigma.clone(),
+        std::slice::from_ref(&target),
+        &[1.0],
+    );
     let edm = edm_loss(
         &net,
         &EdmBatch {

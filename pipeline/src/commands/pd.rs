@@ -110,7 +110,8 @@ fn plan(args: &PdArgs) -> anyhow::Result<Plan> {
         lr: args.lr.unwrap_or(base.lr),
         eval_count: args.eval_count.unwrap_or(base.eval_count),
     };
-    if p.rounds == 0 || p.from_steps >> p.rounds == 0 || p.from_steps % (1 << p.rounds) != 0 {
+    if p.rounds == 0 || p.from_steps >> p.rounds == 0 || !p.from_steps.is_multiple_of(1 << p.rounds)
+    {
         bail!(
             "--from-steps {} --rounds {}: every round halves the steps, so from-steps must be a multiple of 2^rounds",
             p.from_steps,
