@@ -51,6 +51,8 @@ pub enum Command {
     /// Search each method's hyper-parameters on a validation split (same budget for both),
     /// then train the chosen settings with fresh seeds and report on held-out trajectories.
     Sweep(SweepArgs),
+    /// Progressive distillation rounds from the U-Net teacher: PD against PD + B-DENSE.
+    Pd(crate::commands::pd::PdArgs),
     /// Fréchet Inception Distance between two .npy image sets (libtorch build).
     Fid(FidArgs),
     /// Benchmarks, each next to a baseline measured in the same run.

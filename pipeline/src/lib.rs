@@ -41,6 +41,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Demo(a) => commands::demo::run(&a),
         Command::Sweep(a) => commands::sweep::run(&a),
         Command::Fid(a) => commands::fid::run(&a),
+        Command::Pd(a) => commands::pd::run(&a),
         Command::Bench(BenchCommand::Store(a)) => commands::bench::store(&a),
         Command::Bench(BenchCommand::Targets(a)) => commands::bench::targets(&a),
         Command::Bench(BenchCommand::Train(a)) => commands::bench::train(&a),

@@ -3,6 +3,7 @@
 mod args;
 mod crash;
 mod generate;
+mod pd;
 mod queries;
 mod readers;
 mod report;

@@ -88,6 +88,17 @@ impl EdmNet {
             sigma_data: self.sigma_data,
         }
     }
+
+    /// The endpoint branch alone, as a K = 1 net (what a distilled student is when it
+    /// teaches the next round).
+    pub fn endpoint_net(self) -> EdmNet {
+        let k = self.branches();
+        EdmNet {
+            net: self.net.endpoint_output(k),
+            channels: self.channels,
+            sigma_data: self.sigma_data,
+        }
+    }
 }
 
 impl Denoiser for EdmNet {

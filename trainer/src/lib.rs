@@ -12,6 +12,7 @@ pub mod error;
 pub mod fit;
 pub mod log;
 pub mod optim;
+pub mod pd;
 pub mod precond;
 pub mod rng;
 pub mod schedule;

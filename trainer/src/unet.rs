@@ -162,6 +162,26 @@ impl UNet {
         self
     }
 
+    /// The same net with only the last of its `k` output branches (the endpoint branch that
+    /// sampling uses): the K = 1 teacher a K-branch student becomes in the next distillation
+    /// round. The inverse of [`UNet::widen_output`] on a widened net.
+    pub fn endpoint_output(mut self, k: usize) -> UNet {
+        fn last<const D: usize>(p: &Param<Tensor<D>>, k: usize) -> Param<Tensor<D>> {
+            let rows = p.dims()[0] / k;
+            let t = p.val().detach().narrow(0, (k - 1) * rows, rows).detach();
+            let trainable = t.is_autodiff();
+            Param::from_tensor(t.set_require_grad(trainable))
+        }
+        assert_eq!(
+            self.conv_out.weight.dims()[0] % k,
+            0,
+            "the output layer holds k equal branch blocks"
+        );
+        self.conv_out.weight = last(&self.conv_out.weight, k);
+        self.conv_out.bias = self.conv_out.bias.as_ref().map(|b| last(b, k));
+        self
+    }
+
     /// The first layer's weight: part of the backbone every branch shares.
     pub fn first_conv_weight(&self) -> &Param<Tensor<4>> {
         &self.conv_in.weight

@@ -5,6 +5,7 @@ pub mod demo;
 pub mod eval;
 pub mod fid;
 pub mod generate;
+pub mod pd;
 pub mod report;
 pub mod sample;
 pub mod sql;
