@@ -18,7 +18,6 @@ use bdense_trainer::edm::EdmNet;
 use bdense_trainer::metrics;
 use bdense_trainer::optim::{LrSchedule, OptimConfig};
 use bdense_trainer::pd::{self, NetFile, PdConfig, PdMethod, RoundGrid};
-use bdense_trainer::sample::rollout;
 use bdense_trainer::solvers::host;
 use burn::prelude::*;
 use clap::Args;
@@ -363,7 +362,8 @@ impl<'a> Evaluator<'a> {
             let b = chunk.len() / d;
             let x =
                 Tensor::<4>::from_data(TensorData::new(chunk.to_vec(), [b, c, h, w]), &self.device);
-            out.extend(host(&rollout(net, x, &sigmas, false, None, &mut |_| {})));
+            let states = bdense_trainer::sample::sample(net, x, &sigmas, false, None);
+            out.extend(host(states.last().expect("final state")));
         }
         Ok(out)
     }
