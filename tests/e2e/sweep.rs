@@ -55,7 +55,10 @@ fn sweep_searches_on_validation_and_reports_fresh_seeds_on_heldout() {
         .bdense(sweep)
         .env("BDENSE_CACHE", cache.to_str().unwrap())
         .ok();
-    assert!(out.contains("Held-out RMSE to the teacher"), "{out}");
+    assert!(
+        out.contains("Held-out RMSE to the teacher") && out.contains("FD-cls: "),
+        "{out}"
+    );
 
     // Three disjoint sets of seeds: training store, validation, held-out.
     let seed = |name: &str| {

@@ -383,7 +383,10 @@ pub fn targets(args: &BenchTargetsArgs) -> anyhow::Result<ExitCode> {
         if args.cold { "cold" } else { "warm" }
     );
     report("raw f32 file, same access pattern (ceiling)", raw_s);
-    report("bdense TargetStream (DataFusion, Parquet)", stream_s);
+    report(
+        "bdense TargetStream (Parquet, fast vector decode)",
+        stream_s,
+    );
     println!(
         "bench targets done; the pyarrow + numpy peer: pipeline/bench/targets_pyarrow.sh {} {} {} {}",
         args.dataset.display(),

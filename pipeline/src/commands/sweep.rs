@@ -394,28 +394,32 @@ fn summary_md(
     md
 }
 
-/// Which method is closer to the teacher on held-out trajectories, by how many standard
-/// errors of the difference.
+/// Which method is better on held-out trajectories, for teacher fidelity (RMSE) and for
+/// sample quality (FD-cls), each by how many standard errors of the difference.
 fn verdict(sfd: &Outcome, bdense: &Outcome) -> String {
-    let (better, worse) = if bdense.rmse.mean < sfd.rmse.mean {
-        (bdense, sfd)
-    } else {
-        (sfd, bdense)
+    let line = |what: &str, a: (&Outcome, MeanStd), b: (&Outcome, MeanStd)| {
+        let (better, worse) = if b.1.mean < a.1.mean { (b, a) } else { (a, b) };
+        let gap = worse.1.mean - better.1.mean;
+        match better.1.z_against(&worse.1) {
+            Some(z) => format!(
+                "{what}: {} is lower by {gap:.4} ({:.1} standard errors of the difference, {} seeds each).",
+                better.0.method, -z, better.1.n
+            ),
+            None => format!(
+                "{what}: {} is lower by {gap:.4} (one seed each: no spread to compare with; use --final-seeds 3).",
+                better.0.method
+            ),
+        }
     };
-    match better.rmse.z_against(&worse.rmse) {
-        Some(z) => format!(
-            "Held-out RMSE to the teacher: {} is lower by {:.4} ({:.1} standard errors of the difference, {} seeds each).",
-            better.method,
-            worse.rmse.mean - better.rmse.mean,
-            -z,
-            better.rmse.n
+    format!(
+        "{}\n{}",
+        line(
+            "Held-out RMSE to the teacher",
+            (sfd, sfd.rmse),
+            (bdense, bdense.rmse)
         ),
-        None => format!(
-            "Held-out RMSE to the teacher: {} is lower by {:.4} (one seed each: no spread to compare with; use --final-seeds 3).",
-            better.method,
-            worse.rmse.mean - better.rmse.mean
-        ),
-    }
+        line("FD-cls", (sfd, sfd.fd_cls), (bdense, bdense.fd_cls))
+    )
 }
 
 #[cfg(test)]
