@@ -46,6 +46,32 @@ pub struct BatchOutcome {
     pub grad_norm: f64,
 }
 
+impl TrainState {
+    /// One optimiser step on `loss` (whose value is `value`), refused before the step when
+    /// the value is not finite: a diverged batch must not reach the weights.
+    pub fn step_on_loss(
+        &mut self,
+        optim: &OptimConfig,
+        loss: Tensor<1>,
+        value: f64,
+        lr: f64,
+        extra: Vec<f64>,
+    ) -> Result<BatchOutcome> {
+        if !value.is_finite() {
+            return Err(TrainerError::Diverged {
+                step: self.step,
+                detail: format!("loss {value}"),
+            });
+        }
+        let grad_norm = self.optimise(optim, loss, lr);
+        Ok(BatchOutcome {
+            loss: value,
+            extra,
+            grad_norm,
+        })
+    }
+}
+
 /// What a training run learns.
 pub trait Objective {
     type Batch;

@@ -367,18 +367,7 @@ impl Objective for PdObjective<'_> {
             &self.weights,
         );
         let value = loss.clone().inner().into_scalar::<f64>();
-        if !value.is_finite() {
-            return Err(TrainerError::Diverged {
-                step: state.step,
-                detail: format!("loss {value}"),
-            });
-        }
-        let grad_norm = state.optimise(optim, loss, lr);
-        Ok(BatchOutcome {
-            loss: value,
-            extra: per_branch,
-            grad_norm,
-        })
+        state.step_on_loss(optim, loss, value, lr, per_branch)
     }
 
     fn checkpoint_state(&self, last_loss: f64) -> PdLoopState {

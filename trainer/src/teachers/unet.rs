@@ -281,19 +281,7 @@ impl Objective for EdmObjective<'_> {
     ) -> Result<BatchOutcome> {
         let loss = edm_loss(&state.model, &batch);
         let value = loss.clone().into_scalar::<f64>();
-        if !value.is_finite() {
-            // Before the step: a diverged batch must not reach the weights.
-            return Err(TrainerError::Diverged {
-                step: state.step,
-                detail: format!("loss {value}"),
-            });
-        }
-        let grad_norm = state.optimise(optim, loss, lr);
-        Ok(BatchOutcome {
-            loss: value,
-            extra: Vec::new(),
-            grad_norm,
-        })
+        state.step_on_loss(optim, loss, value, lr, Vec::new())
     }
 
     fn checkpoint_state(&self, last_loss: f64) -> LoopState {
