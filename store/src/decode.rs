@@ -284,7 +284,7 @@ impl VectorColumn {
                 }
             }
             Run::Packed(bits, count) => (0..count).all(|j| {
-                let want = (at + pos + j) % dim != 0;
+                let want = !(at + pos + j).is_multiple_of(dim);
                 (bits[j / 8] >> (j % 8)) & 1 == want as u8
             }),
         });
