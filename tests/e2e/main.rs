@@ -7,6 +7,7 @@ mod pd;
 mod queries;
 mod readers;
 mod report;
+mod s3;
 mod store;
 mod sweep;
 mod torch;
