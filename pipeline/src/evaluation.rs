@@ -144,7 +144,7 @@ pub fn split_dataset(
             128,
             false,
             device,
-            &mut |_| {},
+            &|_| {},
         );
         writer.write_shard(&ShardData {
             index,

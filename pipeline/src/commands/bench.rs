@@ -443,7 +443,7 @@ impl BatchSource for OnlineTeacherSource<'_> {
             self.batch,
             false,
             &self.device,
-            &mut |_| {},
+            &|_| {},
         );
         self.at += 1;
         let dim: usize = self.dims.iter().product();

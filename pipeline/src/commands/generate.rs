@@ -133,7 +133,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
             args.batch,
             args.denoised,
             &device,
-            &mut |b| progress.inc(b as u64),
+            &|b| progress.inc(b as u64),
         );
         let write_started = Instant::now();
         let written = writer.write_shard(&ShardData {
