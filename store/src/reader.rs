@@ -111,7 +111,9 @@ impl Dataset {
     }
 
     /// Selected columns (`None`: all) and row groups (`None`: all) of one step file, after
-    /// checking the file against the manifest (size, content hash, rows, trajectory ids).
+    /// checking the file against the manifest (size, content hash, rows, trajectory ids; the
+    /// hash once per handle while the file stays unchanged, when [`Dataset::check_file`]
+    /// passed it).
     pub fn read_step_columns(
         &self,
         shard: &ShardEntry,
@@ -119,7 +121,7 @@ impl Dataset {
         columns: Option<&[&str]>,
         row_groups: Option<Vec<usize>>,
     ) -> Result<StepBatch> {
-        let (path, bytes) = integrity::read_verified(&self.dir, self.file(shard, step)?)?;
+        let (path, bytes) = self.verified.read(&self.dir, self.file(shard, step)?)?;
         let whole = row_groups.is_none();
         let batch = self.decode(path, bytes, shard, step, columns, row_groups)?;
         check_ids(&batch, shard, whole)?;

@@ -14,6 +14,7 @@ use bdense_store::{Dataset, DatasetWriter, Dims, Dtype, ShardData, WriteOptions}
 use bdense_trainer::log::CsvLog;
 use bdense_trainer::student::{self, BatchSource, Init, StudentConfig, StudentState, TrainBatch};
 
+use super::bench_peer;
 use crate::cli::{BenchStoreArgs, BenchTargetsArgs, BenchTrainArgs};
 use crate::progress::bytes;
 use crate::run::{StreamSource, to_train_batch};
@@ -107,7 +108,11 @@ fn drop_page_cache() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn best<T>(repeats: usize, f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<(f64, T)> {
+/// The fastest of `repeats` runs of `f`, and a run's result.
+pub(crate) fn best<T>(
+    repeats: usize,
+    f: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<(f64, T)> {
     best_with(repeats, || Ok(()), f)
 }
 
@@ -387,14 +392,50 @@ pub fn targets(args: &BenchTargetsArgs) -> anyhow::Result<ExitCode> {
         "bdense TargetStream (Parquet, fast vector decode)",
         stream_s,
     );
-    println!(
-        "bench targets done; the pyarrow + numpy peer: pipeline/bench/targets_pyarrow.sh {} {} {} {}",
-        args.dataset.display(),
-        args.n,
-        args.k,
-        args.batch
-    );
+    targets_peer(args, stream_s, count)?;
+    println!("bench targets done");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The pyarrow + numpy peer (`pipeline/bench/targets_pyarrow.py`), run on the same dataset
+/// right after the stream; a missing pyarrow is a note, not a failure.
+fn targets_peer(args: &BenchTargetsArgs, stream_s: f64, count: usize) -> anyhow::Result<()> {
+    let python = bench_peer::python();
+    let Some(versions) = bench_peer::versions(&python, &["pyarrow", "numpy"]) else {
+        println!(
+            "pyarrow + numpy peer skipped: {} cannot import pyarrow and numpy (set BDENSE_PYTHON to a python that can)",
+            python.display()
+        );
+        return Ok(());
+    };
+    let out = bench_peer::run_script(
+        &python,
+        include_str!("../../bench/targets_pyarrow.py"),
+        &[
+            args.dataset.display().to_string(),
+            args.n.to_string(),
+            args.k.to_string(),
+            args.batch.to_string(),
+            args.repeats.to_string(),
+        ],
+        "",
+    )?;
+    let secs: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("the pyarrow peer printed no time:\n{out}"))?;
+    println!(
+        "{:<44} {:>10.0} traj/s  ({versions}, {})",
+        "pyarrow + numpy (targets_pyarrow.py)",
+        count as f64 / secs,
+        python.display()
+    );
+    println!(
+        "bdense TargetStream against pyarrow + numpy: {:.2}x",
+        secs / stream_s
+    );
+    Ok(())
 }
 
 /// Batches held in memory, handed out like a stream.
