@@ -31,6 +31,7 @@ def main():
     req = json.load(sys.stdin)
     con = duckdb.connect()
     con.execute(f"SET threads = {int(req['threads'])}")
+    con.execute("SET enable_progress_bar = false")
     files = ", ".join("'" + f.replace("'", "''") + "'" for f in req["files"])
     table = req["table"].replace('"', '""')
     con.execute(

@@ -22,7 +22,7 @@ use crate::error::{QueryError, Result, RowProblem};
 /// A missing or damaged file is named now, before training starts, not deep inside a query
 /// later (the check is remembered, so the scans do not hash the files again).
 pub(crate) fn check_files(dataset: &Dataset, shard: &ShardEntry, steps: &[u16]) -> Result<()> {
-    for &step in steps {
+    bdense_store::parallel::map_on_cores(steps, |&step| {
         let entry = dataset.file(shard, step)?;
         let path = dataset.file_path(entry);
         if std::fs::symlink_metadata(&path).is_err() {
@@ -32,8 +32,10 @@ pub(crate) fn check_files(dataset: &Dataset, shard: &ShardEntry, steps: &[u16]) 
             });
         }
         dataset.check_file(shard, entry)?;
-    }
-    Ok(())
+        Ok(())
+    })
+    .into_iter()
+    .collect()
 }
 
 /// One decoded batch's states, typed once so assembly copies slices without looking anything up.
