@@ -10,10 +10,11 @@
 //! about one group per row) instead of decoding them, and copies or unshuffles
 //! (BYTE_STREAM_SPLIT) the values into one buffer that becomes the Arrow array without a copy.
 //!
-//! Pages come from the parquet crate's own page reader (page headers, decompression). What
-//! the fast path does not recognise (another physical or logical type, nullable levels,
-//! dictionary pages, encodings other than PLAIN and BYTE_STREAM_SPLIT, any other level
-//! pattern) it declines (`Ok(None)`) and the caller uses the general reader, so a legal file
+//! Pages come from the parquet crate's own page reader (page headers), stored bytes as they
+//! are: zstd pages are inflated here with one context and buffer per thread, to exactly the
+//! size their header gives. What the fast path does not recognise (another physical or
+//! logical type, nullable levels, dictionary pages, codecs other than zstd, encodings other
+//! than PLAIN and BYTE_STREAM_SPLIT, any other level pattern) it declines (`Ok(None)`) and the caller uses the general reader, so a legal file
 //! from another writer still reads. A page that cannot be what its header claims (it does not
 //! decompress, or holds the wrong number of value bytes or values) is an error naming the file.
 
