@@ -499,6 +499,17 @@ pub enum BenchCommand {
     Targets(BenchTargetsArgs),
     /// Student training throughput: sfd against bdense, streamed against in-memory batches.
     Train(BenchTrainArgs),
+    /// The README's SQL questions in bdense and in duckdb (Python) on the same files.
+    #[command(after_help = "Example: bdense bench sql runs/store/fmnist --repeats 2")]
+    Sql(BenchSqlArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchSqlArgs {
+    /// The dataset, STORE/NAME.
+    pub dataset: PathBuf,
+    #[arg(long, default_value_t = 2, value_parser = sizes(1..=MAX_REPEATS))]
+    pub repeats: usize,
 }
 
 #[derive(Debug, Args)]

@@ -45,6 +45,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Store(a)) => commands::bench::store(&a),
         Command::Bench(BenchCommand::Targets(a)) => commands::bench::targets(&a),
         Command::Bench(BenchCommand::Train(a)) => commands::bench::train(&a),
+        Command::Bench(BenchCommand::Sql(a)) => commands::bench_sql::sql(&a),
     }
 }
 

@@ -33,6 +33,7 @@ pub mod grid;
 pub mod integrity;
 pub mod layout;
 pub mod manifest;
+pub mod parallel;
 pub mod reader;
 pub mod schema;
 pub mod seeds;
