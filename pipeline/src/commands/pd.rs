@@ -2,10 +2,13 @@
 //! PD + B-DENSE (K = 2) at the same budget per round, each round's student evaluated against
 //! the original teacher from the same noise (endpoint RMSE) and by FD-cls.
 //!
-//! Targets come from the teacher online, round by round (the stored-targets mode, `generate`
-//! in PD mode, is not built yet). A chain's round r trains in `OUT/<method>-b<budget>-s<seed>/
-//! round-<r>`; a finished round with the same settings is reused, so an interrupted comparison
-//! continues where it stopped.
+//! Each round's examples are written to the store first (`OUT/stores/`, what `bdense generate
+//! --pd-round` writes; round 1's, whose teacher every chain shares, once per seed for both
+//! methods and all budgets), then the round trains from them. A chain's round r trains in
+//! `OUT/<method>-b<budget>-s<seed>/round-<r>`; a finished round with the same settings and
+//! data is reused and an interrupted one continues from its newest checkpoint (as does a
+//! store from its committed shards), so a killed comparison, rerun, ends where an
+//! uninterrupted one would, bit for bit.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,6 +28,12 @@ use serde::Serialize;
 
 use crate::cli::DeviceName;
 use crate::evaluation::{self, EvalContext, HELDOUT_SEED_OFFSET};
+use crate::parallel;
+use crate::pd_store::{self, RoundPlan, RoundTeacher, StoredRound};
+
+/// Examples per shard of a round's store, and per teacher call while writing it.
+const ROWS_PER_SHARD: u32 = 256;
+const GENERATE_BATCH: usize = 32;
 
 #[derive(Debug, Args)]
 #[command(
@@ -66,6 +75,10 @@ pub struct PdArgs {
     pub dataset: String,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceName,
+    /// Fault injection for crash tests: abort the process during the Nth optimiser step of
+    /// this invocation (after it is logged, before its checkpoint).
+    #[arg(long, hide = true)]
+    pub abort_after_steps: Option<u64>,
 }
 
 /// The settings a preset fills in where the command line is silent.
@@ -150,6 +163,8 @@ pub struct PdRow {
     pub loss: Option<f64>,
     pub branch_loss: Vec<f64>,
     pub train_s: f64,
+    /// Seconds the teacher's passes into the round's store took, when this row wrote them.
+    pub generate_s: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -201,6 +216,9 @@ pub fn run(args: &PdArgs) -> anyhow::Result<ExitCode> {
         let fd = eval.score(&samples)?;
         rows.push(eval.row("teacher-euler", 0, 0, r, steps, &samples, fd));
     }
+    let stores = args.out.join("stores");
+    let max_budget = *p.budgets.iter().max().expect("budgets checked non-empty");
+    let mut steps_taken = 0u64;
     for &budget in &p.budgets {
         for &seed in &p.seeds {
             for &method in &args.methods {
@@ -221,23 +239,68 @@ pub fn run(args: &PdArgs) -> anyhow::Result<ExitCode> {
                         ema_decay: 0.0,
                         ..OptimConfig::default()
                     },
-                    checkpoint_every: budget,
+                    // Often enough that a killed run loses little (it resumes from the newest).
+                    checkpoint_every: (budget / 4).max(1),
                 };
                 let mut teacher = start.clone();
                 for r in 1..=p.rounds {
                     let steps = p.from_steps >> r;
                     let round_dir = chain.join(format!("round-{r}"));
+                    // Round 1's teacher is every chain's: its examples serve both methods and
+                    // every budget of a seed (as many as the largest budget takes).
+                    let (store, count) = if r == 1 {
+                        (format!("round-1-s{seed}"), max_budget * p.batch as u64)
+                    } else {
+                        (
+                            format!("{method}-b{budget}-s{seed}-round-{r}"),
+                            budget * p.batch as u64,
+                        )
+                    };
+                    let plan = RoundPlan {
+                        round: r as u32,
+                        student_steps: steps as u32,
+                        data_seed: pd::round_data_seed(seed, r),
+                        count,
+                        rows_per_shard: ROWS_PER_SHARD,
+                    };
+                    let round_teacher = RoundTeacher {
+                        file: teacher.clone(),
+                        kind: if r == 1 { "unet" } else { "pd-student" }.into(),
+                    };
+                    let t = Instant::now();
+                    let store = stores.join(store);
+                    let written = pd_store::write_round(
+                        &store,
+                        &round_teacher,
+                        &images,
+                        &plan,
+                        true,
+                        GENERATE_BATCH,
+                        parallel::workers(),
+                        &device,
+                        &|_| {},
+                    )?;
+                    let generate_s = t.elapsed().as_secs_f64();
+                    let mut data = StoredRound::load(&store)?;
                     let t = Instant::now();
                     let mut last = (f64::NAN, Vec::new());
                     let (student, reused) = pd::train_round(
                         &config,
-                        &teacher,
-                        &images,
-                        r,
-                        steps,
+                        pd::RoundInput {
+                            round: r,
+                            student_steps: steps,
+                            teacher: &teacher,
+                            data: &mut data,
+                        },
                         &round_dir,
                         &device,
-                        &mut |_| {},
+                        &mut |_| {
+                            steps_taken += 1;
+                            if args.abort_after_steps == Some(steps_taken) {
+                                // Crash simulation: no cleanup, no summary.
+                                std::process::abort();
+                            }
+                        },
                     )?;
                     let train_s = t.elapsed().as_secs_f64();
                     if let Some(l) = last_log_row(&round_dir)? {
@@ -251,6 +314,7 @@ pub fn run(args: &PdArgs) -> anyhow::Result<ExitCode> {
                     row.loss = Some(last.0);
                     row.branch_loss = last.1;
                     row.train_s = if reused { f64::NAN } else { train_s };
+                    row.generate_s = (written.examples > 0).then_some(generate_s);
                     println!(
                         "{method} budget {budget} seed {seed} round {r} ({} -> {steps} steps){}: RMSE to teacher {:.4}, FD-cls {:.3}, loss {:.5}",
                         2 * steps,
@@ -398,6 +462,7 @@ impl<'a> Evaluator<'a> {
             loss: None,
             branch_loss: Vec::new(),
             train_s: 0.0,
+            generate_s: None,
         }
     }
 }
