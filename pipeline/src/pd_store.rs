@@ -57,6 +57,23 @@ impl RoundTeacher {
     }
 }
 
+/// Whether the complete round dataset at `dir` already holds `plan`'s examples: the same
+/// round, teacher and data seed, and at least `plan.count` examples (a larger store holds the
+/// data schedule's first `count` too, so it serves smaller budgets).
+pub fn holds(dir: &Path, teacher: &RoundTeacher, plan: &RoundPlan) -> bool {
+    let Ok(ds) = Dataset::open(dir) else {
+        return false;
+    };
+    let m = ds.manifest();
+    m.trajectories() == m.planned_count
+        && m.planned_count >= plan.count
+        && m.pd
+            .as_ref()
+            .is_some_and(|pd| pd.round == plan.round && pd.student_steps == plan.student_steps)
+        && m.teacher.checkpoint_hash.as_deref() == Some(teacher.file.hash.as_str())
+        && m.seeds.base_seed == plan.data_seed
+}
+
 /// What a write added.
 pub struct Written {
     pub examples: u64,

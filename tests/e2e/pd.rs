@@ -234,6 +234,34 @@ fn quick_pd_runs_rounds_for_both_methods_and_reuses_them() {
     for (a, b) in a.iter().zip(b) {
         assert_eq!(key(a), key(b));
     }
+    // A smaller budget later: round 1's store holds its examples (the schedule's first ones)
+    // and is reused as it is; only the new chain's own rounds are trained.
+    let manifests = || {
+        std::fs::read_dir(t.join("pd/stores/round-1-s0/_bdense/manifests"))
+            .unwrap()
+            .count()
+    };
+    let before = manifests();
+    let out = t
+        .bdense([
+            "pd",
+            "--preset",
+            "quick",
+            "--out",
+            "pd",
+            "--budgets",
+            "2",
+            "--methods",
+            "pd",
+            "--rounds",
+            "1",
+        ])
+        .ok();
+    assert!(
+        out.contains("pd budget 2 seed 0 round 1 (8 -> 4 steps): RMSE"),
+        "{out}"
+    );
+    assert_eq!(manifests(), before, "round 1's store is not written again");
     for chain in ["pd-b3-s0", "pd-bdense-b3-s0"] {
         for r in 1..=2 {
             let log = |out: &str| {

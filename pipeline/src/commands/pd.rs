@@ -194,27 +194,22 @@ pub fn run(args: &PdArgs) -> anyhow::Result<ExitCode> {
     let images = source.load(Split::Train)?;
     let dims = [images.channels, images.height, images.width];
     let ctx = evaluation::eval_context(&source, &device)?;
-    let eval = Evaluator::new(&start, &p, dims, &ctx, &device)?;
+    let eval = Evaluator::new(&start, &p, dims, &ctx, &device);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
 
     let mut rows = Vec::new();
-    let teacher_fd = eval.score(&eval.reference)?;
-    rows.push(eval.row(
-        "teacher-euler",
-        0,
-        0,
-        0,
-        p.from_steps,
-        &eval.reference,
-        teacher_fd,
-    ));
-    for r in 1..=p.rounds {
+    for r in 0..=p.rounds {
         let steps = p.from_steps >> r;
-        let net = start.teacher_net(&device)?;
-        let samples = eval.sample(&net, steps)?;
-        let fd = eval.score(&samples)?;
-        rows.push(eval.row("teacher-euler", 0, 0, r, steps, &samples, fd));
+        let key = format!(
+            "teacher {} in {steps} Euler steps from reference {} ({} steps) on {} held-out noises",
+            start.hash, start.hash, p.from_steps, p.eval_count
+        );
+        let cache = args.out.join(format!("teacher-euler-{steps}.json"));
+        let (rmse, fd) = eval.cached_scores(&cache, key, || {
+            eval.sample(&start.teacher_net(&device)?, steps)
+        })?;
+        rows.push(eval.row("teacher-euler", 0, 0, r, steps, rmse, fd));
     }
     let stores = args.out.join("stores");
     let max_budget = *p.budgets.iter().max().expect("budgets checked non-empty");
@@ -269,17 +264,22 @@ pub fn run(args: &PdArgs) -> anyhow::Result<ExitCode> {
                     };
                     let t = Instant::now();
                     let store = stores.join(store);
-                    let written = pd_store::write_round(
-                        &store,
-                        &round_teacher,
-                        &images,
-                        &plan,
-                        true,
-                        GENERATE_BATCH,
-                        parallel::workers(),
-                        &device,
-                        &|_| {},
-                    )?;
+                    let written = if pd_store::holds(&store, &round_teacher, &plan) {
+                        0
+                    } else {
+                        pd_store::write_round(
+                            &store,
+                            &round_teacher,
+                            &images,
+                            &plan,
+                            true,
+                            GENERATE_BATCH,
+                            parallel::workers(),
+                            &device,
+                            &|_| {},
+                        )?
+                        .examples
+                    };
                     let generate_s = t.elapsed().as_secs_f64();
                     let mut data = StoredRound::load(&store)?;
                     let t = Instant::now();
@@ -314,7 +314,7 @@ pub fn run(args: &PdArgs) -> anyhow::Result<ExitCode> {
                     row.loss = Some(last.0);
                     row.branch_loss = last.1;
                     row.train_s = if reused { f64::NAN } else { train_s };
-                    row.generate_s = (written.examples > 0).then_some(generate_s);
+                    row.generate_s = (written > 0).then_some(generate_s);
                     println!(
                         "{method} budget {budget} seed {seed} round {r} ({} -> {steps} steps){}: RMSE to teacher {:.4}, FD-cls {:.3}, loss {:.5}",
                         2 * steps,
@@ -375,12 +375,13 @@ fn last_log_row(run: &Path) -> anyhow::Result<Option<(f64, Vec<f64>)>> {
     }))
 }
 
-/// Held-out noise, the original teacher's samples from it, and the FD-cls scorer.
+/// Held-out noise, the original teacher's samples from it (made when first needed: a run whose
+/// scores are all kept needs none), and the FD-cls scorer.
 struct Evaluator<'a> {
-    reference_hash: String,
+    start: NetFile,
     from_steps: usize,
     noise: Vec<f32>,
-    reference: Vec<f32>,
+    reference: std::cell::OnceCell<Vec<f32>>,
     dims: [usize; 3],
     count: usize,
     ctx: &'a EvalContext,
@@ -389,7 +390,7 @@ struct Evaluator<'a> {
 
 const EVAL_BATCH: usize = 64;
 
-/// A round's scores, kept beside it.
+/// A sampler's scores, kept beside what it scores, under a key naming what was scored how.
 #[derive(Serialize, serde::Deserialize)]
 struct EvalCache {
     key: String,
@@ -404,7 +405,7 @@ impl<'a> Evaluator<'a> {
         dims: [usize; 3],
         ctx: &'a EvalContext,
         device: &Device,
-    ) -> anyhow::Result<Evaluator<'a>> {
+    ) -> Evaluator<'a> {
         let d: usize = dims.iter().product();
         let sigma_max = RoundGrid::new(1).student[0];
         // Seeds no training example uses (those come from pd::round_data_seed).
@@ -412,19 +413,26 @@ impl<'a> Evaluator<'a> {
             .flat_map(|i| seeds::standard_normal(seeds::trajectory_seed(HELDOUT_SEED_OFFSET, i), d))
             .map(|v| v * sigma_max as f32)
             .collect();
-        let mut e = Evaluator {
-            reference_hash: start.hash.clone(),
+        Evaluator {
+            start: start.clone(),
             from_steps: p.from_steps,
             noise,
-            reference: Vec::new(),
+            reference: std::cell::OnceCell::new(),
             dims,
             count: p.eval_count,
             ctx,
             device: device.clone(),
-        };
-        let teacher = start.teacher_net(device)?;
-        e.reference = e.sample(&teacher, p.from_steps)?;
-        Ok(e)
+        }
+    }
+
+    /// The original teacher's `from_steps` Euler endpoints from the held-out noise.
+    fn reference(&self) -> anyhow::Result<&[f32]> {
+        if let Some(r) = self.reference.get() {
+            return Ok(r);
+        }
+        let teacher = self.start.teacher_net(&self.device)?;
+        let samples = self.sample(&teacher, self.from_steps)?;
+        Ok(self.reference.get_or_init(|| samples))
     }
 
     /// Endpoints of `net` (its endpoint branch) in `steps` Euler steps on EDM's grid, from the
@@ -444,9 +452,34 @@ impl<'a> Evaluator<'a> {
         Ok(out)
     }
 
-    /// A round's student scored, or its score from `round_dir/eval.json` when that holds the
-    /// same student evaluated the same way (several processes, one per seed, can fill one
-    /// `--out` and a last run over every seed then only collects their scores).
+    /// (RMSE to the reference, FD-cls) of the samples `make` returns, or the scores `path`
+    /// keeps under the same `key` (several processes, one per seed, can fill one `--out`, and a
+    /// last run over every seed then only collects their scores).
+    fn cached_scores(
+        &self,
+        path: &Path,
+        key: String,
+        make: impl FnOnce() -> anyhow::Result<Vec<f32>>,
+    ) -> anyhow::Result<(f64, f64)> {
+        let cached: Option<EvalCache> = std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .filter(|c: &EvalCache| c.key == key);
+        if let Some(c) = cached {
+            return Ok((c.rmse, c.fd_cls));
+        }
+        let samples = make()?;
+        let cache = EvalCache {
+            key,
+            rmse: metrics::rmse(&samples, self.reference()?),
+            fd_cls: evaluation::fd_cls(self.ctx, &samples, self.dims),
+        };
+        std::fs::write(path, serde_json::to_vec_pretty(&cache)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok((cache.rmse, cache.fd_cls))
+    }
+
+    /// A round's student scored (kept in `round_dir/eval.json`).
     fn student_row(
         &self,
         student: &NetFile,
@@ -455,36 +488,12 @@ impl<'a> Evaluator<'a> {
     ) -> anyhow::Result<PdRow> {
         let key = format!(
             "student {} from reference {} ({} steps) on {} held-out noises",
-            student.hash, self.reference_hash, self.from_steps, self.count
+            student.hash, self.start.hash, self.from_steps, self.count
         );
-        let path = round_dir.join("eval.json");
-        let cached: Option<EvalCache> = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .filter(|c: &EvalCache| c.key == key);
-        let mut row = self.row(method, budget, seed, round, steps, &[], 0.0);
-        (row.rmse, row.fd_cls) = match cached {
-            Some(c) => (c.rmse, c.fd_cls),
-            None => {
-                let net = student.load(&self.device.clone().inner())?;
-                let samples = self.sample(&net, steps)?;
-                let fd = self.score(&samples)?;
-                let scored = self.row(method, budget, seed, round, steps, &samples, fd);
-                let cache = EvalCache {
-                    key,
-                    rmse: scored.rmse,
-                    fd_cls: scored.fd_cls,
-                };
-                std::fs::write(&path, serde_json::to_vec_pretty(&cache)?)
-                    .with_context(|| format!("writing {}", path.display()))?;
-                (scored.rmse, scored.fd_cls)
-            }
-        };
-        Ok(row)
-    }
-
-    fn score(&self, samples: &[f32]) -> anyhow::Result<f64> {
-        Ok(evaluation::fd_cls(self.ctx, samples, self.dims))
+        let (rmse, fd) = self.cached_scores(&round_dir.join("eval.json"), key, || {
+            self.sample(&student.load(&self.device.clone().inner())?, steps)
+        })?;
+        Ok(self.row(method, budget, seed, round, steps, rmse, fd))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -495,7 +504,7 @@ impl<'a> Evaluator<'a> {
         seed: u64,
         round: usize,
         steps: usize,
-        samples: &[f32],
+        rmse: f64,
         fd_cls: f64,
     ) -> PdRow {
         PdRow {
@@ -504,11 +513,7 @@ impl<'a> Evaluator<'a> {
             seed,
             round,
             sampling_steps: steps,
-            rmse: if samples.is_empty() {
-                f64::NAN
-            } else {
-                metrics::rmse(samples, &self.reference)
-            },
+            rmse,
             fd_cls,
             loss: None,
             branch_loss: Vec::new(),
