@@ -175,6 +175,14 @@ pub struct GenerateArgs {
     /// Fault injection for crash tests: exit abruptly after this many shards.
     #[arg(long, hide = true)]
     pub abort_after_shards: Option<usize>,
+    /// Progressive distillation: write round R's examples instead of trajectories (per
+    /// example: a noised training image at its start sigma and the teacher's two Euler steps
+    /// from it); --teacher unet:DIR or pd:ROUND_DIR, --count examples, --seed the data seed.
+    #[arg(long, requires = "pd_steps", conflicts_with_all = ["workers", "shard", "denoised", "append_zero"], value_parser = value_parser!(u32).range(1..))]
+    pub pd_round: Option<u32>,
+    /// The PD round's student steps M: the teacher takes 2M Euler steps on EDM's grid.
+    #[arg(long, requires = "pd_round", value_parser = value_parser!(u32).range(1..=32768))]
+    pub pd_steps: Option<u32>,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@ pub mod evaluation;
 pub mod generation;
 pub mod images;
 pub mod parallel;
+pub mod pd_store;
 pub mod plots;
 pub mod progress;
 pub mod run;

@@ -51,7 +51,7 @@ pub use parquet;
 pub use error::{Result, StoreError};
 pub use grid::Grid;
 pub use layout::{LayoutError, StudentLayout};
-pub use manifest::{Dims, Dtype, FileEntry, Manifest, Provenance, SeedPolicy, ShardEntry};
+pub use manifest::{Dims, Dtype, FileEntry, Manifest, PdRound, Provenance, SeedPolicy, ShardEntry};
 pub use reader::{Dataset, StateView, StepBatch, Trajectory};
 pub use writer::{DatasetSpec, DatasetWriter, ShardData, WriteOptions};
 

@@ -252,6 +252,8 @@ fn ensure_dataset(dataset: &Path, args: &DemoArgs, p: &Preset) -> anyhow::Result
         device: args.device.to_string(),
         fit_limit,
         abort_after_shards: None,
+        pd_round: None,
+        pd_steps: None,
     }))?;
     Ok(())
 }

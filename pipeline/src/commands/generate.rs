@@ -11,8 +11,11 @@ use bdense_store::{
 };
 use bdense_trainer::solvers::Solver;
 
+use bdense_trainer::data::{DatasetSource, Split};
+
 use crate::cli::GenerateArgs;
 use crate::generation::teacher_trajectories;
+use crate::pd_store::{self, RoundPlan, RoundTeacher};
 use crate::progress::{bar, bytes};
 use crate::teacher_source;
 
@@ -30,6 +33,9 @@ fn parse_shard(s: &str) -> anyhow::Result<(u32, u32)> {
 }
 
 pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
+    if let (Some(round), Some(steps)) = (args.pd_round, args.pd_steps) {
+        return pd_round(args, round, steps);
+    }
     let started = Instant::now();
     let solver: Solver = args
         .solver
@@ -78,6 +84,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         },
         rows_per_shard: args.rows_per_shard,
         planned_count: args.count,
+        pd: None,
     };
     check_shard_memory(args, spec.dims.len(), sigmas.len())?;
     let options = WriteOptions::default();
@@ -171,6 +178,51 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         100.0 * write_s / secs,
         m.trajectories(),
         m.planned_count
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--pd-round`: a progressive-distillation round's examples (`crate::pd_store`).
+fn pd_round(args: &GenerateArgs, round: u32, steps: u32) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    check_arguments(args)?;
+    let device = bdense_trainer::backend::parse_device(&args.device)
+        .map_err(anyhow::Error::msg)
+        .context("--device")?;
+    let teacher = RoundTeacher::parse(&args.teacher)?;
+    let source: DatasetSource = args.source.parse().context("--dataset")?;
+    let images = source.load(Split::Train)?;
+    let plan = RoundPlan {
+        round,
+        student_steps: steps,
+        data_seed: args.seed,
+        count: args.count,
+        rows_per_shard: args.rows_per_shard,
+    };
+    let progress = bar(args.count, "examples");
+    let w = pd_store::write_round(
+        &args.dataset,
+        &teacher,
+        &images,
+        &plan,
+        args.resume,
+        args.batch,
+        crate::parallel::workers(),
+        &device,
+        &|n| progress.inc(n),
+    )?;
+    progress.finish_and_clear();
+    println!(
+        "generated {} PD examples of round {round} ({} -> {steps} steps, teacher {}) in {} shards ({}) into {} in {:.1}s; dataset holds {}/{} examples",
+        w.examples,
+        2 * steps,
+        teacher.file.hash,
+        w.shards,
+        bytes(w.bytes),
+        args.dataset.display(),
+        started.elapsed().as_secs_f64(),
+        w.manifest.trajectories(),
+        w.manifest.planned_count
     );
     Ok(ExitCode::SUCCESS)
 }
