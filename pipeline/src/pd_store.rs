@@ -123,39 +123,6 @@ fn spec(dir: &Path, teacher: &RoundTeacher, images: &ImageSet, plan: &RoundPlan)
     }
 }
 
-/// How an existing round dataset differs from the one `spec` describes, if it does.
-fn mismatch(m: &Manifest, spec: &DatasetSpec) -> Option<String> {
-    let differences: Vec<String> = [
-        ("round", format!("{:?}", m.pd), format!("{:?}", spec.pd)),
-        (
-            "teacher",
-            format!("{:?}", m.teacher.checkpoint_hash),
-            format!("{:?}", spec.teacher.checkpoint_hash),
-        ),
-        (
-            "data seed",
-            m.seeds.base_seed.to_string(),
-            spec.seeds.base_seed.to_string(),
-        ),
-        (
-            "count",
-            m.planned_count.to_string(),
-            spec.planned_count.to_string(),
-        ),
-        (
-            "rows per shard",
-            m.rows_per_shard.to_string(),
-            spec.rows_per_shard.to_string(),
-        ),
-        ("dims", m.dims.to_string(), spec.dims.to_string()),
-    ]
-    .into_iter()
-    .filter(|(_, a, b)| a != b)
-    .map(|(what, a, b)| format!("{what}: dataset has {a}, asked for {b}"))
-    .collect();
-    (!differences.is_empty()).then(|| differences.join("; "))
-}
-
 /// Writes round `plan`'s examples into `dir`: a new dataset, or (with `resume`) the shards an
 /// existing one of the same plan is missing. The teacher's passes run on `workers` threads,
 /// `batch` examples per call; neither changes a byte (each example is a function of the data
@@ -177,7 +144,7 @@ pub fn write_round(
     let mut writer = match DatasetWriter::create(dir, spec.clone(), options.clone()) {
         Err(StoreError::AlreadyExists { .. }) if resume => {
             let w = DatasetWriter::open(dir, options)?;
-            if let Some(why) = mismatch(w.manifest(), &spec) {
+            if let Some(why) = spec.mismatch(w.manifest()) {
                 bail!(
                     "{}: holds another PD round's examples ({why}); choose another name",
                     dir.display()

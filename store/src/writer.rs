@@ -47,6 +47,64 @@ pub struct DatasetSpec {
     pub pd: Option<manifest::PdRound>,
 }
 
+impl DatasetSpec {
+    /// How an existing dataset differs from this spec, if it does: a resumed or joined dataset
+    /// (trajectories or a PD round) must be continued with the very same teacher, grid and
+    /// layout. Named field by field, as "what: dataset has A, arguments give B".
+    pub fn mismatch(&self, m: &Manifest) -> Option<String> {
+        let mismatches: Vec<String> = [
+            ("PD round", format!("{:?}", m.pd), format!("{:?}", self.pd)),
+            (
+                "teacher",
+                format!("{:?}", m.teacher.checkpoint_hash),
+                format!("{:?}", self.teacher.checkpoint_hash),
+            ),
+            (
+                "solver",
+                m.teacher.solver.clone(),
+                self.teacher.solver.clone(),
+            ),
+            (
+                "grid",
+                m.grid.sigmas.len().to_string(),
+                self.grid.sigmas.len().to_string(),
+            ),
+            (
+                "count",
+                m.planned_count.to_string(),
+                self.planned_count.to_string(),
+            ),
+            (
+                "seed",
+                m.seeds.base_seed.to_string(),
+                self.seeds.base_seed.to_string(),
+            ),
+            ("dims", m.dims.to_string(), self.dims.to_string()),
+            ("dtype", m.dtype.to_string(), self.dtype.to_string()),
+            (
+                "rows per shard",
+                m.rows_per_shard.to_string(),
+                self.rows_per_shard.to_string(),
+            ),
+            (
+                "denoised",
+                m.has_denoised.to_string(),
+                self.has_denoised.to_string(),
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, a, b)| a != b)
+        .map(|(what, a, b)| format!("{what}: dataset has {a}, arguments give {b}"))
+        .collect();
+        if !mismatches.is_empty() {
+            return Some(mismatches.join("; "));
+        }
+        m.grid
+            .difference(&self.grid)
+            .map(|what| format!("the sigma grid differs from the dataset's ({what})"))
+    }
+}
+
 /// How files are encoded. The defaults are what the store benchmark measured as best
 /// (docs/perf.md): zstd level 1 with BYTE_STREAM_SPLIT floats.
 #[derive(Debug, Clone)]

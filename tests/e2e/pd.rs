@@ -86,7 +86,7 @@ fn a_pd_round_store_is_verified_read_by_sql_and_independent_of_batch_size() {
     t.bdense(pd_generate("store/r1", &[]))
         .fails_with("pass --resume");
     t.bdense(pd_generate("store/r1", &["--resume", "--seed", "4"]))
-        .fails_with("holds another PD round's examples (data seed: dataset has 3, asked for 4)");
+        .fails_with("holds another PD round's examples (seed: dataset has 3, arguments give 4)");
     let out = t.bdense(pd_generate("store/r1", &["--resume"])).ok();
     assert!(out.contains("generated 0 PD examples"), "{out}");
     // A student of trajectories cannot train from it.

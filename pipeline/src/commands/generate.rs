@@ -90,7 +90,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
     let options = WriteOptions::default();
     let mut writer = if args.resume {
         let w = DatasetWriter::open(&args.dataset, options)?;
-        if let Some(why) = spec_mismatch(w.manifest(), &spec) {
+        if let Some(why) = spec.mismatch(w.manifest()) {
             bail!("cannot resume: {why}");
         }
         w
@@ -99,7 +99,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
             // Another worker created it first (or this worker is rerun): join it.
             Err(StoreError::AlreadyExists { .. }) if joining => {
                 let w = DatasetWriter::open(&args.dataset, options)?;
-                if let Some(why) = spec_mismatch(w.manifest(), &spec) {
+                if let Some(why) = spec.mismatch(w.manifest()) {
                     bail!(
                         "{}: the dataset exists with other arguments than this worker's ({why}); every --workers generator of one dataset takes the same arguments",
                         args.dataset.display()
@@ -230,59 +230,6 @@ fn pd_round(args: &GenerateArgs, round: u32, steps: u32) -> anyhow::Result<ExitC
 /// The name a new dataset at `path` gets ("dataset" when the path has no final component).
 fn new_dataset_name(path: &std::path::Path) -> String {
     bdense_store::dataset_name(path).unwrap_or_else(|| "dataset".into())
-}
-
-/// How a dataset differs from what the arguments would create, if it does: a resumed or
-/// joined dataset must be continued with the very same teacher, grid and layout.
-fn spec_mismatch(m: &bdense_store::Manifest, spec: &DatasetSpec) -> Option<String> {
-    let mismatches: Vec<String> = [
-        (
-            "teacher",
-            format!("{:?}", m.teacher.checkpoint_hash),
-            format!("{:?}", spec.teacher.checkpoint_hash),
-        ),
-        (
-            "solver",
-            m.teacher.solver.clone(),
-            spec.teacher.solver.clone(),
-        ),
-        (
-            "grid",
-            format!("{:?}", m.grid.sigmas.len()),
-            format!("{:?}", spec.grid.sigmas.len()),
-        ),
-        (
-            "count",
-            m.planned_count.to_string(),
-            spec.planned_count.to_string(),
-        ),
-        (
-            "seed",
-            m.seeds.base_seed.to_string(),
-            spec.seeds.base_seed.to_string(),
-        ),
-        ("dtype", m.dtype.to_string(), spec.dtype.to_string()),
-        (
-            "rows per shard",
-            m.rows_per_shard.to_string(),
-            spec.rows_per_shard.to_string(),
-        ),
-        (
-            "denoised",
-            m.has_denoised.to_string(),
-            spec.has_denoised.to_string(),
-        ),
-    ]
-    .into_iter()
-    .filter(|(_, a, b)| a != b)
-    .map(|(what, a, b)| format!("{what}: dataset has {a}, arguments give {b}"))
-    .collect();
-    if !mismatches.is_empty() {
-        return Some(mismatches.join("; "));
-    }
-    m.grid
-        .difference(&spec.grid)
-        .map(|what| format!("the sigma grid differs from the dataset's ({what})"))
 }
 
 /// Everything about the arguments that can be wrong, checked before the teacher is built and
