@@ -149,7 +149,15 @@ type Stamp = (u64, SystemTime, String);
 /// however many queries or epochs read it, and a new hash as soon as it changes.
 #[derive(Debug, Default)]
 pub struct VerifiedFiles {
-    seen: Mutex<HashMap<PathBuf, Stamp>>,
+    seen: Mutex<HashMap<PathBuf, Checked>>,
+}
+
+/// How far a file was checked: on object storage [`VerifiedFiles::check`] reads the footer
+/// alone, so the content hash is still owed by the first reader that fetches the whole file.
+#[derive(Debug, Clone, PartialEq)]
+struct Checked {
+    stamp: Stamp,
+    hashed: bool,
 }
 
 impl VerifiedFiles {
@@ -170,13 +178,11 @@ impl VerifiedFiles {
     ) -> Result<PathBuf> {
         let path = backend.locate(&entry.path);
         // Stamped before reading, so a change while we hash invalidates the entry.
-        let stat = backend.stat(&entry.path)?.ok_or_else(|| {
-            StoreError::io(&path, std::io::Error::from(std::io::ErrorKind::NotFound))
-        })?;
-        let stamp = (stat.bytes, stat.modified, stat.version);
-        if self.seen.lock().expect("no poisoned cache").get(&path) == Some(&stamp) {
+        let stamp = stamp(backend, &entry.path, &path)?;
+        if self.checked(&path, &stamp).is_some() {
             return Ok(path);
         }
+        let hashed = backend.local_dir().is_some();
         let meta = match backend.local_dir() {
             Some(_) => {
                 let (path, bytes) = read_verified(backend, entry)?;
@@ -201,12 +207,48 @@ impl VerifiedFiles {
             ArrowReaderMetadata::try_new(Arc::new(meta), ArrowReaderOptions::default())
                 .map_err(|e| StoreError::parquet(&path, e))
         })?;
-        self.seen
-            .lock()
-            .expect("no poisoned cache")
-            .insert(path.clone(), stamp);
+        self.remember(&path, Checked { stamp, hashed });
         Ok(path)
     }
+
+    /// The bytes of `entry`: hashed against the manifest unless [`VerifiedFiles::check`]
+    /// passed the file unchanged before (a training run reads every file once per epoch;
+    /// hashing it each time cost a twentieth of the target stream, docs/perf.md).
+    pub(crate) fn read(&self, backend: &dyn Backend, entry: &FileEntry) -> Result<(PathBuf, Bytes)> {
+        let path = backend.locate(&entry.path);
+        let stamp = stamp(backend, &entry.path, &path)?;
+        if self.checked(&path, &stamp) == Some(true) {
+            let raw = RawFile::read(backend, entry)?;
+            if raw.longer.is_none() && raw.bytes.len() as u64 == entry.bytes {
+                return Ok((raw.path, raw.bytes));
+            }
+        }
+        let (path, bytes) = read_verified(backend, entry)?;
+        if self.checked(&path, &stamp).is_some() {
+            // The footer was checked before: the hash now covers the rest.
+            self.remember(&path, Checked { stamp, hashed: true });
+        }
+        Ok((path, bytes))
+    }
+
+    /// Whether `path` was checked with this stamp, and if so whether its content was hashed.
+    fn checked(&self, path: &Path, stamp: &Stamp) -> Option<bool> {
+        let seen = self.seen.lock().expect("no poisoned cache");
+        seen.get(path).filter(|c| &c.stamp == stamp).map(|c| c.hashed)
+    }
+
+    fn remember(&self, path: &Path, checked: Checked) {
+        let mut seen = self.seen.lock().expect("no poisoned cache");
+        seen.insert(path.to_path_buf(), checked);
+    }
+}
+
+/// What marks `rel` (printed as `path`) unchanged: its size, modification time and version.
+fn stamp(backend: &dyn Backend, rel: &str, path: &Path) -> Result<Stamp> {
+    let stat = backend
+        .stat(rel)?
+        .ok_or_else(|| StoreError::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)))?;
+    Ok((stat.bytes, stat.modified, stat.version))
 }
 
 /// A step file's footer, read from its tail alone (one request, two when the footer is larger

@@ -35,6 +35,7 @@ pub mod layout;
 pub mod location;
 pub mod manifest;
 pub mod object;
+pub mod parallel;
 pub mod reader;
 pub mod schema;
 pub mod seeds;
@@ -52,7 +53,7 @@ pub use parquet;
 pub use error::{Result, StoreError};
 pub use grid::Grid;
 pub use layout::{LayoutError, StudentLayout};
-pub use manifest::{Dims, Dtype, FileEntry, Manifest, Provenance, SeedPolicy, ShardEntry};
+pub use manifest::{Dims, Dtype, FileEntry, Manifest, PdRound, Provenance, SeedPolicy, ShardEntry};
 pub use reader::{Dataset, StateView, StepBatch, Trajectory};
 pub use writer::{DatasetSpec, DatasetWriter, ShardData, WriteOptions};
 
