@@ -214,7 +214,11 @@ impl VerifiedFiles {
     /// The bytes of `entry`: hashed against the manifest unless [`VerifiedFiles::check`]
     /// passed the file unchanged before (a training run reads every file once per epoch;
     /// hashing it each time cost a twentieth of the target stream, docs/perf.md).
-    pub(crate) fn read(&self, backend: &dyn Backend, entry: &FileEntry) -> Result<(PathBuf, Bytes)> {
+    pub(crate) fn read(
+        &self,
+        backend: &dyn Backend,
+        entry: &FileEntry,
+    ) -> Result<(PathBuf, Bytes)> {
         let path = backend.locate(&entry.path);
         let stamp = stamp(backend, &entry.path, &path)?;
         if self.checked(&path, &stamp) == Some(true) {
@@ -226,7 +230,13 @@ impl VerifiedFiles {
         let (path, bytes) = read_verified(backend, entry)?;
         if self.checked(&path, &stamp).is_some() {
             // The footer was checked before: the hash now covers the rest.
-            self.remember(&path, Checked { stamp, hashed: true });
+            self.remember(
+                &path,
+                Checked {
+                    stamp,
+                    hashed: true,
+                },
+            );
         }
         Ok((path, bytes))
     }
@@ -234,7 +244,9 @@ impl VerifiedFiles {
     /// Whether `path` was checked with this stamp, and if so whether its content was hashed.
     fn checked(&self, path: &Path, stamp: &Stamp) -> Option<bool> {
         let seen = self.seen.lock().expect("no poisoned cache");
-        seen.get(path).filter(|c| &c.stamp == stamp).map(|c| c.hashed)
+        seen.get(path)
+            .filter(|c| &c.stamp == stamp)
+            .map(|c| c.hashed)
     }
 
     fn remember(&self, path: &Path, checked: Checked) {

@@ -1,5 +1,5 @@
 //! A dataset on an S3-compatible object store, through the `object_store` crate (the one
-//! DataFusion reads through). The protocol's primitives map one to one: put-if-absent is a
+//! DataFusion reads through; its S3 client comes with this crate's `s3` feature). The protocol's primitives map one to one: put-if-absent is a
 //! `PUT` with `If-None-Match: *` (`PutMode::Create`), get a `GET`, list a `LIST` with a
 //! delimiter, delete a `DELETE`. Configured from the standard AWS environment variables
 //! (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
@@ -9,19 +9,14 @@
 //! connections live there too, so DataFusion's and the target stream's runtimes can share a
 //! client) and the caller waits for it.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
-use object_store::client::SpawnedReqwestConnector;
 use object_store::path::Path as ObjectPath;
-use object_store::{
-    BackoffConfig, ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode, PutOptions, RetryConfig,
-};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions};
 
 use crate::backend::{Backend, Stat};
 use crate::error::{Result, StoreError};
@@ -30,7 +25,7 @@ use crate::location::join_key;
 /// A dataset (or store) at `s3://bucket/key`.
 #[derive(Debug, Clone)]
 pub struct ObjectDir {
-    store: Arc<AmazonS3>,
+    store: Arc<dyn ObjectStore>,
     bucket: String,
     key: String,
 }
@@ -67,7 +62,7 @@ impl ObjectDir {
     fn run<T: Send + 'static>(
         &self,
         rel: &str,
-        request: impl FnOnce(Arc<AmazonS3>, ObjectPath) -> BoxedRequest<T>,
+        request: impl FnOnce(Arc<dyn ObjectStore>, ObjectPath) -> BoxedRequest<T>,
     ) -> Result<T> {
         let future = request(self.store.clone(), self.object_path(rel));
         let handle = runtime().spawn(future);
@@ -231,8 +226,14 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 /// One client per bucket, built from the environment on first use.
-fn s3_client(bucket: &str) -> Result<Arc<AmazonS3>> {
-    static CLIENTS: OnceLock<Mutex<HashMap<String, Arc<AmazonS3>>>> = OnceLock::new();
+#[cfg(feature = "s3")]
+fn s3_client(bucket: &str) -> Result<Arc<dyn ObjectStore>> {
+    use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+    use object_store::client::SpawnedReqwestConnector;
+    use object_store::{BackoffConfig, ClientConfigKey, RetryConfig};
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static CLIENTS: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
     let mut clients = CLIENTS
         .get_or_init(Default::default)
         .lock()
@@ -260,9 +261,17 @@ fn s3_client(bucket: &str) -> Result<Arc<AmazonS3>> {
             path: PathBuf::from(format!("s3://{bucket}")),
             detail: format!("cannot configure S3 from the environment: {}", one_line(&e)),
         })?;
-    let client = Arc::new(client);
+    let client: Arc<dyn ObjectStore> = Arc::new(client);
     clients.insert(bucket.to_string(), client.clone());
     Ok(client)
+}
+
+#[cfg(not(feature = "s3"))]
+fn s3_client(bucket: &str) -> Result<Arc<dyn ObjectStore>> {
+    Err(StoreError::ObjectStore {
+        path: PathBuf::from(format!("s3://{bucket}")),
+        detail: "this bdense was built without S3 support: build it with `--features bdense-pipeline/s3` (see .ci/s3)".into(),
+    })
 }
 
 /// What went wrong, in one line a user can act on.

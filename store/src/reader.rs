@@ -134,7 +134,9 @@ impl Dataset {
         columns: Option<&[&str]>,
         row_groups: Option<Vec<usize>>,
     ) -> Result<StepBatch> {
-        let (path, bytes) = self.verified.read(self.backend(), self.file(shard, step)?)?;
+        let (path, bytes) = self
+            .verified
+            .read(self.backend(), self.file(shard, step)?)?;
         let whole = row_groups.is_none();
         let batch = self.decode(path, bytes, shard, step, columns, row_groups)?;
         check_ids(&batch, shard, whole)?;
