@@ -193,7 +193,7 @@ mod tests {
         for (url, says) in [
             ("gs://b/p", "unsupported URL scheme gs://"),
             ("s3:///p", "is empty"),
-            ("s3://B/p", "lowercase"),
+            ("s3://MyBucket/p", "lowercase"),
             ("s3://ab/p", "3 to 63"),
             ("s3://bucket/a//b", "empty component"),
             ("s3://bucket/a/../b", "`..`"),
