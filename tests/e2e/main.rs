@@ -7,6 +7,8 @@ mod pd;
 mod queries;
 mod readers;
 mod report;
+#[cfg(feature = "s3")]
+mod s3;
 mod store;
 mod sweep;
 mod torch;
