@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use bdense_tests::{TestCommand, TestDir, csv_answers_agree};
 
-use crate::dir;
+use crate::workers::{gen_args, snapshot_and_verify, wait_ok, worker};
+use crate::{dir, weights};
 
 /// A moto server on 127.0.0.1, killed when dropped.
 struct S3Server {
@@ -134,72 +135,19 @@ impl Drop for S3Server {
     }
 }
 
-/// 30 shards of 16 trajectories: each of 3 workers has 10 to commit, so a kill lands mid-run.
-fn gen_args(dataset: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "generate",
-        dataset,
-        "--dataset",
-        "procedural",
-        "--teacher",
-        "gaussian",
-        "--grid",
-        "9",
-        "--count",
-        "480",
-        "--batch",
-        "16",
-        "--rows-per-shard",
-        "16",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
-
-fn worker(s3: &S3Server, t: &TestDir, dataset: &str, i: u32) -> Child {
-    let (w, i) = ("3".to_string(), i.to_string());
-    s3.bdense(t, gen_args(dataset, &["--workers", &w, "--worker", &i]))
-        .cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn wait_ok(mut child: Child, what: &str) {
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(status.success(), "{what} failed: {stderr}");
-}
-
-/// `store verify` passes and `store info` names the snapshot hash (the dataset's name and
-/// every file's path and xxh3) of a complete dataset.
-fn snapshot(s3: &S3Server, t: &TestDir, dataset: &str) -> String {
-    let out = s3.bdense(t, ["store", "verify", dataset]).ok();
-    assert!(out.contains("verify ok"), "{dataset}: {out}");
-    let info = s3.bdense(t, ["store", "info", dataset]).ok();
-    assert!(info.contains("480 of 480 planned"), "{info}");
-    info.lines()
-        .find(|l| l.starts_with("snapshot"))
-        .unwrap_or_else(|| panic!("no snapshot line: {info}"))
-        .to_string()
-}
-
 #[test]
 fn three_workers_into_s3_write_what_one_local_process_writes() {
     let (t, s3) = (dir(), S3Server::start());
+    let run = |a: Vec<String>| s3.bdense(&t, a);
     s3.create_bucket("bdense-test");
     t.bdense(gen_args("one/d", &[])).ok();
-    let local = snapshot(&s3, &t, "one/d");
+    let local = snapshot_and_verify(&run, "one/d");
     let url = "s3://bdense-test/stores/many/d";
-    let workers: Vec<Child> = (0..3).map(|i| worker(&s3, &t, url, i)).collect();
+    let workers: Vec<Child> = (0..3).map(|i| worker(&run, url, i)).collect();
     for (i, child) in workers.into_iter().enumerate() {
         wait_ok(child, &format!("worker {i}"));
     }
-    assert_eq!(snapshot(&s3, &t, url), local);
+    assert_eq!(snapshot_and_verify(&run, url), local);
     // Nothing but data and versions: no temporaries, no locks on object storage.
     let keys = s3.keys("bdense-test", "stores/many/d/");
     let data = keys.iter().filter(|k| k.ends_with(".parquet")).count();
@@ -224,10 +172,10 @@ fn three_workers_into_s3_write_what_one_local_process_writes() {
     let out = s3.bdense(&t, ["store", "gc", url, "--grace", "0"]).ok();
     assert!(out.contains("gc done: 1 files"), "{out}");
     assert_eq!(s3.keys("bdense-test", "stores/many/d/").len(), 30 * 9 + 8);
-    assert_eq!(snapshot(&s3, &t, url), local);
+    assert_eq!(snapshot_and_verify(&run, url), local);
     // `file://` names the local copy.
     let file_url = format!("file://{}", t.join("one/d").display());
-    assert_eq!(snapshot(&s3, &t, &file_url), local);
+    assert_eq!(snapshot_and_verify(&run, &file_url), local);
     let ls = s3
         .bdense(&t, ["store", "ls", "s3://bdense-test/stores/many"])
         .ok();
@@ -240,11 +188,12 @@ fn three_workers_into_s3_write_what_one_local_process_writes() {
 #[test]
 fn an_s3_worker_killed_with_sigkill_is_completed_by_running_it_again() {
     let (t, s3) = (dir(), S3Server::start());
+    let run = |a: Vec<String>| s3.bdense(&t, a);
     s3.create_bucket("bdense-test");
     t.bdense(gen_args("one/d", &[])).ok();
-    let local = snapshot(&s3, &t, "one/d");
+    let local = snapshot_and_verify(&run, "one/d");
     let url = "s3://bdense-test/many/d";
-    let mut workers: Vec<Option<Child>> = (0..3).map(|i| Some(worker(&s3, &t, url, i))).collect();
+    let mut workers: Vec<Option<Child>> = (0..3).map(|i| Some(worker(&run, url, i))).collect();
     // SIGKILL worker 1 once it has committed a shard of its own (1, 4, 7, ...).
     let committed_by_1 = || {
         let out = s3
@@ -284,8 +233,8 @@ fn an_s3_worker_killed_with_sigkill_is_completed_by_running_it_again() {
     let out = s3.bdense(&t, ["store", "verify", url]).ok();
     assert!(out.contains("verify ok"), "{out}");
 
-    wait_ok(worker(&s3, &t, url, 1), "worker 1, rerun");
-    assert_eq!(snapshot(&s3, &t, url), local);
+    wait_ok(worker(&run, url, 1), "worker 1, rerun");
+    assert_eq!(snapshot_and_verify(&run, url), local);
 }
 
 /// The README's queries, over a local dataset and the same dataset generated into S3.
@@ -381,39 +330,13 @@ fn train_args(dataset: &str, out: &str, extra: &[&str]) -> Vec<String> {
     a
 }
 
-fn weights(run: &std::path::Path) -> String {
-    let ckpt = bdense_trainer::checkpoint::latest(run).unwrap().unwrap();
-    let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(ckpt.join("meta.json")).unwrap()).unwrap();
-    format!(
-        "{} {} {}",
-        meta["step"], meta["weights_hash"], meta["ema_hash"]
-    )
-}
-
 #[test]
 fn training_from_s3_resumes_bit_identically_and_matches_local_disk() {
     let (t, s3) = (dir(), S3Server::start());
     s3.create_bucket("bdense-test");
     let url = "s3://bdense-test/store/p";
     crate::procedural_store(&t);
-    let generate = [
-        "generate",
-        url,
-        "--dataset",
-        "procedural",
-        "--teacher",
-        "gmm",
-        "--grid",
-        "13",
-        "--count",
-        "64",
-        "--rows-per-shard",
-        "32",
-        "--fit-limit",
-        "1024",
-    ];
-    s3.bdense(&t, generate).ok();
+    s3.bdense(&t, crate::procedural_args(url)).ok();
 
     t.bdense(train_args("store/p", "local", &[])).ok();
     let out = s3.bdense(&t, train_args(url, "whole", &[])).ok();
