@@ -178,6 +178,14 @@ pub struct GenerateArgs {
     /// Fault injection for crash tests: exit abruptly after this many shards.
     #[arg(long, hide = true)]
     pub abort_after_shards: Option<usize>,
+    /// Progressive distillation: write round R's examples instead of trajectories (per
+    /// example: a noised training image at its start sigma and the teacher's two Euler steps
+    /// from it); --teacher unet:DIR or pd:ROUND_DIR, --count examples, --seed the data seed.
+    #[arg(long, requires = "pd_steps", conflicts_with_all = ["workers", "shard", "denoised", "append_zero"], value_parser = value_parser!(u32).range(1..))]
+    pub pd_round: Option<u32>,
+    /// The PD round's student steps M: the teacher takes 2M Euler steps on EDM's grid.
+    #[arg(long, requires = "pd_round", value_parser = value_parser!(u32).range(1..=32768))]
+    pub pd_steps: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -473,7 +481,8 @@ pub struct ReportArgs {
 #[command(after_help = "Example: bdense demo --preset quick")]
 pub struct DemoArgs {
     /// The paper's regime (students copied from the shipped U-Net teacher): quick (under a
-    /// minute), default (about 20 minutes on 2 cores), full (three seeds per cell); or the
+    /// minute), default (about 20 minutes on 2 cores), full (three seeds per cell, then `bdense
+    /// sweep` at NFE 2; about 1.5 hours); or the
     /// GMM teacher with students from scratch: gmm, gmm-quick.
     #[arg(long, default_value = "default", value_parser = ["quick", "default", "full", "gmm", "gmm-quick"])]
     pub preset: String,
@@ -537,6 +546,17 @@ pub enum BenchCommand {
     Targets(BenchTargetsArgs),
     /// Student training throughput: sfd against bdense, streamed against in-memory batches.
     Train(BenchTrainArgs),
+    /// The README's SQL questions in bdense and in duckdb (Python) on the same files.
+    #[command(after_help = "Example: bdense bench sql runs/store/fmnist --repeats 2")]
+    Sql(BenchSqlArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchSqlArgs {
+    /// The dataset, STORE/NAME.
+    pub dataset: PathBuf,
+    #[arg(long, default_value_t = 2, value_parser = sizes(1..=MAX_REPEATS))]
+    pub repeats: usize,
 }
 
 #[derive(Debug, Args)]

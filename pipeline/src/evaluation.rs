@@ -122,6 +122,7 @@ pub fn split_dataset(
             scheme: m.seeds.scheme.clone(),
         },
         planned_count: count,
+        pd: None,
         has_denoised: false,
         dims: m.dims,
         dtype: m.dtype,
@@ -144,7 +145,7 @@ pub fn split_dataset(
             128,
             false,
             device,
-            &mut |_| {},
+            &|_| {},
         );
         writer.write_shard(&ShardData {
             index,

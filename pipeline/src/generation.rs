@@ -8,6 +8,8 @@ use bdense_trainer::solvers::{self, Solver};
 use bdense_trainer::teachers::Teacher;
 use burn::prelude::*;
 
+use crate::parallel;
+
 /// States laid out as the store writes them: `[steps][rows][D]`.
 pub struct Trajectories {
     pub seeds: Vec<u64>,
@@ -42,7 +44,9 @@ pub fn labels_for(teacher: &dyn Teacher, base_seed: u64, ids: Range<u64>) -> Opt
     })
 }
 
-/// Runs the teacher over `sigmas` from each id's noise, `batch` trajectories at a time.
+/// Runs the teacher over `sigmas` from each id's noise, `batch` trajectories at a time, the
+/// batches spread over the machine's cores (`parallel::workers`). Each batch is solved alone,
+/// so the result does not depend on how many workers there are.
 #[allow(clippy::too_many_arguments)]
 pub fn teacher_trajectories(
     teacher: &dyn Teacher,
@@ -53,7 +57,7 @@ pub fn teacher_trajectories(
     batch: usize,
     keep_denoised: bool,
     device: &Device,
-    on_batch: &mut dyn FnMut(usize),
+    on_batch: &(dyn Fn(usize) + Sync),
 ) -> Trajectories {
     let [c, h, w] = teacher.info().dims;
     let dim = c * h * w;
@@ -61,35 +65,84 @@ pub fn teacher_trajectories(
     let steps = sigmas.len();
     let (seeds, noise) = start_noise(base_seed, ids.clone(), dim, sigmas[0]);
     let labels = labels_for(teacher, base_seed, ids);
-    let mut states = vec![0f32; steps * rows * dim];
-    let mut denoised = keep_denoised.then(|| vec![0f32; steps * rows * dim]);
-    for first in (0..rows).step_by(batch.max(1)) {
+    let firsts: Vec<usize> = (0..rows).step_by(batch.max(1)).collect();
+    let solved = parallel::map(&firsts, parallel::workers(), |&first| {
         let b = batch.min(rows - first);
-        let x = Tensor::<4>::from_data(
-            TensorData::new(noise[first * dim..(first + b) * dim].to_vec(), [b, c, h, w]),
+        let solved = solve_batch(
+            teacher,
+            solver,
+            sigmas,
+            &noise[first * dim..(first + b) * dim],
+            labels.as_ref().map(|l| &l[first..first + b]),
+            keep_denoised,
             device,
         );
-        let label_tensor = labels.as_ref().map(|l| {
-            Tensor::<1, Int>::from_data(
-                TensorData::new(l[first..first + b].iter().map(|&v| v as i64).collect(), [b]),
-                device,
-            )
-        });
-        let rec = solvers::record(
-            solver,
-            teacher,
-            x,
-            sigmas,
-            label_tensor.as_ref(),
-            keep_denoised,
-        );
-        for (step, values) in rec.states.iter().enumerate() {
+        on_batch(b);
+        Ok(solved)
+    })
+    .expect("solving a batch cannot fail");
+    let mut states = vec![0f32; steps * rows * dim];
+    let mut denoised = keep_denoised.then(|| vec![0f32; steps * rows * dim]);
+    for (&first, batch) in firsts.iter().zip(solved) {
+        let b = batch.states[0].len() / dim;
+        for (step, values) in batch.states.iter().enumerate() {
             let at = (step * rows + first) * dim;
             states[at..at + b * dim].copy_from_slice(values);
         }
-        if let Some(out) = denoised.as_mut() {
-            for (step, d) in rec.denoised.into_iter().enumerate() {
-                let values = d.unwrap_or_else(|| {
+        if let (Some(out), Some(d)) = (denoised.as_mut(), batch.denoised) {
+            for (step, values) in d.iter().enumerate() {
+                let at = (step * rows + first) * dim;
+                out[at..at + b * dim].copy_from_slice(values);
+            }
+        }
+    }
+    Trajectories {
+        seeds,
+        labels,
+        states,
+        denoised,
+    }
+}
+
+/// One batch's states (and denoised outputs) per step, `[steps][b * D]`.
+struct SolvedBatch {
+    states: Vec<Vec<f32>>,
+    denoised: Option<Vec<Vec<f32>>>,
+}
+
+/// Solves one batch of start noises `[b * D]` over `sigmas`.
+fn solve_batch(
+    teacher: &dyn Teacher,
+    solver: Solver,
+    sigmas: &[f64],
+    noise: &[f32],
+    labels: Option<&[i32]>,
+    keep_denoised: bool,
+    device: &Device,
+) -> SolvedBatch {
+    let [c, h, w] = teacher.info().dims;
+    let b = noise.len() / (c * h * w);
+    let x = Tensor::<4>::from_data(TensorData::new(noise.to_vec(), [b, c, h, w]), device);
+    let label_tensor = labels.map(|l| {
+        Tensor::<1, Int>::from_data(
+            TensorData::new(l.iter().map(|&v| v as i64).collect(), [b]),
+            device,
+        )
+    });
+    let rec = solvers::record(
+        solver,
+        teacher,
+        x,
+        sigmas,
+        label_tensor.as_ref(),
+        keep_denoised,
+    );
+    let denoised = keep_denoised.then(|| {
+        rec.denoised
+            .into_iter()
+            .enumerate()
+            .map(|(step, d)| {
+                d.unwrap_or_else(|| {
                     final_denoised(
                         teacher,
                         &rec.states[step],
@@ -98,17 +151,12 @@ pub fn teacher_trajectories(
                         label_tensor.as_ref(),
                         device,
                     )
-                });
-                let at = (step * rows + first) * dim;
-                out[at..at + b * dim].copy_from_slice(&values);
-            }
-        }
-        on_batch(b);
-    }
-    Trajectories {
-        seeds,
-        labels,
-        states,
+                })
+            })
+            .collect()
+    });
+    SolvedBatch {
+        states: rec.states,
         denoised,
     }
 }

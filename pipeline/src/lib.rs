@@ -7,6 +7,7 @@ pub mod evaluation;
 pub mod generation;
 pub mod images;
 pub mod parallel;
+pub mod pd_store;
 pub mod plots;
 pub mod progress;
 pub mod run;
@@ -48,6 +49,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Store(a)) => commands::bench::store(&a),
         Command::Bench(BenchCommand::Targets(a)) => commands::bench::targets(&a),
         Command::Bench(BenchCommand::Train(a)) => commands::bench::train(&a),
+        Command::Bench(BenchCommand::Sql(a)) => commands::bench_sql::sql(&a),
     }
 }
 

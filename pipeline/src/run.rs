@@ -460,6 +460,7 @@ fn new_record(args: &TrainArgs, dataset_path: &Path) -> anyhow::Result<RunRecord
         MethodSpec::new(args.method, args.k, args.weights.clone()).map_err(anyhow::Error::msg)?;
     let dataset = Dataset::open(dataset_path)?;
     let m = dataset.manifest();
+    m.require_trajectories(dataset_path)?;
     let mut mc = MethodConfig::with_spec(spec);
     mc.distance = args.distance;
     let recipe = Recipe::for_run(args, student_copies_teacher(&args.init, m));

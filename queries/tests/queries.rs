@@ -380,6 +380,19 @@ fn branch_targets_equal_the_stored_states() {
     )
     .unwrap();
     let all: Vec<Vec<Vec<f32>>> = (0..25).map(|s| states(&ds, s)).collect();
+    // Seeds and labels come from the first slot's files only: they must still be each
+    // trajectory's own.
+    let mut stored = vec![(0u64, None); 70];
+    for shard in ds.shards() {
+        let b = ds.read_step(shard, 0).unwrap();
+        for (r, &id) in b.traj_ids().iter().enumerate() {
+            stored[id as usize] = (b.seeds()[r], b.label(r));
+        }
+    }
+    assert!(
+        stored.iter().all(|(_, l)| l.is_some()),
+        "the store has labels"
+    );
     for (n, k) in [(4, 4), (3, 4), (4, 2), (4, 1)] {
         let mut spec = TargetSpec::new(n, k, 16, 7);
         spec.shuffle_buffer = 20;
@@ -397,8 +410,19 @@ fn branch_targets_equal_the_stored_states() {
         for b in &batches {
             assert!(b.len() <= 16);
             let (start, targets, starts) = (b.start(), b.targets(), b.interval_starts().unwrap());
+            let seeds = b
+                .batch
+                .column_by_name("seed")
+                .unwrap()
+                .as_primitive::<UInt64Type>();
+            let labels = b.labels().unwrap();
             for (r, &id) in b.traj_ids().iter().enumerate() {
                 let id = id as usize;
+                assert_eq!(
+                    (seeds.value(r), Some(labels[r])),
+                    stored[id],
+                    "seed, label of {id}"
+                );
                 assert_eq!(&start[r * 6..(r + 1) * 6], &all[0][id][..], "start of {id}");
                 for i in 0..n - 1 {
                     for j in 0..k {

@@ -10,13 +10,15 @@
 //! about one group per row) instead of decoding them, and copies or unshuffles
 //! (BYTE_STREAM_SPLIT) the values into one buffer that becomes the Arrow array without a copy.
 //!
-//! Pages come from the parquet crate's own page reader (page headers, decompression). What
-//! the fast path does not recognise (another physical or logical type, nullable levels,
-//! dictionary pages, encodings other than PLAIN and BYTE_STREAM_SPLIT, any other level
-//! pattern) it declines (`Ok(None)`) and the caller uses the general reader, so a legal file
+//! Pages come from the parquet crate's own page reader (page headers), stored bytes as they
+//! are: zstd pages are inflated here with one context and buffer per thread, to exactly the
+//! size their header gives. What the fast path does not recognise (another physical or
+//! logical type, nullable levels, dictionary pages, codecs other than zstd, encodings other
+//! than PLAIN and BYTE_STREAM_SPLIT, any other level pattern) it declines (`Ok(None)`) and the caller uses the general reader, so a legal file
 //! from another writer still reads. A page that cannot be what its header claims (it does not
 //! decompress, or holds the wrong number of value bytes or values) is an error naming the file.
 
+use std::cell::RefCell;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -25,7 +27,7 @@ use arrow::datatypes::{ArrowPrimitiveType, DataType, FieldRef, Float16Type, Floa
 use bytes::Bytes;
 use half::f16;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
-use parquet::basic::{Encoding, LogicalType, Type as PhysicalType};
+use parquet::basic::{Compression, Encoding, LogicalType, Type as PhysicalType};
 use parquet::column::page::Page;
 use parquet::file::metadata::ParquetMetaData;
 use parquet::file::serialized_reader::SerializedPageReader;
@@ -164,14 +166,39 @@ impl VectorColumn {
                     "row group {g}: column chunk at {start}+{len} lies outside the file"
                 )));
             }
+            let zstd = match chunk.compression() {
+                Compression::UNCOMPRESSED => false,
+                Compression::ZSTD(_) => true,
+                _ => return Ok(None),
+            };
+            // The page reader parses headers and hands out each page's stored bytes; pages
+            // are inflated here with this thread's one zstd context (the parquet crate makes
+            // a compressor and a decompressor per column chunk, and a buffer per page).
+            let stored = chunk
+                .clone()
+                .into_builder()
+                .set_compression(Compression::UNCOMPRESSED)
+                .build()
+                .map_err(|e| StoreError::parquet(path, e))?;
             let rows = group.num_rows() as usize;
-            let pages = SerializedPageReader::new(Arc::new(bytes.clone()), chunk, rows, None)
+            let pages = SerializedPageReader::new(Arc::new(bytes.clone()), &stored, rows, None)
                 .map_err(|e| StoreError::parquet(path, e))?;
             let want = rows * self.dim;
             let mut at = 0usize;
+            let mut header_at = start as usize;
             for page in pages {
                 let page = page.map_err(|e| StoreError::parquet(path, e))?;
-                let Some(n) = self.page_values::<T>(&page, at, path, &mut out)? else {
+                let Some((data_at, sizes)) = page_sizes(bytes, header_at, page.buffer()) else {
+                    return Ok(None);
+                };
+                header_at = data_at + page.buffer().len();
+                let n = SCRATCH.with_borrow_mut(|scratch| {
+                    match inflate(&page, sizes, zstd, scratch, path)? {
+                        Some(parts) => self.page_values::<T>(parts, at, path, &mut out),
+                        None => Ok(None),
+                    }
+                })?;
+                let Some(n) = n else {
                     return Ok(None);
                 };
                 at += n;
@@ -193,62 +220,27 @@ impl VectorColumn {
     /// repetition pattern is checked across pages). `Ok(None)`: not a page for the fast path.
     fn page_values<T: StoredFloat>(
         &self,
-        page: &Page,
+        parts: PageParts,
         at: usize,
         path: &Path,
         out: &mut Vec<T::Native>,
     ) -> Result<Option<usize>> {
-        let (n, encoding, values) = match page {
-            Page::DataPage {
-                buf,
-                num_values,
-                encoding,
-                def_level_encoding,
-                rep_level_encoding,
-                ..
-            } => {
-                if *rep_level_encoding != Encoding::RLE || *def_level_encoding != Encoding::RLE {
-                    return Ok(None);
-                }
-                let n = *num_values as usize;
-                // v1: each level run is prefixed by its byte length (u32, little-endian).
-                let Some((rep, rest)) = prefixed(buf) else {
-                    return Err(short_page(path));
-                };
-                let Some((def, values)) = prefixed(rest) else {
-                    return Err(short_page(path));
-                };
-                if !self.levels_trivial(rep, def, n, at) {
-                    return Ok(None);
-                }
-                (n, *encoding, values)
-            }
-            Page::DataPageV2 {
-                buf,
-                num_values,
-                encoding,
-                num_nulls,
-                def_levels_byte_len,
-                rep_levels_byte_len,
-                ..
-            } => {
-                if *num_nulls != 0 {
-                    return Ok(None);
-                }
-                let n = *num_values as usize;
-                let (r, d) = (*rep_levels_byte_len as usize, *def_levels_byte_len as usize);
-                if r.saturating_add(d) > buf.len() {
-                    return Err(short_page(path));
-                }
-                let (rep, rest) = buf.split_at(r);
-                let (def, values) = rest.split_at(d);
-                if !self.levels_trivial(rep, def, n, at) {
-                    return Ok(None);
-                }
-                (n, *encoding, values)
-            }
-            Page::DictionaryPage { .. } => return Ok(None),
+        let PageParts {
+            n,
+            encoding,
+            levels,
+            values,
+        } = parts;
+        let (rep, def, values) = match levels {
+            Levels::Split { rep, def } => (rep, def, values),
+            // v1: each level block is prefixed by its byte length (u32, little-endian).
+            Levels::Prefixed => prefixed(values)
+                .and_then(|(rep, rest)| prefixed(rest).map(|(def, values)| (rep, def, values)))
+                .ok_or_else(|| short_page(path))?,
         };
+        if !self.levels_trivial(rep, def, n, at) {
+            return Ok(None);
+        }
         if !matches!(encoding, Encoding::PLAIN | Encoding::BYTE_STREAM_SPLIT) {
             return Ok(None);
         }
@@ -302,6 +294,151 @@ impl VectorColumn {
 
 fn short_page(path: &Path) -> StoreError {
     integrity::damaged(path, "a data page is shorter than its level lengths say")
+}
+
+thread_local! {
+    /// Each decoding thread's zstd context and page buffer, reused page after page.
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+#[derive(Default)]
+struct Scratch {
+    zstd: Option<zstd::bulk::Decompressor<'static>>,
+    page: Vec<u8>,
+}
+
+impl Scratch {
+    /// `src` inflated into the page buffer, or `None` unless it inflates to exactly `size`
+    /// bytes (the general reader then reports what is wrong).
+    fn inflate(&mut self, src: &[u8], size: usize) -> Option<&[u8]> {
+        self.page.clear();
+        if size > 0 {
+            if self.zstd.is_none() {
+                self.zstd = zstd::bulk::Decompressor::new().ok();
+            }
+            self.page.reserve_exact(size);
+            let got = self
+                .zstd
+                .as_mut()?
+                .decompress_to_buffer(src, &mut self.page);
+            if got.ok()? != size {
+                return None;
+            }
+        }
+        Some(&self.page)
+    }
+}
+
+/// One data page, uncompressed: its value count, encoding, levels and values.
+struct PageParts<'a> {
+    n: usize,
+    encoding: Encoding,
+    levels: Levels<'a>,
+    /// For [`Levels::Prefixed`], the whole page body (levels first).
+    values: &'a [u8],
+}
+
+enum Levels<'a> {
+    /// v1 pages: the level blocks lead the body, each behind its u32 length.
+    Prefixed,
+    /// v2 pages: stored apart from the (possibly compressed) values.
+    Split { rep: &'a [u8], def: &'a [u8] },
+}
+
+/// The sizes a page header gives before any other field: (type, uncompressed, compressed).
+type PageSizes = (i32, i32, i32);
+
+/// Where `data` (a page's stored bytes, a slice of `file`) starts, and the sizes its header
+/// (from `header_at` on) declares, or `None` where that cannot be read plainly: an index
+/// page in between, another field order, or a compressed size other than the page's.
+fn page_sizes(file: &Bytes, header_at: usize, data: &Bytes) -> Option<(usize, PageSizes)> {
+    let base = file.as_ptr() as usize;
+    let data_at = (data.as_ptr() as usize).checked_sub(base)?;
+    let header = file.get(header_at..data_at)?;
+    // Thrift compact protocol: the required i32 fields 1, 2, 3 come first, each a header
+    // byte (field delta 1, type i32 = 0x15) and a zigzag varint.
+    let mut rest = header;
+    let mut field = || -> Option<i32> {
+        let (&h, r) = rest.split_first()?;
+        let (v, r) = uleb128(r).filter(|_| h == 0x15)?;
+        rest = r;
+        let v = u32::try_from(v).ok()?;
+        Some((v >> 1) as i32 ^ -((v & 1) as i32))
+    };
+    let sizes = (field()?, field()?, field()?);
+    (usize::try_from(sizes.2).ok()? == data.len()).then_some((data_at, sizes))
+}
+
+/// A data page's parts, its values inflated into `scratch` when the chunk is zstd-compressed;
+/// `None` for a page the fast path leaves to the general reader.
+fn inflate<'a>(
+    page: &'a Page,
+    (kind, uncompressed, _): PageSizes,
+    zstd: bool,
+    scratch: &'a mut Scratch,
+    path: &Path,
+) -> Result<Option<PageParts<'a>>> {
+    let Ok(uncompressed) = usize::try_from(uncompressed) else {
+        return Ok(None);
+    };
+    Ok(match page {
+        Page::DataPage {
+            buf,
+            num_values,
+            encoding,
+            def_level_encoding,
+            rep_level_encoding,
+            ..
+        } => {
+            let rle = *rep_level_encoding == Encoding::RLE && *def_level_encoding == Encoding::RLE;
+            let body = match zstd {
+                true => scratch.inflate(buf, uncompressed),
+                false => Some(&buf[..]),
+            };
+            let Some(body) = body.filter(|_| kind == 0 && rle) else {
+                return Ok(None);
+            };
+            Some(PageParts {
+                n: *num_values as usize,
+                encoding: *encoding,
+                levels: Levels::Prefixed,
+                values: body,
+            })
+        }
+        Page::DataPageV2 {
+            buf,
+            num_values,
+            encoding,
+            num_nulls,
+            def_levels_byte_len,
+            rep_levels_byte_len,
+            is_compressed,
+            ..
+        } => {
+            let (r, d) = (*rep_levels_byte_len as usize, *def_levels_byte_len as usize);
+            if r.saturating_add(d) > buf.len() {
+                return Err(short_page(path));
+            }
+            let (rep, rest) = buf.split_at(r);
+            let (def, stored) = rest.split_at(d);
+            let values = match zstd && *is_compressed {
+                true => uncompressed
+                    .checked_sub(r + d)
+                    .and_then(|size| scratch.inflate(stored, size)),
+                false => Some(stored),
+            };
+            let Some(values) = values.filter(|_| kind == 3 && *num_nulls == 0) else {
+                return Ok(None);
+            };
+            Some(PageParts {
+                n: *num_values as usize,
+                encoding: *encoding,
+                levels: Levels::Split { rep, def },
+                values,
+            })
+        }
+        Page::DictionaryPage { .. } => None,
+    })
 }
 
 /// Splits a length-prefixed (u32, little-endian) block off the front of `buf`.

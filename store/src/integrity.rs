@@ -133,7 +133,7 @@ pub(crate) fn check_footer(path: &Path, meta: &ParquetMetaData, shard: &ShardEnt
 /// many queries or epochs read it, and a new hash as soon as it changes on disk.
 #[derive(Debug, Default)]
 pub struct VerifiedFiles {
-    seen: Mutex<HashMap<PathBuf, (u64, SystemTime)>>,
+    seen: Mutex<HashMap<PathBuf, Stamp>>,
 }
 
 impl VerifiedFiles {
@@ -146,10 +146,8 @@ impl VerifiedFiles {
     pub fn check(&self, dir: &Path, shard: &ShardEntry, entry: &FileEntry) -> Result<PathBuf> {
         let path = dir.join(&entry.path);
         // Stamped before reading, so a change while we hash invalidates the entry.
-        let stamp = std::fs::symlink_metadata(&path)
-            .map_err(|e| StoreError::io(&path, e))
-            .map(|m| (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)))?;
-        if self.seen.lock().expect("no poisoned cache").get(&path) == Some(&stamp) {
+        let stamp = stamp(&path)?;
+        if self.is_checked(&path, stamp) {
             return Ok(path);
         }
         let (path, bytes) = read_verified(dir, entry)?;
@@ -169,4 +167,31 @@ impl VerifiedFiles {
             .insert(path.clone(), stamp);
         Ok(path)
     }
+
+    /// The bytes of `entry`: hashed against the manifest unless [`VerifiedFiles::check`]
+    /// passed the file unchanged before (a training run reads every file once per epoch;
+    /// hashing it each time cost a twentieth of the target stream, docs/perf.md).
+    pub(crate) fn read(&self, dir: &Path, entry: &FileEntry) -> Result<(PathBuf, Bytes)> {
+        let path = dir.join(&entry.path);
+        if stamp(&path).is_ok_and(|s| self.is_checked(&path, s)) {
+            let raw = RawFile::read(dir, entry)?;
+            if !raw.longer && raw.bytes.len() as u64 == entry.bytes {
+                return Ok((raw.path, raw.bytes));
+            }
+        }
+        read_verified(dir, entry)
+    }
+
+    fn is_checked(&self, path: &Path, stamp: Stamp) -> bool {
+        self.seen.lock().expect("no poisoned cache").get(path) == Some(&stamp)
+    }
+}
+
+/// What marks a file unchanged: its size and modification time.
+type Stamp = (u64, SystemTime);
+
+fn stamp(path: &Path) -> Result<Stamp> {
+    std::fs::symlink_metadata(path)
+        .map_err(|e| StoreError::io(path, e))
+        .map(|m| (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)))
 }

@@ -33,6 +33,7 @@ pub mod grid;
 pub mod integrity;
 pub mod layout;
 pub mod manifest;
+pub mod parallel;
 pub mod reader;
 pub mod schema;
 pub mod seeds;
@@ -50,7 +51,7 @@ pub use parquet;
 pub use error::{Result, StoreError};
 pub use grid::Grid;
 pub use layout::{LayoutError, StudentLayout};
-pub use manifest::{Dims, Dtype, FileEntry, Manifest, Provenance, SeedPolicy, ShardEntry};
+pub use manifest::{Dims, Dtype, FileEntry, Manifest, PdRound, Provenance, SeedPolicy, ShardEntry};
 pub use reader::{Dataset, StateView, StepBatch, Trajectory};
 pub use writer::{DatasetSpec, DatasetWriter, ShardData, WriteOptions};
 

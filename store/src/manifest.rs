@@ -12,8 +12,14 @@ use crate::error::{Result, StoreError};
 /// The manifest's `grid` field (defined with the grid it describes).
 pub use crate::grid::Grid;
 
-/// Bumped when a reader of the previous version could misread a new dataset.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped when a reader of the previous version could misread a new dataset: the newest
+/// format this bdense reads. Version 2 added PD rounds ([`PdRound`]), which only those
+/// datasets are written as.
+pub const FORMAT_VERSION: u32 = 2;
+/// What trajectory datasets are written as: their layout is unchanged since version 1, so an
+/// older bdense keeps reading them, while it refuses a PD round's dataset rather than taking
+/// its three role steps for a trajectory.
+pub const TRAJECTORY_FORMAT_VERSION: u32 = 1;
 /// Everything in a dataset that is not data lives under this directory: readers of Parquet
 /// datasets (pyarrow, polars, duckdb, DataFusion) skip names starting with `_` or `.`.
 pub const META_DIR: &str = "_bdense";
@@ -213,6 +219,36 @@ pub struct Provenance {
     pub params: BTreeMap<String, serde_json::Value>,
 }
 
+/// A progressive-distillation round's dataset (format 2) instead of trajectories: each row is
+/// one training example, and its three step files hold the example's three states in the
+/// same row order: step 0 the noised training image `x0 + s_i eps` at the student's start
+/// sigma `s_i`, step 1 the teacher's first Euler step (to `s_{i+1/2}`), step 2 its second (to
+/// `s_{i+1}`). The start interval `i` differs per row (the data schedule draws it), so the
+/// `sigma` column varies within a step file: row sigma at step `r` is `grid.sigmas[2 i + r]`,
+/// the manifest's `grid` being the teacher's grid of the round (`2 student_steps + 1`
+/// points, the student's grid every other one of them). `seed` is the example's noise seed,
+/// `label` its image's class, `seeds.base_seed` the round's data seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PdRound {
+    /// 1 for the round distilled from the original teacher.
+    pub round: u32,
+    /// Euler steps of the round's student (half the teacher's).
+    pub student_steps: u32,
+    /// How many training images the data schedule draws from.
+    pub images: u64,
+}
+
+impl PdRound {
+    /// Step files per shard: the start, the teacher's midpoint and its endpoint.
+    pub const ROLES: usize = 3;
+
+    /// The start interval whose sigma at step 0 is `sigma`, if any (exact f32 match: the
+    /// writer stores the grid's sigmas rounded to f32).
+    pub fn interval_of(&self, grid: &Grid, sigma: f32) -> Option<usize> {
+        (0..self.student_steps as usize).find(|&i| grid.sigmas[2 * i] as f32 == sigma)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SeedPolicy {
     pub base_seed: u64,
@@ -275,11 +311,33 @@ pub struct Manifest {
     pub updated_unix: u64,
     /// Committed shards, sorted by index.
     pub shards: Vec<ShardEntry>,
+    /// Set for a PD round's dataset (whose steps are roles, not grid points).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pd: Option<PdRound>,
 }
 
 impl Manifest {
+    /// Step files per shard: the grid's points, or a PD round's three roles.
     pub fn steps(&self) -> usize {
-        self.grid.sigmas.len()
+        match self.pd {
+            Some(_) => PdRound::ROLES,
+            None => self.grid.sigmas.len(),
+        }
+    }
+
+    /// Refuses a PD round's dataset where trajectories are needed (students, targets): its
+    /// steps are not grid points.
+    pub fn require_trajectories(&self, path: &Path) -> Result<()> {
+        match &self.pd {
+            Some(pd) => Err(StoreError::invalid(
+                path,
+                format!(
+                    "is the store of PD round {} (examples with the teacher's two steps, for `bdense pd`), not teacher trajectories",
+                    pd.round
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     pub fn trajectories(&self) -> u64 {
@@ -409,6 +467,7 @@ impl Manifest {
     /// outside the dataset.
     fn check(&self, path: &Path) -> Result<()> {
         let problem = layout_problem(self.dims, self.rows_per_shard, &self.grid.sigmas)
+            .or_else(|| pd_problem(self.pd.as_ref(), &self.grid))
             .or_else(|| plan_problem(self.planned_count, self.rows_per_shard))
             .or_else(|| self.shards_problem());
         match problem {
@@ -491,6 +550,23 @@ pub(crate) fn layout_problem(dims: Dims, rows_per_shard: u32, sigmas: &[f64]) ->
         Some("grid sigmas must be finite and non-negative".into())
     } else if sigmas.windows(2).any(|w| w[1] >= w[0]) {
         Some("grid sigmas must be strictly decreasing".into())
+    } else {
+        None
+    }
+}
+
+/// What makes a PD round's description unusable with its grid, if anything.
+pub(crate) fn pd_problem(pd: Option<&PdRound>, grid: &Grid) -> Option<String> {
+    let pd = pd?;
+    if pd.student_steps == 0 || pd.images == 0 {
+        Some("a PD round needs a student of at least one step and at least one image".into())
+    } else if grid.sigmas.len() as u64 != 2 * pd.student_steps as u64 + 1 {
+        Some(format!(
+            "a PD round of {} student steps needs a teacher grid of {} points, the grid has {}",
+            pd.student_steps,
+            2 * pd.student_steps as u64 + 1,
+            grid.sigmas.len()
+        ))
     } else {
         None
     }

@@ -111,7 +111,9 @@ impl Dataset {
     }
 
     /// Selected columns (`None`: all) and row groups (`None`: all) of one step file, after
-    /// checking the file against the manifest (size, content hash, rows, trajectory ids).
+    /// checking the file against the manifest (size, content hash, rows, trajectory ids; the
+    /// hash once per handle while the file stays unchanged, when [`Dataset::check_file`]
+    /// passed it).
     pub fn read_step_columns(
         &self,
         shard: &ShardEntry,
@@ -119,7 +121,7 @@ impl Dataset {
         columns: Option<&[&str]>,
         row_groups: Option<Vec<usize>>,
     ) -> Result<StepBatch> {
-        let (path, bytes) = integrity::read_verified(&self.dir, self.file(shard, step)?)?;
+        let (path, bytes) = self.verified.read(&self.dir, self.file(shard, step)?)?;
         let whole = row_groups.is_none();
         let batch = self.decode(path, bytes, shard, step, columns, row_groups)?;
         check_ids(&batch, shard, whole)?;
@@ -334,27 +336,11 @@ impl Dataset {
         steps: &[u16],
         columns: Option<&[&str]>,
     ) -> Result<Vec<StepBatch>> {
-        let workers = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(steps.len().max(1));
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let mut out: Vec<Option<Result<StepBatch>>> = (0..steps.len()).map(|_| None).collect();
-        let slots = std::sync::Mutex::new(&mut out);
-        std::thread::scope(|scope| {
-            for _ in 0..workers {
-                scope.spawn(|| {
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(&step) = steps.get(i) else { break };
-                        let batch = self.read_step_columns(shard, step, columns, None);
-                        slots.lock().expect("no poisoned reader")[i] = Some(batch);
-                    }
-                });
-            }
-        });
-        out.into_iter()
-            .map(|b| b.expect("every step read"))
-            .collect()
+        crate::parallel::map_on_cores(steps, |&step| {
+            self.read_step_columns(shard, step, columns, None)
+        })
+        .into_iter()
+        .collect()
     }
 
     /// Every stored state of one trajectory.

@@ -91,13 +91,11 @@ fn same_type(a: &DataType, b: &DataType) -> bool {
     }
 }
 
-/// Key-value metadata of a step file, in a fixed order (file bytes must be reproducible).
-pub fn file_metadata(step: u16) -> [(String, String); 2] {
+/// Key-value metadata of a step file of a dataset of `format_version`, in a fixed order (file
+/// bytes must be reproducible).
+pub fn file_metadata(format_version: u32, step: u16) -> [(String, String); 2] {
     [
-        (
-            META_FORMAT.to_string(),
-            crate::manifest::FORMAT_VERSION.to_string(),
-        ),
+        (META_FORMAT.to_string(), format_version.to_string()),
         (META_STEP.to_string(), step.to_string()),
     ]
 }

@@ -86,6 +86,7 @@ impl SyntheticSpec {
             },
             rows_per_shard: self.rows_per_shard,
             planned_count: self.count,
+            pd: None,
         }
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use crate::error::Result;
 use crate::integrity::RawFile;
-use crate::manifest::ShardEntry;
+use crate::manifest::{Manifest, ShardEntry};
 use crate::reader::{Dataset, StepBatch};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -118,12 +118,7 @@ fn verify_shard(dataset: &Dataset, shard: &ShardEntry, report: &mut Report) {
         report.files_checked += 1;
         report.rows_checked += batch.rows() as u64;
         report.bytes_checked += entry.bytes;
-        for message in check_batch(
-            &batch,
-            shard,
-            m.grid.sigmas[step as usize] as f32,
-            reference.as_ref(),
-        ) {
+        for message in check_batch(&batch, shard, m, reference.as_ref()) {
             problem(message);
         }
         reference.get_or_insert(batch);
@@ -134,7 +129,7 @@ fn verify_shard(dataset: &Dataset, shard: &ShardEntry, report: &mut Report) {
 fn check_batch(
     batch: &StepBatch,
     shard: &ShardEntry,
-    sigma: f32,
+    m: &Manifest,
     reference: Option<&StepBatch>,
 ) -> Vec<String> {
     let mut out = Vec::new();
@@ -166,11 +161,8 @@ fn check_batch(
             out.push(format!("label of row {row} differs from step {}", r.step));
         }
     }
-    if let Some(row) = batch.sigmas().iter().position(|&s| s != sigma) {
-        out.push(format!(
-            "sigma {} in row {row}, the grid says {sigma}",
-            batch.sigmas()[row]
-        ));
+    if let Some(message) = sigma_problem(batch, m, reference) {
+        out.push(message);
     }
     let dim = batch.dim();
     for (name, values) in [("x", Some(batch.x())), ("denoised", batch.denoised())] {
@@ -190,6 +182,36 @@ fn check_batch(
         }
     }
     out
+}
+
+/// A row whose sigma is not the one its step (and, in a PD round's dataset, its start
+/// interval, read from the sigma of its first step) gives it.
+fn sigma_problem(batch: &StepBatch, m: &Manifest, reference: Option<&StepBatch>) -> Option<String> {
+    let step = batch.step as usize;
+    let sigmas = batch.sigmas();
+    let Some(pd) = &m.pd else {
+        let sigma = m.grid.sigmas[step] as f32;
+        let row = sigmas.iter().position(|&s| s != sigma)?;
+        return Some(format!(
+            "sigma {} in row {row}, the grid says {sigma}",
+            sigmas[row]
+        ));
+    };
+    let starts = reference.map_or(sigmas, |r| r.sigmas());
+    for (row, (&start, &sigma)) in starts.iter().zip(sigmas).enumerate() {
+        let Some(i) = pd.interval_of(&m.grid, start) else {
+            return Some(format!(
+                "sigma {start} in row {row} of step 0 is none of the student's start sigmas"
+            ));
+        };
+        let expected = m.grid.sigmas[2 * i + step] as f32;
+        if sigma != expected {
+            return Some(format!(
+                "sigma {sigma} in row {row}, the round's grid says {expected} (start interval {i}, step {step})"
+            ));
+        }
+    }
+    None
 }
 
 /// The innermost message of an error chain, for one-line reports that already name the path.

@@ -43,6 +43,66 @@ pub struct DatasetSpec {
     pub seeds: SeedPolicy,
     pub rows_per_shard: u32,
     pub planned_count: u64,
+    /// A PD round's dataset (its rows are training examples) instead of trajectories.
+    pub pd: Option<manifest::PdRound>,
+}
+
+impl DatasetSpec {
+    /// How an existing dataset differs from this spec, if it does: a resumed or joined dataset
+    /// (trajectories or a PD round) must be continued with the very same teacher, grid and
+    /// layout. Named field by field, as "what: dataset has A, arguments give B".
+    pub fn mismatch(&self, m: &Manifest) -> Option<String> {
+        let mismatches: Vec<String> = [
+            ("PD round", format!("{:?}", m.pd), format!("{:?}", self.pd)),
+            (
+                "teacher",
+                format!("{:?}", m.teacher.checkpoint_hash),
+                format!("{:?}", self.teacher.checkpoint_hash),
+            ),
+            (
+                "solver",
+                m.teacher.solver.clone(),
+                self.teacher.solver.clone(),
+            ),
+            (
+                "grid",
+                m.grid.sigmas.len().to_string(),
+                self.grid.sigmas.len().to_string(),
+            ),
+            (
+                "count",
+                m.planned_count.to_string(),
+                self.planned_count.to_string(),
+            ),
+            (
+                "seed",
+                m.seeds.base_seed.to_string(),
+                self.seeds.base_seed.to_string(),
+            ),
+            ("dims", m.dims.to_string(), self.dims.to_string()),
+            ("dtype", m.dtype.to_string(), self.dtype.to_string()),
+            (
+                "rows per shard",
+                m.rows_per_shard.to_string(),
+                self.rows_per_shard.to_string(),
+            ),
+            (
+                "denoised",
+                m.has_denoised.to_string(),
+                self.has_denoised.to_string(),
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, a, b)| a != b)
+        .map(|(what, a, b)| format!("{what}: dataset has {a}, arguments give {b}"))
+        .collect();
+        if !mismatches.is_empty() {
+            return Some(mismatches.join("; "));
+        }
+        m.grid
+            .difference(&self.grid)
+            .map(|what| format!("the sigma grid differs from the dataset's ({what})"))
+    }
 }
 
 /// How files are encoded. The defaults are what the store benchmark measured as best
@@ -118,7 +178,10 @@ impl DatasetWriter {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
         let now = manifest::now_unix();
         let manifest = Manifest {
-            format_version: manifest::FORMAT_VERSION,
+            format_version: match spec.pd {
+                Some(_) => manifest::FORMAT_VERSION,
+                None => manifest::TRAJECTORY_FORMAT_VERSION,
+            },
             name: spec.name,
             dims: spec.dims,
             dtype: spec.dtype,
@@ -131,6 +194,7 @@ impl DatasetWriter {
             created_unix: now,
             updated_unix: now,
             shards: Vec::new(),
+            pd: spec.pd,
         };
         let writer_lock = WriterLock::acquire(dir)?;
         // Version 1 is the empty dataset; of several creators racing, exactly one writes it.
@@ -178,11 +242,37 @@ impl DatasetWriter {
 
     /// Writes and commits one shard. Returns its manifest entry.
     pub fn write_shard(&mut self, data: &ShardData) -> Result<ShardEntry> {
+        self.write_shard_rows(data, None)
+    }
+
+    /// Writes and commits one shard of a PD round's dataset, whose rows have their own sigma
+    /// at each step: `sigmas[step * rows + row]`.
+    pub fn write_pd_shard(&mut self, data: &ShardData, sigmas: &[f32]) -> Result<ShardEntry> {
+        let rows = self.manifest.planned_range(data.index).count();
+        if self.manifest.pd.is_none() || sigmas.len() != rows * self.manifest.steps() {
+            return Err(StoreError::invalid(
+                &self.dir,
+                format!(
+                    "shard {}: {} per-row sigmas for a {} dataset of {rows} rows per shard",
+                    data.index,
+                    sigmas.len(),
+                    if self.manifest.pd.is_some() {
+                        "PD round's"
+                    } else {
+                        "trajectory (one sigma per step)"
+                    }
+                ),
+            ));
+        }
+        self.write_shard_rows(data, Some(sigmas))
+    }
+
+    fn write_shard_rows(&mut self, data: &ShardData, sigmas: Option<&[f32]>) -> Result<ShardEntry> {
         let rows = self.check_shard(data)?;
         if self.manifest.shard(data.index).is_some() {
             return Err(self.committed(data.index));
         }
-        let staged = self.stage_files(data, rows)?;
+        let staged = self.stage_files(data, sigmas, rows)?;
         self.commit_shard(data.index, rows, staged)
     }
 
@@ -249,7 +339,12 @@ impl DatasetWriter {
     }
 
     /// Writes every step file of the shard under a temporary name, in parallel.
-    fn stage_files(&self, data: &ShardData, rows: usize) -> Result<Vec<StagedFile>> {
+    fn stage_files(
+        &self,
+        data: &ShardData,
+        sigmas: Option<&[f32]>,
+        rows: usize,
+    ) -> Result<Vec<StagedFile>> {
         let steps = self.manifest.steps();
         let threads = self.options.threads.clamp(1, steps);
         let props = self.writer_properties();
@@ -262,7 +357,9 @@ impl DatasetWriter {
                         (worker..steps)
                             .step_by(threads)
                             .filter(|&step| step < limit)
-                            .map(|step| self.stage_step(data, rows, step as u16, props.clone()))
+                            .map(|step| {
+                                self.stage_step(data, sigmas, rows, step as u16, props.clone())
+                            })
                             .collect::<Result<Vec<_>>>()
                     })
                 })
@@ -302,6 +399,7 @@ impl DatasetWriter {
     fn stage_step(
         &self,
         data: &ShardData,
+        sigmas: Option<&[f32]>,
         rows: usize,
         step: u16,
         props: WriterProperties,
@@ -315,8 +413,8 @@ impl DatasetWriter {
         let staging = self.dir.join(manifest::STAGING_DIR);
         std::fs::create_dir_all(&staging).map_err(|e| StoreError::io(&staging, e))?;
         let temp = fsutil::temp_path(&staging.join(manifest::staging_name(step, data.index)));
-        let batch = self.step_batch(data, rows, step)?;
-        match write_parquet(&temp, &batch, props, step) {
+        let batch = self.step_batch(data, sigmas, rows, step)?;
+        match write_parquet(&temp, &batch, props, self.manifest.format_version, step) {
             Ok((bytes, hash)) => Ok(StagedFile {
                 temp,
                 final_path,
@@ -334,7 +432,13 @@ impl DatasetWriter {
         }
     }
 
-    fn step_batch(&self, data: &ShardData, rows: usize, step: u16) -> Result<RecordBatch> {
+    fn step_batch(
+        &self,
+        data: &ShardData,
+        sigmas: Option<&[f32]>,
+        rows: usize,
+        step: u16,
+    ) -> Result<RecordBatch> {
         let m = &self.manifest;
         let dim = m.dims.len();
         let first_id = m.planned_range(data.index).start;
@@ -347,10 +451,10 @@ impl DatasetWriter {
                 first_id..first_id + rows as u64,
             )),
             Arc::new(UInt64Array::from(data.seeds.to_vec())),
-            Arc::new(Float32Array::from(vec![
-                m.grid.sigmas[step as usize] as f32;
-                rows
-            ])),
+            Arc::new(Float32Array::from(match sigmas {
+                Some(s) => s[step as usize * rows..(step as usize + 1) * rows].to_vec(),
+                None => vec![m.grid.sigmas[step as usize] as f32; rows],
+            })),
             Arc::new(match data.labels {
                 Some(l) => Int32Array::from(l.to_vec()),
                 None => Int32Array::new_null(rows),
@@ -522,6 +626,7 @@ fn publish_data(file: &StagedFile) -> Result<()> {
 
 fn check_spec(dir: &Path, spec: &DatasetSpec) -> Result<()> {
     let problem = manifest::layout_problem(spec.dims, spec.rows_per_shard, &spec.grid.sigmas)
+        .or_else(|| manifest::pd_problem(spec.pd.as_ref(), &spec.grid))
         .or_else(|| manifest::plan_problem(spec.planned_count, spec.rows_per_shard));
     match problem {
         Some(p) => Err(StoreError::invalid(dir, p)),
@@ -585,13 +690,14 @@ fn write_parquet(
     path: &Path,
     batch: &RecordBatch,
     props: WriterProperties,
+    format_version: u32,
     step: u16,
 ) -> Result<(u64, String)> {
     let file = File::create(path).map_err(|e| StoreError::io(path, e))?;
     let sink = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
     let mut writer = ArrowWriter::try_new(sink, batch.schema(), Some(props))
         .map_err(|e| write_error(path, e))?;
-    for (k, v) in schema::file_metadata(step) {
+    for (k, v) in schema::file_metadata(format_version, step) {
         writer.append_key_value_metadata(KeyValue::new(k, v));
     }
     writer.write(batch).map_err(|e| write_error(path, e))?;

@@ -8,7 +8,7 @@ use bdense_store::arrow::array::{
 };
 use bdense_store::arrow::datatypes::{DataType, Field, Schema};
 use bdense_store::gc::{GcOptions, collect_garbage_with as collect_garbage};
-use bdense_store::manifest::{FORMAT_VERSION, Manifest};
+use bdense_store::manifest::{FORMAT_VERSION, Manifest, TRAJECTORY_FORMAT_VERSION};
 use bdense_store::parquet::arrow::ArrowWriter;
 use bdense_store::synthetic::{SyntheticSpec, gaussian_shard, write_gaussian};
 use bdense_store::verify::verify;
@@ -396,7 +396,7 @@ fn newer_format_and_garbage_manifests_are_refused_by_name() {
     let path = Manifest::path(ds.dir());
     let text = std::fs::read_to_string(&path).unwrap();
     let newer = text.replace(
-        &format!("\"format_version\": {FORMAT_VERSION}"),
+        &format!("\"format_version\": {TRAJECTORY_FORMAT_VERSION}"),
         &format!("\"format_version\": {}", FORMAT_VERSION + 1),
     );
     std::fs::write(&path, newer + "\n").unwrap();

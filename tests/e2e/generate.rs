@@ -149,10 +149,12 @@ fn unet_teacher_trains_resumes_and_generates() {
         "one header and a row per step:\n{log}"
     );
 
-    let out = t
-        .bdense([
+    // One worker solving whole shards, and two workers sharing each shard's batches, write
+    // the same files.
+    let generate = |name: &str, batch: &str, workers: &str| {
+        t.bdense([
             "generate",
-            "store/u",
+            name,
             "--teacher",
             "unet:teacher",
             "--dataset",
@@ -163,9 +165,19 @@ fn unet_teacher_trains_resumes_and_generates() {
             "8",
             "--rows-per-shard",
             "8",
+            "--batch",
+            batch,
         ])
-        .ok();
+        .env("BDENSE_WORKERS", workers)
+        .ok()
+    };
+    let out = generate("store/u", "64", "1");
     assert!(out.contains("generated 8 trajectories x 5 steps"), "{out}");
+    generate("store/u2", "3", "2");
+    assert_eq!(
+        file_hashes(&t.join("store/u2")),
+        file_hashes(&t.join("store/u"))
+    );
     let info = t.bdense(["store", "info", "store/u"]).ok();
     assert!(info.contains("teacher      unet (checkpoint"), "{info}");
 }

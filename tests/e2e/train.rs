@@ -275,7 +275,7 @@ fn a_store_path_with_any_characters_trains() {
 }
 
 /// A tiny U-Net teacher on procedural images, trained for `steps` steps into `out`.
-fn tiny_teacher(t: &bdense_tests::TestDir, out: &str, seed: &str) {
+pub(crate) fn tiny_teacher(t: &bdense_tests::TestDir, out: &str, seed: &str) {
     t.bdense([
         "teacher",
         "train",

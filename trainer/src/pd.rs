@@ -84,10 +84,53 @@ impl RoundGrid {
     }
 }
 
-/// The student's denoised targets for one interval, from the teacher's two Euler steps from `x`
-/// over `triple = [s, s_mid, s_next]`: `[D*]` for PD (K = 1); `[D_mid, D*]` for PD + B-DENSE
+/// The teacher's two Euler steps from `x` over `triple = [s, s_mid, s_next]`: its states at
+/// `s_mid` and at `s_next`.
+///
+/// # Shapes
+/// - `x`: `[B, C, H, W]`; returns two tensors `[B, C, H, W]`
+pub fn teacher_two_steps(
+    teacher: &dyn Denoiser,
+    x: Tensor<4>,
+    triple: [f64; 3],
+    labels: Option<&Tensor<1, Int>>,
+) -> [Tensor<4>; 2] {
+    let mut mid = None;
+    let end = euler(teacher, x, &triple, labels, &mut |i, xi, _| {
+        if i == 1 {
+            mid = Some(xi.clone());
+        }
+    });
+    [mid.expect("euler reports the midpoint"), end]
+}
+
+/// The student's denoised targets for one interval from the teacher's states at `s_mid` and
+/// `s_next` after starting at `x`: `[D*]` for PD (K = 1); `[D_mid, D*]` for PD + B-DENSE
 /// (K = 2), `D_mid` being the output whose step from `s` lands on the teacher's state at
 /// `s_mid`.
+///
+/// # Shapes
+/// - `x`, `mid`, `end`: `[B, C, H, W]`; returns K tensors `[B, C, H, W]`, the endpoint's last
+pub fn targets_from_states(
+    x: Tensor<4>,
+    [mid, end]: [Tensor<4>; 2],
+    triple: [f64; 3],
+    k: usize,
+) -> Vec<Tensor<4>> {
+    assert!(
+        k == 1 || k == 2,
+        "a PD round has two teacher steps: K is 1 or 2"
+    );
+    let [s, s_mid, s_next] = triple;
+    let endpoint = denoised_for_step(x.clone(), end, s, s_next);
+    match k {
+        1 => vec![endpoint],
+        _ => vec![denoised_for_step(x, mid, s, s_mid), endpoint],
+    }
+}
+
+/// The student's denoised targets for one interval, from the teacher's two Euler steps from `x`
+/// ([`teacher_two_steps`], then [`targets_from_states`]).
 ///
 /// # Shapes
 /// - `x`: `[B, C, H, W]`; returns K tensors `[B, C, H, W]`, the endpoint's last
@@ -98,25 +141,8 @@ pub fn branch_targets(
     k: usize,
     labels: Option<&Tensor<1, Int>>,
 ) -> Vec<Tensor<4>> {
-    assert!(
-        k == 1 || k == 2,
-        "a PD round has two teacher steps: K is 1 or 2"
-    );
-    let [s, s_mid, s_next] = triple;
-    let mut mid = None;
-    let end = euler(teacher, x.clone(), &triple, labels, &mut |i, xi, _| {
-        if i == 1 {
-            mid = Some(xi.clone());
-        }
-    });
-    let endpoint = denoised_for_step(x.clone(), end, s, s_next);
-    match k {
-        1 => vec![endpoint],
-        _ => {
-            let mid = mid.expect("euler reports the midpoint");
-            vec![denoised_for_step(x, mid, s, s_mid), endpoint]
-        }
-    }
+    let states = teacher_two_steps(teacher, x.clone(), triple, labels);
+    targets_from_states(x, states, triple, k)
 }
 
 /// One training example of a round: which image, which start step, which noise.
@@ -144,6 +170,127 @@ pub fn example(data_seed: u64, index: u64, images: usize, intervals: usize) -> E
     }
 }
 
+/// PD examples with the teacher's two steps from each, on the host: what a round's store
+/// holds (one row per example) and what its targets are computed from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PdExamples {
+    /// `[C, H, W]`.
+    pub dims: [usize; 3],
+    /// `[B]`: each example's start interval `i` on the round's student grid.
+    pub interval: Vec<usize>,
+    /// `[B]`: each example's noise seed and its image's class.
+    pub seeds: Vec<u64>,
+    pub labels: Vec<i32>,
+    /// `[B, D]` each: `x0 + s_i eps`, the teacher's state at `s_{i+1/2}`, and at `s_{i+1}`.
+    pub x: Vec<f32>,
+    pub mid: Vec<f32>,
+    pub end: Vec<f32>,
+}
+
+impl PdExamples {
+    pub fn len(&self) -> usize {
+        self.interval.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.interval.is_empty()
+    }
+
+    /// Rows `rows` (a range of row positions) as examples of their own.
+    pub fn slice(&self, rows: Range<usize>) -> PdExamples {
+        let d: usize = self.dims.iter().product();
+        let vec = |v: &Vec<f32>| v[rows.start * d..rows.end * d].to_vec();
+        PdExamples {
+            dims: self.dims,
+            interval: self.interval[rows.clone()].to_vec(),
+            seeds: self.seeds[rows.clone()].to_vec(),
+            labels: self.labels[rows.clone()].to_vec(),
+            x: vec(&self.x),
+            mid: vec(&self.mid),
+            end: vec(&self.end),
+        }
+    }
+
+    /// `parts` one after the other.
+    pub fn concat(dims: [usize; 3], parts: Vec<PdExamples>) -> PdExamples {
+        let mut all = PdExamples {
+            dims,
+            interval: Vec::new(),
+            seeds: Vec::new(),
+            labels: Vec::new(),
+            x: Vec::new(),
+            mid: Vec::new(),
+            end: Vec::new(),
+        };
+        for p in parts {
+            all.interval.extend(p.interval);
+            all.seeds.extend(p.seeds);
+            all.labels.extend(p.labels);
+            all.x.extend(p.x);
+            all.mid.extend(p.mid);
+            all.end.extend(p.end);
+        }
+        all
+    }
+}
+
+/// The examples `indices` of a round with the teacher's two steps from each. The teacher runs
+/// once per start interval present (a denoiser takes one sigma per call); rows come back in
+/// example order.
+pub fn teacher_examples(
+    teacher: &dyn Denoiser,
+    images: &ImageSet,
+    grid: &RoundGrid,
+    data_seed: u64,
+    indices: Range<u64>,
+    device: &Device,
+) -> PdExamples {
+    let d = images.dim();
+    let dims = [images.channels, images.height, images.width];
+    let examples: Vec<Example> = indices
+        .map(|i| example(data_seed, i, images.len(), grid.intervals()))
+        .collect();
+    let b = examples.len();
+    let mut out = PdExamples {
+        dims,
+        interval: examples.iter().map(|e| e.step).collect(),
+        seeds: examples.iter().map(|e| e.noise_seed).collect(),
+        labels: examples.iter().map(|e| images.labels[e.image]).collect(),
+        x: vec![0f32; b * d],
+        mid: vec![0f32; b * d],
+        end: vec![0f32; b * d],
+    };
+    for step in 0..grid.intervals() {
+        let rows: Vec<usize> = (0..b).filter(|&r| examples[r].step == step).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let triple = grid.triple(step);
+        let mut noisy = Vec::with_capacity(rows.len() * d);
+        for &r in &rows {
+            let e = examples[r];
+            let eps = seeds::standard_normal(e.noise_seed, d);
+            let x0 = images.image(e.image);
+            noisy.extend(x0.iter().zip(&eps).map(|(a, n)| a + n * triple[0] as f32));
+        }
+        let xt = Tensor::<4>::from_data(
+            TensorData::new(noisy.clone(), [rows.len(), dims[0], dims[1], dims[2]]),
+            device,
+        );
+        let [mid, end] = teacher_two_steps(teacher, xt, triple, None);
+        for (values, dest) in [
+            (noisy, &mut out.x),
+            (host(&mid), &mut out.mid),
+            (host(&end), &mut out.end),
+        ] {
+            for (j, &r) in rows.iter().enumerate() {
+                dest[r * d..(r + 1) * d].copy_from_slice(&values[j * d..(j + 1) * d]);
+            }
+        }
+    }
+    out
+}
+
 /// A batch of PD examples with their targets, on the host.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PdBatch {
@@ -165,11 +312,56 @@ impl PdBatch {
     pub fn is_empty(&self) -> bool {
         self.sigma.is_empty()
     }
+
+    /// The K-branch targets of `examples` ([`targets_from_states`], interval by interval).
+    pub fn from_examples(
+        examples: &PdExamples,
+        grid: &RoundGrid,
+        k: usize,
+        device: &Device,
+    ) -> PdBatch {
+        let dims = examples.dims;
+        let d: usize = dims.iter().product();
+        let b = examples.len();
+        let mut targets = vec![vec![0f32; b * d]; k];
+        for step in 0..grid.intervals() {
+            let rows: Vec<usize> = (0..b).filter(|&r| examples.interval[r] == step).collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let gather = |v: &Vec<f32>| -> Tensor<4> {
+                let data: Vec<f32> = rows
+                    .iter()
+                    .flat_map(|&r| v[r * d..(r + 1) * d].iter().copied())
+                    .collect();
+                Tensor::from_data(
+                    TensorData::new(data, [rows.len(), dims[0], dims[1], dims[2]]),
+                    device,
+                )
+            };
+            let states = [gather(&examples.mid), gather(&examples.end)];
+            let branch = targets_from_states(gather(&examples.x), states, grid.triple(step), k);
+            for (kk, t) in branch.iter().enumerate() {
+                let t = host(t);
+                for (j, &r) in rows.iter().enumerate() {
+                    targets[kk][r * d..(r + 1) * d].copy_from_slice(&t[j * d..(j + 1) * d]);
+                }
+            }
+        }
+        PdBatch {
+            dims,
+            x: examples.x.clone(),
+            sigma: examples
+                .interval
+                .iter()
+                .map(|&i| grid.student[i] as f32)
+                .collect(),
+            targets,
+        }
+    }
 }
 
-/// The examples `indices` of a round with their teacher targets. The teacher runs once per
-/// start step present in the batch (a denoiser takes one sigma per call); rows come back in
-/// example order.
+/// The examples `indices` of a round with their teacher targets, from the teacher online.
 pub fn pd_batch(
     teacher: &dyn Denoiser,
     images: &ImageSet,
@@ -179,49 +371,48 @@ pub fn pd_batch(
     indices: Range<u64>,
     device: &Device,
 ) -> PdBatch {
-    let d = images.dim();
-    let dims = [images.channels, images.height, images.width];
-    let examples: Vec<Example> = indices
-        .map(|i| example(data_seed, i, images.len(), grid.intervals()))
-        .collect();
-    let b = examples.len();
-    let mut x = vec![0f32; b * d];
-    let mut sigma = vec![0f32; b];
-    let mut targets = vec![vec![0f32; b * d]; k];
-    for step in 0..grid.intervals() {
-        let rows: Vec<usize> = (0..b).filter(|&r| examples[r].step == step).collect();
-        if rows.is_empty() {
-            continue;
-        }
-        let triple = grid.triple(step);
-        let mut noisy = Vec::with_capacity(rows.len() * d);
-        for &r in &rows {
-            let e = examples[r];
-            let eps = seeds::standard_normal(e.noise_seed, d);
-            let x0 = images.image(e.image);
-            noisy.extend(x0.iter().zip(&eps).map(|(a, n)| a + n * triple[0] as f32));
-        }
-        let xt = Tensor::<4>::from_data(
-            TensorData::new(noisy.clone(), [rows.len(), dims[0], dims[1], dims[2]]),
-            device,
-        );
-        let branch = branch_targets(teacher, xt, triple, k, None);
-        for (j, &r) in rows.iter().enumerate() {
-            x[r * d..(r + 1) * d].copy_from_slice(&noisy[j * d..(j + 1) * d]);
-            sigma[r] = triple[0] as f32;
-        }
-        for (kk, t) in branch.iter().enumerate() {
-            let t = host(t);
-            for (j, &r) in rows.iter().enumerate() {
-                targets[kk][r * d..(r + 1) * d].copy_from_slice(&t[j * d..(j + 1) * d]);
-            }
-        }
+    let examples = teacher_examples(teacher, images, grid, data_seed, indices, device);
+    PdBatch::from_examples(&examples, grid, k, device)
+}
+
+/// Where a round's examples come from: the teacher online, or a round's store.
+pub trait PdData {
+    /// Examples `indices` (positions in the round's data schedule), in order.
+    fn examples(&mut self, indices: Range<u64>) -> Result<PdExamples>;
+    /// What a round record names as its data (the same string means the same examples).
+    fn identity(&self) -> String;
+}
+
+/// The teacher run online on each batch (what the round's store would hold).
+pub struct OnlineData<'a> {
+    pub teacher: EdmNet,
+    pub images: &'a ImageSet,
+    pub grid: RoundGrid,
+    pub data_seed: u64,
+    pub teacher_hash: String,
+    pub device: Device,
+}
+
+impl PdData for OnlineData<'_> {
+    fn examples(&mut self, indices: Range<u64>) -> Result<PdExamples> {
+        Ok(teacher_examples(
+            &self.teacher,
+            self.images,
+            &self.grid,
+            self.data_seed,
+            indices,
+            &self.device,
+        ))
     }
-    PdBatch {
-        dims,
-        x,
-        sigma,
-        targets,
+
+    fn identity(&self) -> String {
+        format!(
+            "online: teacher {}, images {} ({}), data seed {}",
+            self.teacher_hash,
+            self.images.name,
+            self.images.len(),
+            self.data_seed
+        )
     }
 }
 
@@ -317,12 +508,10 @@ pub struct PdLoopState {
 pub const KIND: &str = "pd-student";
 
 struct PdObjective<'a> {
-    teacher: &'a EdmNet,
-    images: &'a ImageSet,
+    data: &'a mut dyn PdData,
     grid: &'a RoundGrid,
     config: &'a PdConfig,
     weights: Vec<f64>,
-    data_seed: u64,
     next_example: u64,
     device: Device,
 }
@@ -334,13 +523,11 @@ impl Objective for PdObjective<'_> {
     fn next_batch(&mut self) -> Result<PdBatch> {
         let start = self.next_example;
         self.next_example += self.config.batch as u64;
-        Ok(pd_batch(
-            self.teacher,
-            self.images,
+        let examples = self.data.examples(start..self.next_example)?;
+        Ok(PdBatch::from_examples(
+            &examples,
             self.grid,
             self.config.method.k(),
-            self.data_seed,
-            start..self.next_example,
             &self.device.clone().inner(),
         ))
     }
@@ -449,7 +636,8 @@ impl NetFile {
     }
 }
 
-/// What a round directory records, so a finished round is reused only for the same question.
+/// What a round directory records, so a finished round is reused, and an interrupted one
+/// resumed, only for the same question.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoundRecord {
     pub format: String,
@@ -457,10 +645,32 @@ pub struct RoundRecord {
     pub student_steps: usize,
     pub teacher: NetFile,
     pub config: PdConfig,
-    pub data_seed: u64,
+    /// [`PdData::identity`] of the examples (a round's store: its snapshot hash).
+    pub data: String,
 }
 
-const ROUND_FORMAT: &str = "bdense-pd-round-v1";
+const ROUND_FORMAT: &str = "bdense-pd-round-v2";
+
+/// The student of the finished round in `run` (a directory `train_round` wrote): what the next
+/// round's teacher is.
+pub fn finished_round(run: &Path) -> Result<NetFile> {
+    let record: RoundRecord = read_json(&run.join("round.json"))?;
+    let net = record
+        .teacher
+        .net
+        .clone()
+        .with_out_channels(record.config.method.k() * record.teacher.channels);
+    match NetFile::round(run, net, record.teacher.channels)? {
+        Some((file, step)) if step == record.config.steps => Ok(file),
+        _ => Err(TrainerError::checkpoint(
+            run,
+            format!(
+                "round {} is not finished ({} steps); run `bdense pd` to finish it",
+                record.round, record.config.steps
+            ),
+        )),
+    }
+}
 
 /// One round's progress, for a progress line.
 #[derive(Debug, Clone)]
@@ -471,20 +681,32 @@ pub struct RoundStep {
     pub loss: f64,
 }
 
-/// Trains round `round` (student of `student_steps` Euler steps) from `teacher` into `run`,
-/// or reuses it when `run` already holds this very round finished. Returns the student's
-/// weights file.
-#[allow(clippy::too_many_arguments)]
+/// Which round a run trains: the student's steps, its teacher and its examples.
+pub struct RoundInput<'a> {
+    pub round: usize,
+    pub student_steps: usize,
+    pub teacher: &'a NetFile,
+    pub data: &'a mut dyn PdData,
+}
+
+/// Trains round `input.round` into `run`: reuses it when `run` already holds this very round
+/// finished, continues it from its newest checkpoint when it was interrupted (the data
+/// schedule is a function of the example index, so the continued run sees exactly the batches
+/// an uninterrupted one would), else starts it. Returns the student's weights file and
+/// whether it was reused.
 pub fn train_round(
     config: &PdConfig,
-    teacher: &NetFile,
-    images: &ImageSet,
-    round: usize,
-    student_steps: usize,
+    input: RoundInput,
     run: &Path,
     device: &Device,
     on_step: &mut dyn FnMut(&RoundStep),
 ) -> Result<(NetFile, bool)> {
+    let RoundInput {
+        round,
+        student_steps,
+        teacher,
+        data,
+    } = input;
     let k = config.method.k();
     if config.weights.len() != k {
         return Err(TrainerError::Config(format!(
@@ -504,7 +726,7 @@ pub fn train_round(
         student_steps,
         teacher: teacher.clone(),
         config: config.clone(),
-        data_seed: round_data_seed(config.seed, round),
+        data: data.identity(),
     };
     let net = teacher.net.clone().with_out_channels(k * teacher.channels);
     let record_path = run.join("round.json");
@@ -512,7 +734,7 @@ pub fn train_round(
         let stored: RoundRecord = read_json(&record_path)?;
         if stored != record {
             return Err(TrainerError::Config(format!(
-                "{} holds another round (a different teacher or settings); choose a new --out",
+                "{} holds another round (a different teacher, data or settings); choose a new --out",
                 run.display()
             )));
         }
@@ -526,28 +748,18 @@ pub fn train_round(
     write_json(&record_path, &record)?;
     let _lock = checkpoint::RunLock::acquire(run)?;
     checkpoint::remove_stale_temporaries(run)?;
-    let teacher_net = teacher.teacher_net(device)?;
-    let model = teacher.student_net(k, device)?;
-    let mut state = TrainState {
-        ema: model.valid(),
-        model,
-        optim: config.optim.build(),
-        step: 0,
-        last_loss: f64::NAN,
-    };
+    let (mut state, examples) = round_state(config, teacher, k, run, device)?;
     let mut header = vec!["step", "loss", "lr", "grad_norm"];
     let names: Vec<String> = (1..=k).map(|i| format!("branch_{i}")).collect();
     header.extend(names.iter().map(String::as_str));
-    let mut log = CsvLog::open(&run.join("log.csv"), &header, 0)?;
+    let mut log = CsvLog::open(&run.join("log.csv"), &header, state.step)?;
     let grid = RoundGrid::new(student_steps);
     let mut objective = PdObjective {
-        teacher: &teacher_net,
-        images,
+        data,
         grid: &grid,
         config,
         weights: config.weights.clone(),
-        data_seed: record.data_seed,
-        next_example: 0,
+        next_example: examples,
         device: device.clone().autodiff(),
     };
     let schedule = Schedule {
@@ -568,6 +780,37 @@ pub fn train_round(
     let (file, _) = NetFile::round(run, net, teacher.channels)?
         .ok_or_else(|| TrainerError::checkpoint(run, "no checkpoint after training"))?;
     Ok((file, false))
+}
+
+/// The state a round trains on and the examples it has consumed: its newest checkpoint, or a
+/// fresh copy of the teacher.
+fn round_state(
+    config: &PdConfig,
+    teacher: &NetFile,
+    k: usize,
+    run: &Path,
+    device: &Device,
+) -> Result<(TrainState, u64)> {
+    let model = teacher.student_net(k, device)?;
+    let fresh = TrainState {
+        ema: model.valid(),
+        model,
+        optim: config.optim.build(),
+        step: 0,
+        last_loss: f64::NAN,
+    };
+    let Some(ckpt) = checkpoint::latest(run)? else {
+        return Ok((fresh, 0));
+    };
+    let r = checkpoint::load::<PdLoopState>(&ckpt, KIND, fresh.model, fresh.ema, fresh.optim)?;
+    let state = TrainState {
+        model: r.model,
+        ema: r.ema,
+        optim: r.optim,
+        step: r.meta.step,
+        last_loss: r.meta.state.last_loss,
+    };
+    Ok((state, r.meta.state.examples))
 }
 
 #[cfg(test)]

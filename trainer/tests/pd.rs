@@ -311,11 +311,20 @@ fn batches_do_not_depend_on_batch_size() {
     assert!(steps.len() > 2, "a batch mixes start steps");
 }
 
-#[test]
-fn a_round_trains_checkpoints_and_is_reused_when_finished() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = tiny_teacher(&dir.path().join("teacher"));
-    let config = PdConfig {
+/// Round 1's examples from `file`, online, with data seed 0.
+fn online<'a>(file: &NetFile, set: &'a bdense_trainer::data::ImageSet) -> pd::OnlineData<'a> {
+    pd::OnlineData {
+        teacher: file.teacher_net(&cpu()).unwrap(),
+        images: set,
+        grid: RoundGrid::new(2),
+        data_seed: 0,
+        teacher_hash: file.hash.clone(),
+        device: cpu(),
+    }
+}
+
+fn round_config(checkpoint_every: u64) -> PdConfig {
+    PdConfig {
         method: PdMethod::PdBdense,
         weights: vec![1.0, 1.0],
         steps: 8,
@@ -327,15 +336,37 @@ fn a_round_trains_checkpoints_and_is_reused_when_finished() {
             ema_decay: 0.0,
             ..Default::default()
         },
-        checkpoint_every: 8,
+        checkpoint_every,
+    }
+}
+
+fn train(
+    config: &PdConfig,
+    file: &NetFile,
+    set: &bdense_trainer::data::ImageSet,
+    run: &std::path::Path,
+    on_step: &mut dyn FnMut(&pd::RoundStep),
+) -> bdense_trainer::error::Result<(NetFile, bool)> {
+    let mut data = online(file, set);
+    let input = pd::RoundInput {
+        round: 1,
+        student_steps: 2,
+        teacher: file,
+        data: &mut data,
     };
+    pd::train_round(config, input, run, &cpu(), on_step)
+}
+
+#[test]
+fn a_round_trains_checkpoints_and_is_reused_when_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = tiny_teacher(&dir.path().join("teacher"));
+    let set = images();
+    let config = round_config(8);
     let run = dir.path().join("round-1");
     let mut losses = Vec::new();
     let (student, reused) =
-        pd::train_round(&config, &file, &images(), 1, 2, &run, &cpu(), &mut |s| {
-            losses.push(s.loss)
-        })
-        .unwrap();
+        train(&config, &file, &set, &run, &mut |s| losses.push(s.loss)).unwrap();
     assert!(!reused && losses.len() == 8);
     assert!(losses.iter().all(|l| l.is_finite()));
     let net = student.load(&cpu()).unwrap();
@@ -345,15 +376,48 @@ fn a_round_trains_checkpoints_and_is_reused_when_finished() {
         log.starts_with("step,loss,lr,grad_norm,branch_1,branch_2\n"),
         "{log}"
     );
-    let (again, reused) =
-        pd::train_round(&config, &file, &images(), 1, 2, &run, &cpu(), &mut |_| {}).unwrap();
+    let (again, reused) = train(&config, &file, &set, &run, &mut |_| {}).unwrap();
     assert!(reused && again == student);
     let other = PdConfig {
         steps: 9,
         ..config.clone()
     };
-    let err = pd::train_round(&other, &file, &images(), 1, 2, &run, &cpu(), &mut |_| {})
+    let err = train(&other, &file, &set, &run, &mut |_| {})
         .unwrap_err()
         .to_string();
     assert!(err.contains("another round"), "{err}");
+}
+
+#[test]
+fn an_interrupted_round_resumes_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = tiny_teacher(&dir.path().join("teacher"));
+    let set = images();
+    let config = round_config(3);
+    let whole = dir.path().join("whole");
+    let (student, _) = train(&config, &file, &set, &whole, &mut |_| {}).unwrap();
+    // The state of a run stopped after step 6's checkpoint: later checkpoints gone, and the
+    // log holding rows past it (written before the stop), which the resumed run replaces.
+    let cut = dir.path().join("cut");
+    std::fs::create_dir_all(cut.join("checkpoints")).unwrap();
+    for f in ["round.json", "log.csv"] {
+        std::fs::copy(whole.join(f), cut.join(f)).unwrap();
+    }
+    for step in [3, 6] {
+        let name = format!("checkpoints/step-{step:06}");
+        std::fs::create_dir_all(cut.join(&name)).unwrap();
+        for e in std::fs::read_dir(whole.join(&name)).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), cut.join(&name).join(e.file_name())).unwrap();
+        }
+    }
+    let mut steps = Vec::new();
+    let (resumed, reused) = train(&config, &file, &set, &cut, &mut |s| steps.push(s.step)).unwrap();
+    assert!(!reused);
+    assert_eq!(steps, vec![7, 8], "continues after the last checkpoint");
+    assert_eq!(resumed.hash, student.hash, "bit-identical weights");
+    assert_eq!(
+        std::fs::read_to_string(cut.join("log.csv")).unwrap(),
+        std::fs::read_to_string(whole.join("log.csv")).unwrap()
+    );
 }

@@ -14,6 +14,7 @@ use bdense_store::{Dataset, DatasetWriter, Dims, Dtype, ShardData, WriteOptions}
 use bdense_trainer::log::CsvLog;
 use bdense_trainer::student::{self, BatchSource, Init, StudentConfig, StudentState, TrainBatch};
 
+use super::bench_peer;
 use crate::cli::{BenchStoreArgs, BenchTargetsArgs, BenchTrainArgs};
 use crate::progress::bytes;
 use crate::run::{StreamSource, to_train_batch};
@@ -107,7 +108,11 @@ fn drop_page_cache() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn best<T>(repeats: usize, f: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<(f64, T)> {
+/// The fastest of `repeats` runs of `f`, and a run's result.
+pub(crate) fn best<T>(
+    repeats: usize,
+    f: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<(f64, T)> {
     best_with(repeats, || Ok(()), f)
 }
 
@@ -316,6 +321,7 @@ pub fn targets(args: &BenchTargetsArgs) -> anyhow::Result<ExitCode> {
     let per_traj = (steps.len() * dim * 4) as f64;
     let before = || if args.cold { drop_page_cache() } else { Ok(()) };
     // The stream, one epoch; keep the order for the baseline.
+    let cpu = cpu_seconds();
     let (stream_s, order) = best_with(args.repeats, before, || {
         let mut order = Vec::with_capacity(count);
         let mut check = 0f64;
@@ -327,6 +333,7 @@ pub fn targets(args: &BenchTargetsArgs) -> anyhow::Result<ExitCode> {
         let _ = check;
         Ok(order)
     })?;
+    let stream_cpu = (cpu_seconds().0 - cpu.0) / args.repeats as f64;
     // Baseline: the same states from one raw f32 file `[steps][count][dim]`, read with the
     // same access pattern (per batch, per trajectory, each selected step).
     std::fs::create_dir_all(&args.dir)?;
@@ -345,6 +352,7 @@ pub fn targets(args: &BenchTargetsArgs) -> anyhow::Result<ExitCode> {
             f.write_all(bytemuck_f32(&rows))?;
         }
     }
+    let cpu = cpu_seconds();
     let (raw_s, _) = best_with(args.repeats, before, || {
         use std::os::unix::fs::FileExt;
         let f = std::fs::File::open(&raw)?;
@@ -364,10 +372,11 @@ pub fn targets(args: &BenchTargetsArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(check)
     })?;
+    let raw_cpu = (cpu_seconds().0 - cpu.0) / args.repeats as f64;
     std::fs::remove_file(&raw).ok();
-    let report = |name: &str, secs: f64| {
+    let report = |name: &str, secs: f64, cpu: f64| {
         println!(
-            "{name:<44} {:>10.0} traj/s {:>8.3} GB/s  {:>6.2}x raw",
+            "{name:<44} {:>10.0} traj/s {:>8.3} GB/s  {:>6.2}x raw  {cpu:>6.2} CPU s/epoch",
             count as f64 / secs,
             count as f64 * per_traj / secs / 1e9,
             raw_s / secs
@@ -382,19 +391,86 @@ pub fn targets(args: &BenchTargetsArgs) -> anyhow::Result<ExitCode> {
         args.repeats,
         if args.cold { "cold" } else { "warm" }
     );
-    report("raw f32 file, same access pattern (ceiling)", raw_s);
+    report(
+        "raw f32 file, same access pattern (ceiling)",
+        raw_s,
+        raw_cpu,
+    );
     report(
         "bdense TargetStream (Parquet, fast vector decode)",
         stream_s,
+        stream_cpu,
+    );
+    targets_peer(args, stream_s, (count, steps.len(), dim))?;
+    println!("bench targets done");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The pyarrow + numpy peer (`pipeline/bench/targets_pyarrow.py`), run on the same dataset
+/// right after the stream; a missing pyarrow is a note, not a failure.
+fn targets_peer(
+    args: &BenchTargetsArgs,
+    stream_s: f64,
+    (count, steps, dim): (usize, usize, usize),
+) -> anyhow::Result<()> {
+    let python = bench_peer::python();
+    let Some(versions) = bench_peer::versions(&python, &["pyarrow", "numpy"]) else {
+        println!(
+            "pyarrow + numpy peer skipped: {} cannot import pyarrow and numpy (set BDENSE_PYTHON to a python that can)",
+            python.display()
+        );
+        return Ok(());
+    };
+    let cpu = cpu_seconds();
+    let out = bench_peer::run_script(
+        &python,
+        include_str!("../../bench/targets_pyarrow.py"),
+        &[
+            args.dataset.display().to_string(),
+            args.n.to_string(),
+            args.k.to_string(),
+            args.batch.to_string(),
+            args.repeats.to_string(),
+        ],
+        "",
+    )?;
+    let secs: f64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("the pyarrow peer printed no time:\n{out}"))?;
+    // The script's CPU time covers its imports and reading the manifest too: an upper bound.
+    let peer_cpu = (cpu_seconds().1 - cpu.1) / args.repeats as f64;
+    println!(
+        "{:<44} {:>10.0} traj/s {:>8.3} GB/s  {:>6}       {peer_cpu:>6.2} CPU s/epoch ({versions}, {})",
+        "pyarrow + numpy (targets_pyarrow.py)",
+        count as f64 / secs,
+        count as f64 * (steps * dim * 4) as f64 / secs / 1e9,
+        "",
+        python.display()
     );
     println!(
-        "bench targets done; the pyarrow + numpy peer: pipeline/bench/targets_pyarrow.sh {} {} {} {}",
-        args.dataset.display(),
-        args.n,
-        args.k,
-        args.batch
+        "bdense TargetStream against pyarrow + numpy: {:.2}x",
+        secs / stream_s
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+/// CPU seconds (user + system) used so far by this process and by its waited-for children,
+/// from `/proc/self/stat` (on a shared machine, a steadier measure of work than wall time).
+fn cpu_seconds() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<f64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .map(|f| f.parse().unwrap_or(0.0))
+                .collect()
+        })
+        .unwrap_or_default();
+    let tick = |i: usize| fields.get(i).copied().unwrap_or(0.0) / 100.0; // USER_HZ
+    (tick(11) + tick(12), tick(13) + tick(14))
 }
 
 /// Batches held in memory, handed out like a stream.
@@ -443,7 +519,7 @@ impl BatchSource for OnlineTeacherSource<'_> {
             self.batch,
             false,
             &self.device,
-            &mut |_| {},
+            &|_| {},
         );
         self.at += 1;
         let dim: usize = self.dims.iter().product();

@@ -16,7 +16,7 @@ use anyhow::bail;
 use bdense_store::Dataset;
 use bdense_trainer::method::Method;
 
-use crate::cli::{Command, DemoArgs, EvalArgs, GenerateArgs, ReportArgs};
+use crate::cli::{Command, DemoArgs, EvalArgs, GenerateArgs, ReportArgs, SweepArgs};
 use crate::{dispatch, parallel};
 
 /// The teacher and the way students start from it.
@@ -44,6 +44,9 @@ pub struct Preset {
     pub ns: Vec<usize>,
     pub k: usize,
     pub seeds: Vec<u64>,
+    /// Student timestamps N at which `bdense sweep` also tunes both methods (the paper tuned
+    /// its branch weights at NFE 2); empty: no sweep.
+    pub sweep_ns: Vec<usize>,
 }
 
 /// The paper's setting at this machine's budget: NFE 2, 3 and 5 (N = 4, 5, 7 with AFS; K = 4
@@ -56,6 +59,7 @@ fn teacher_init(
     batch: usize,
     ns: Vec<usize>,
     seeds: Vec<u64>,
+    sweep_ns: Vec<usize>,
 ) -> Preset {
     Preset {
         regime: Regime::TeacherInit,
@@ -69,14 +73,15 @@ fn teacher_init(
         ns,
         k: 4,
         seeds,
+        sweep_ns,
     }
 }
 
 pub fn preset(name: &str) -> anyhow::Result<Preset> {
     Ok(match name {
-        "quick" => teacher_init(64, 32, 4, 8, vec![4, 5], vec![0]),
-        "default" => teacher_init(512, 256, 100, 16, vec![4, 5, 7], vec![0]),
-        "full" => teacher_init(512, 256, 100, 16, vec![4, 5, 7], vec![0, 1, 2]),
+        "quick" => teacher_init(64, 32, 4, 8, vec![4, 5], vec![0], vec![]),
+        "default" => teacher_init(512, 256, 100, 16, vec![4, 5, 7], vec![0], vec![]),
+        "full" => teacher_init(512, 256, 100, 16, vec![4, 5, 7], vec![0, 1, 2], vec![4]),
         "gmm" => Preset {
             regime: Regime::GmmScratch { fit_limit: None },
             count: 2000,
@@ -89,6 +94,7 @@ pub fn preset(name: &str) -> anyhow::Result<Preset> {
             ns: vec![3, 4, 5],
             k: 4,
             seeds: vec![0, 1, 2],
+            sweep_ns: vec![],
         },
         "gmm-quick" => Preset {
             regime: Regime::GmmScratch {
@@ -104,6 +110,7 @@ pub fn preset(name: &str) -> anyhow::Result<Preset> {
             ns: vec![3, 4, 5],
             k: 4,
             seeds: vec![0, 1, 2],
+            sweep_ns: vec![],
         },
         other => bail!("unknown preset {other:?} (quick, default, full, gmm or gmm-quick)"),
     })
@@ -173,6 +180,9 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         runs: runs.clone(),
         out: report.clone(),
     }))?;
+    for &n in &p.sweep_ns {
+        dispatch(Command::Sweep(sweep_args(&dataset, &args.out, n, args, &p)))?;
+    }
     println!(
         "demo ({} preset) done in {:.0}s: {} runs from one store; report at {} (and {})",
         args.preset,
@@ -182,6 +192,25 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         report.join("report.html").display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The sweep a preset runs at `n`: the demo's budget per run, 4 trials a method, 3 fresh
+/// seeds for each method's choice, reported on the demo's held-out trajectories.
+fn sweep_args(dataset: &Path, out: &Path, n: usize, args: &DemoArgs, p: &Preset) -> SweepArgs {
+    SweepArgs {
+        dataset: dataset.to_path_buf(),
+        out: out.join(format!("sweep-n{n}")),
+        n,
+        k: p.k,
+        trials: 4,
+        steps: p.steps,
+        batch: p.batch,
+        final_seeds: 3,
+        val_count: p.heldout,
+        heldout_count: p.heldout,
+        seed: 0,
+        device: args.device.clone(),
+    }
 }
 
 /// The demo's dataset directory for an image source (`idx:/a/b` -> `idx--a-b`).
@@ -223,6 +252,8 @@ fn ensure_dataset(dataset: &Path, args: &DemoArgs, p: &Preset) -> anyhow::Result
         device: args.device.to_string(),
         fit_limit,
         abort_after_shards: None,
+        pd_round: None,
+        pd_steps: None,
     }))?;
     Ok(())
 }

@@ -11,8 +11,11 @@ use bdense_store::{
 };
 use bdense_trainer::solvers::Solver;
 
+use bdense_trainer::data::{DatasetSource, Split};
+
 use crate::cli::GenerateArgs;
 use crate::generation::teacher_trajectories;
+use crate::pd_store::{self, RoundPlan, RoundTeacher};
 use crate::progress::{bar, bytes};
 use crate::teacher_source;
 
@@ -30,6 +33,9 @@ fn parse_shard(s: &str) -> anyhow::Result<(u32, u32)> {
 }
 
 pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
+    if let (Some(round), Some(steps)) = (args.pd_round, args.pd_steps) {
+        return pd_round(args, round, steps);
+    }
     let started = Instant::now();
     let solver: Solver = args
         .solver
@@ -78,12 +84,13 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         },
         rows_per_shard: args.rows_per_shard,
         planned_count: args.count,
+        pd: None,
     };
     check_shard_memory(args, spec.dims.len(), sigmas.len())?;
     let options = WriteOptions::default();
     let mut writer = if args.resume {
         let w = DatasetWriter::open(&args.dataset, options)?;
-        if let Some(why) = spec_mismatch(w.manifest(), &spec) {
+        if let Some(why) = spec.mismatch(w.manifest()) {
             bail!("cannot resume: {why}");
         }
         w
@@ -92,7 +99,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
             // Another worker created it first (or this worker is rerun): join it.
             Err(StoreError::AlreadyExists { .. }) if joining => {
                 let w = DatasetWriter::open(&args.dataset, options)?;
-                if let Some(why) = spec_mismatch(w.manifest(), &spec) {
+                if let Some(why) = spec.mismatch(w.manifest()) {
                     bail!(
                         "{}: the dataset exists with other arguments than this worker's ({why}); every --workers generator of one dataset takes the same arguments",
                         args.dataset.display()
@@ -133,7 +140,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
             args.batch,
             args.denoised,
             &device,
-            &mut |b| progress.inc(b as u64),
+            &|b| progress.inc(b as u64),
         );
         let write_started = Instant::now();
         let written = writer.write_shard(&ShardData {
@@ -175,62 +182,54 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--pd-round`: a progressive-distillation round's examples (`crate::pd_store`).
+fn pd_round(args: &GenerateArgs, round: u32, steps: u32) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    check_arguments(args)?;
+    let device = bdense_trainer::backend::parse_device(&args.device)
+        .map_err(anyhow::Error::msg)
+        .context("--device")?;
+    let teacher = RoundTeacher::parse(&args.teacher)?;
+    let source: DatasetSource = args.source.parse().context("--dataset")?;
+    let images = source.load(Split::Train)?;
+    let plan = RoundPlan {
+        round,
+        student_steps: steps,
+        data_seed: args.seed,
+        count: args.count,
+        rows_per_shard: args.rows_per_shard,
+    };
+    let progress = bar(args.count, "examples");
+    let w = pd_store::write_round(
+        &args.dataset,
+        &teacher,
+        &images,
+        &plan,
+        args.resume,
+        args.batch,
+        crate::parallel::workers(),
+        &device,
+        &|n| progress.inc(n),
+    )?;
+    progress.finish_and_clear();
+    println!(
+        "generated {} PD examples of round {round} ({} -> {steps} steps, teacher {}) in {} shards ({}) into {} in {:.1}s; dataset holds {}/{} examples",
+        w.examples,
+        2 * steps,
+        teacher.file.hash,
+        w.shards,
+        bytes(w.bytes),
+        args.dataset.display(),
+        started.elapsed().as_secs_f64(),
+        w.manifest.trajectories(),
+        w.manifest.planned_count
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The name a new dataset at `path` gets ("dataset" when the path has no final component).
 fn new_dataset_name(path: &std::path::Path) -> String {
     bdense_store::dataset_name(path).unwrap_or_else(|| "dataset".into())
-}
-
-/// How a dataset differs from what the arguments would create, if it does: a resumed or
-/// joined dataset must be continued with the very same teacher, grid and layout.
-fn spec_mismatch(m: &bdense_store::Manifest, spec: &DatasetSpec) -> Option<String> {
-    let mismatches: Vec<String> = [
-        (
-            "teacher",
-            format!("{:?}", m.teacher.checkpoint_hash),
-            format!("{:?}", spec.teacher.checkpoint_hash),
-        ),
-        (
-            "solver",
-            m.teacher.solver.clone(),
-            spec.teacher.solver.clone(),
-        ),
-        (
-            "grid",
-            format!("{:?}", m.grid.sigmas.len()),
-            format!("{:?}", spec.grid.sigmas.len()),
-        ),
-        (
-            "count",
-            m.planned_count.to_string(),
-            spec.planned_count.to_string(),
-        ),
-        (
-            "seed",
-            m.seeds.base_seed.to_string(),
-            spec.seeds.base_seed.to_string(),
-        ),
-        ("dtype", m.dtype.to_string(), spec.dtype.to_string()),
-        (
-            "rows per shard",
-            m.rows_per_shard.to_string(),
-            spec.rows_per_shard.to_string(),
-        ),
-        (
-            "denoised",
-            m.has_denoised.to_string(),
-            spec.has_denoised.to_string(),
-        ),
-    ]
-    .into_iter()
-    .filter(|(_, a, b)| a != b)
-    .map(|(what, a, b)| format!("{what}: dataset has {a}, arguments give {b}"))
-    .collect();
-    if !mismatches.is_empty() {
-        return Some(mismatches.join("; "));
-    }
-    m.grid
-        .difference(&spec.grid)
-        .map(|what| format!("the sigma grid differs from the dataset's ({what})"))
 }
 
 /// Everything about the arguments that can be wrong, checked before the teacher is built and

@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod bench_peer;
+pub mod bench_sql;
 pub mod demo;
 pub mod eval;
 pub mod fid;

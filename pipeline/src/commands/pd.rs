@@ -2,10 +2,13 @@
 //! PD + B-DENSE (K = 2) at the same budget per round, each round's student evaluated against
 //! the original teacher from the same noise (endpoint RMSE) and by FD-cls.
 //!
-//! Targets come from the teacher online, round by round (the stored-targets mode, `generate`
-//! in PD mode, is not built yet). A chain's round r trains in `OUT/<method>-b<budget>-s<seed>/
-//! round-<r>`; a finished round with the same settings is reused, so an interrupted comparison
-//! continues where it stopped.
+//! Each round's examples are written to the store first (`OUT/stores/`, what `bdense generate
+//! --pd-round` writes; round 1's, whose teacher every chain shares, once per seed for both
+//! methods and all budgets), then the round trains from them. A chain's round r trains in
+//! `OUT/<method>-b<budget>-s<seed>/round-<r>`; a finished round with the same settings and
+//! data is reused and an interrupted one continues from its newest checkpoint (as does a
+//! store from its committed shards), so a killed comparison, rerun, ends where an
+//! uninterrupted one would, bit for bit.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,6 +28,12 @@ use serde::Serialize;
 
 use crate::cli::DeviceName;
 use crate::evaluation::{self, EvalContext, HELDOUT_SEED_OFFSET};
+use crate::parallel;
+use crate::pd_store::{self, RoundPlan, RoundTeacher, StoredRound};
+
+/// Examples per shard of a round's store, and per teacher call while writing it.
+const ROWS_PER_SHARD: u32 = 256;
+const GENERATE_BATCH: usize = 32;
 
 #[derive(Debug, Args)]
 #[command(
@@ -66,6 +75,10 @@ pub struct PdArgs {
     pub dataset: String,
     #[arg(long, default_value = "cpu")]
     pub device: DeviceName,
+    /// Fault injection for crash tests: abort the process during the Nth optimiser step of
+    /// this invocation (after it is logged, before its checkpoint).
+    #[arg(long, hide = true)]
+    pub abort_after_steps: Option<u64>,
 }
 
 /// The settings a preset fills in where the command line is silent.
@@ -150,6 +163,8 @@ pub struct PdRow {
     pub loss: Option<f64>,
     pub branch_loss: Vec<f64>,
     pub train_s: f64,
+    /// Seconds the teacher's passes into the round's store took, when this row wrote them.
+    pub generate_s: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -179,28 +194,26 @@ pub fn run(args: &PdArgs) -> anyhow::Result<ExitCode> {
     let images = source.load(Split::Train)?;
     let dims = [images.channels, images.height, images.width];
     let ctx = evaluation::eval_context(&source, &device)?;
-    let eval = Evaluator::new(&start, &p, dims, &ctx, &device)?;
+    let eval = Evaluator::new(&start, &p, dims, &ctx, &device);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
 
     let mut rows = Vec::new();
-    let teacher_fd = eval.score(&eval.reference)?;
-    rows.push(eval.row(
-        "teacher-euler",
-        0,
-        0,
-        0,
-        p.from_steps,
-        &eval.reference,
-        teacher_fd,
-    ));
-    for r in 1..=p.rounds {
+    for r in 0..=p.rounds {
         let steps = p.from_steps >> r;
-        let net = start.teacher_net(&device)?;
-        let samples = eval.sample(&net, steps)?;
-        let fd = eval.score(&samples)?;
-        rows.push(eval.row("teacher-euler", 0, 0, r, steps, &samples, fd));
+        let key = format!(
+            "teacher {} in {steps} Euler steps from reference {} ({} steps) on {} held-out noises",
+            start.hash, start.hash, p.from_steps, p.eval_count
+        );
+        let cache = args.out.join(format!("teacher-euler-{steps}.json"));
+        let (rmse, fd) = eval.cached_scores(&cache, key, || {
+            eval.sample(&start.teacher_net(&device)?, steps)
+        })?;
+        rows.push(eval.row("teacher-euler", 0, 0, r, steps, rmse, fd));
     }
+    let stores = args.out.join("stores");
+    let max_budget = *p.budgets.iter().max().expect("budgets checked non-empty");
+    let mut steps_taken = 0u64;
     for &budget in &p.budgets {
         for &seed in &p.seeds {
             for &method in &args.methods {
@@ -221,36 +234,87 @@ pub fn run(args: &PdArgs) -> anyhow::Result<ExitCode> {
                         ema_decay: 0.0,
                         ..OptimConfig::default()
                     },
-                    checkpoint_every: budget,
+                    // Often enough that a killed run loses little (it resumes from the newest).
+                    checkpoint_every: (budget / 4).max(1),
                 };
                 let mut teacher = start.clone();
                 for r in 1..=p.rounds {
                     let steps = p.from_steps >> r;
                     let round_dir = chain.join(format!("round-{r}"));
+                    // Round 1's teacher is every chain's: its examples serve both methods and
+                    // every budget of a seed (as many as the largest budget takes).
+                    let (store, count) = if r == 1 {
+                        (format!("round-1-s{seed}"), max_budget * p.batch as u64)
+                    } else {
+                        (
+                            format!("{method}-b{budget}-s{seed}-round-{r}"),
+                            budget * p.batch as u64,
+                        )
+                    };
+                    let plan = RoundPlan {
+                        round: r as u32,
+                        student_steps: steps as u32,
+                        data_seed: pd::round_data_seed(seed, r),
+                        count,
+                        rows_per_shard: ROWS_PER_SHARD,
+                    };
+                    let round_teacher = RoundTeacher {
+                        file: teacher.clone(),
+                        kind: if r == 1 { "unet" } else { "pd-student" }.into(),
+                    };
+                    let t = Instant::now();
+                    let store = stores.join(store);
+                    let written = if pd_store::holds(&store, &round_teacher, &plan) {
+                        0
+                    } else {
+                        pd_store::write_round(
+                            &store,
+                            &round_teacher,
+                            &images,
+                            &plan,
+                            true,
+                            GENERATE_BATCH,
+                            parallel::workers(),
+                            &device,
+                            &|_| {},
+                        )?
+                        .examples
+                    };
+                    let generate_s = t.elapsed().as_secs_f64();
+                    let mut data = StoredRound::load(&store)?;
                     let t = Instant::now();
                     let mut last = (f64::NAN, Vec::new());
                     let (student, reused) = pd::train_round(
                         &config,
-                        &teacher,
-                        &images,
-                        r,
-                        steps,
+                        pd::RoundInput {
+                            round: r,
+                            student_steps: steps,
+                            teacher: &teacher,
+                            data: &mut data,
+                        },
                         &round_dir,
                         &device,
-                        &mut |_| {},
+                        &mut |_| {
+                            steps_taken += 1;
+                            if args.abort_after_steps == Some(steps_taken) {
+                                // Crash simulation: no cleanup, no summary.
+                                std::process::abort();
+                            }
+                        },
                     )?;
                     let train_s = t.elapsed().as_secs_f64();
                     if let Some(l) = last_log_row(&round_dir)? {
                         last = l;
                     }
-                    let net = student.load(&device.clone().inner())?;
-                    let samples = eval.sample(&net, steps)?;
-                    let fd = eval.score(&samples)?;
-                    let mut row =
-                        eval.row(&method.to_string(), budget, seed, r, steps, &samples, fd);
+                    let mut row = eval.student_row(
+                        &student,
+                        &round_dir,
+                        (&method.to_string(), budget, seed, r, steps),
+                    )?;
                     row.loss = Some(last.0);
                     row.branch_loss = last.1;
                     row.train_s = if reused { f64::NAN } else { train_s };
+                    row.generate_s = (written > 0).then_some(generate_s);
                     println!(
                         "{method} budget {budget} seed {seed} round {r} ({} -> {steps} steps){}: RMSE to teacher {:.4}, FD-cls {:.3}, loss {:.5}",
                         2 * steps,
@@ -311,10 +375,13 @@ fn last_log_row(run: &Path) -> anyhow::Result<Option<(f64, Vec<f64>)>> {
     }))
 }
 
-/// Held-out noise, the original teacher's samples from it, and the FD-cls scorer.
+/// Held-out noise, the original teacher's samples from it (made when first needed: a run whose
+/// scores are all kept needs none), and the FD-cls scorer.
 struct Evaluator<'a> {
+    start: NetFile,
+    from_steps: usize,
     noise: Vec<f32>,
-    reference: Vec<f32>,
+    reference: std::cell::OnceCell<Vec<f32>>,
     dims: [usize; 3],
     count: usize,
     ctx: &'a EvalContext,
@@ -323,6 +390,14 @@ struct Evaluator<'a> {
 
 const EVAL_BATCH: usize = 64;
 
+/// A sampler's scores, kept beside what it scores, under a key naming what was scored how.
+#[derive(Serialize, serde::Deserialize)]
+struct EvalCache {
+    key: String,
+    rmse: f64,
+    fd_cls: f64,
+}
+
 impl<'a> Evaluator<'a> {
     fn new(
         start: &NetFile,
@@ -330,7 +405,7 @@ impl<'a> Evaluator<'a> {
         dims: [usize; 3],
         ctx: &'a EvalContext,
         device: &Device,
-    ) -> anyhow::Result<Evaluator<'a>> {
+    ) -> Evaluator<'a> {
         let d: usize = dims.iter().product();
         let sigma_max = RoundGrid::new(1).student[0];
         // Seeds no training example uses (those come from pd::round_data_seed).
@@ -338,17 +413,26 @@ impl<'a> Evaluator<'a> {
             .flat_map(|i| seeds::standard_normal(seeds::trajectory_seed(HELDOUT_SEED_OFFSET, i), d))
             .map(|v| v * sigma_max as f32)
             .collect();
-        let mut e = Evaluator {
+        Evaluator {
+            start: start.clone(),
+            from_steps: p.from_steps,
             noise,
-            reference: Vec::new(),
+            reference: std::cell::OnceCell::new(),
             dims,
             count: p.eval_count,
             ctx,
             device: device.clone(),
-        };
-        let teacher = start.teacher_net(device)?;
-        e.reference = e.sample(&teacher, p.from_steps)?;
-        Ok(e)
+        }
+    }
+
+    /// The original teacher's `from_steps` Euler endpoints from the held-out noise.
+    fn reference(&self) -> anyhow::Result<&[f32]> {
+        if let Some(r) = self.reference.get() {
+            return Ok(r);
+        }
+        let teacher = self.start.teacher_net(&self.device)?;
+        let samples = self.sample(&teacher, self.from_steps)?;
+        Ok(self.reference.get_or_init(|| samples))
     }
 
     /// Endpoints of `net` (its endpoint branch) in `steps` Euler steps on EDM's grid, from the
@@ -368,8 +452,48 @@ impl<'a> Evaluator<'a> {
         Ok(out)
     }
 
-    fn score(&self, samples: &[f32]) -> anyhow::Result<f64> {
-        Ok(evaluation::fd_cls(self.ctx, samples, self.dims))
+    /// (RMSE to the reference, FD-cls) of the samples `make` returns, or the scores `path`
+    /// keeps under the same `key` (several processes, one per seed, can fill one `--out`, and a
+    /// last run over every seed then only collects their scores).
+    fn cached_scores(
+        &self,
+        path: &Path,
+        key: String,
+        make: impl FnOnce() -> anyhow::Result<Vec<f32>>,
+    ) -> anyhow::Result<(f64, f64)> {
+        let cached: Option<EvalCache> = std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .filter(|c: &EvalCache| c.key == key);
+        if let Some(c) = cached {
+            return Ok((c.rmse, c.fd_cls));
+        }
+        let samples = make()?;
+        let cache = EvalCache {
+            key,
+            rmse: metrics::rmse(&samples, self.reference()?),
+            fd_cls: evaluation::fd_cls(self.ctx, &samples, self.dims),
+        };
+        std::fs::write(path, serde_json::to_vec_pretty(&cache)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok((cache.rmse, cache.fd_cls))
+    }
+
+    /// A round's student scored (kept in `round_dir/eval.json`).
+    fn student_row(
+        &self,
+        student: &NetFile,
+        round_dir: &Path,
+        (method, budget, seed, round, steps): (&str, u64, u64, usize, usize),
+    ) -> anyhow::Result<PdRow> {
+        let key = format!(
+            "student {} from reference {} ({} steps) on {} held-out noises",
+            student.hash, self.start.hash, self.from_steps, self.count
+        );
+        let (rmse, fd) = self.cached_scores(&round_dir.join("eval.json"), key, || {
+            self.sample(&student.load(&self.device.clone().inner())?, steps)
+        })?;
+        Ok(self.row(method, budget, seed, round, steps, rmse, fd))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -380,24 +504,21 @@ impl<'a> Evaluator<'a> {
         seed: u64,
         round: usize,
         steps: usize,
-        samples: &[f32],
+        rmse: f64,
         fd_cls: f64,
     ) -> PdRow {
-        debug_assert_eq!(
-            samples.len() / self.dims.iter().product::<usize>(),
-            self.count
-        );
         PdRow {
             method: method.into(),
             budget,
             seed,
             round,
             sampling_steps: steps,
-            rmse: metrics::rmse(samples, &self.reference),
+            rmse,
             fd_cls,
             loss: None,
             branch_loss: Vec::new(),
             train_s: 0.0,
+            generate_s: None,
         }
     }
 }

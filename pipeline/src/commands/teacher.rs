@@ -96,7 +96,7 @@ pub fn eval(args: &TeacherEvalArgs) -> anyhow::Result<ExitCode> {
             64,
             false,
             &device,
-            &mut |_| {},
+            &|_| {},
         );
         let dim = t.states.len() / (sigmas.len() * args.count as usize);
         t.states[(sigmas.len() - 1) * args.count as usize * dim..].to_vec()

@@ -22,7 +22,7 @@ use crate::error::{QueryError, Result, RowProblem};
 /// A missing or damaged file is named now, before training starts, not deep inside a query
 /// later (the check is remembered, so the scans do not hash the files again).
 pub(crate) fn check_files(dataset: &Dataset, shard: &ShardEntry, steps: &[u16]) -> Result<()> {
-    for &step in steps {
+    bdense_store::parallel::map_on_cores(steps, |&step| {
         let entry = dataset.file(shard, step)?;
         let path = dataset.file_path(entry);
         if std::fs::symlink_metadata(&path).is_err() {
@@ -32,8 +32,10 @@ pub(crate) fn check_files(dataset: &Dataset, shard: &ShardEntry, steps: &[u16]) 
             });
         }
         dataset.check_file(shard, entry)?;
-    }
-    Ok(())
+        Ok(())
+    })
+    .into_iter()
+    .collect()
 }
 
 /// One decoded batch's states, typed once so assembly copies slices without looking anything up.
@@ -105,8 +107,9 @@ pub(crate) fn load_shard(
     let mut index = CellIndex::new(spec, plan);
     let mut states = Vec::with_capacity(spec.steps.len());
     for (b, &step) in spec.steps.iter().enumerate() {
+        let columns: &[&str] = if b == 0 { &FIRST_SLOT } else { &OTHER_SLOTS };
         let batch = ds
-            .read_step_columns(shard, step, Some(&LOADED), None)?
+            .read_step_columns(shard, step, Some(columns), None)?
             .batch;
         index.add(b as u32, step, &batch)?;
         states.push(states_of(spec, &batch)?);
@@ -114,8 +117,10 @@ pub(crate) fn load_shard(
     index.finish(states, remaining)
 }
 
-/// The columns a shard load reads.
-const LOADED: [&str; 4] = [cols::TRAJ_ID, cols::SEED, cols::LABEL, cols::X];
+/// The columns a shard load reads from its first slot's file: seeds and labels are taken
+/// from there, so the other slots' files skip decoding them.
+const FIRST_SLOT: [&str; 4] = [cols::TRAJ_ID, cols::SEED, cols::LABEL, cols::X];
+const OTHER_SLOTS: [&str; 2] = [cols::TRAJ_ID, cols::X];
 
 /// Where each (slot, row) cell of one shard lives, filled batch by batch.
 struct CellIndex<'a> {
@@ -150,8 +155,13 @@ impl<'a> CellIndex<'a> {
     /// Indexes every row of decoded batch `b`, the shard's file for `step`.
     fn add(&mut self, b: u32, step: u16, batch: &RecordBatch) -> Result<()> {
         let ids = column::<UInt64Type>(&self.spec.name, batch, cols::TRAJ_ID)?;
-        let seeds = column::<UInt64Type>(&self.spec.name, batch, cols::SEED)?;
-        let labels = column::<Int32Type>(&self.spec.name, batch, cols::LABEL)?;
+        let first = match b {
+            0 => Some((
+                column::<UInt64Type>(&self.spec.name, batch, cols::SEED)?,
+                column::<Int32Type>(&self.spec.name, batch, cols::LABEL)?,
+            )),
+            _ => None,
+        };
         for r in 0..batch.num_rows() {
             let id = ids.value(r);
             let row = id
@@ -166,7 +176,7 @@ impl<'a> CellIndex<'a> {
                 return Err(self.problem(RowProblem::Duplicate, id, step));
             }
             *cell = (b, r as u32);
-            if slot == 0 {
+            if let Some((seeds, labels)) = first {
                 self.seeds[row] = seeds.value(r);
                 self.labels[row] = labels.is_valid(r).then(|| labels.value(r));
             }

@@ -175,6 +175,7 @@ impl TargetStream {
     /// Starts the background producer at batch `start_batch` of the stream.
     pub fn open(dataset: Dataset, spec: &TargetSpec, start_batch: u64) -> Result<TargetStream> {
         let m = dataset.manifest();
+        m.require_trajectories(dataset.dir())?;
         if m.trajectories() == 0 {
             return Err(QueryError::EmptyDataset {
                 dataset: dataset.dir().to_path_buf(),

@@ -16,8 +16,9 @@ use crate::solvers::Denoiser;
 
 pub use gmm::{FitConfig, GmmParams};
 
-/// A denoiser plus the facts the store records about it.
-pub trait Teacher: Denoiser {
+/// A denoiser plus the facts the store records about it. Shared across threads: generation
+/// solves several batches at once with one teacher.
+pub trait Teacher: Denoiser + Send + Sync {
     fn info(&self) -> TeacherInfo;
 }
 
