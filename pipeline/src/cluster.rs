@@ -11,9 +11,14 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use bdense_queries::datafusion::arrow::record_batch::RecordBatch;
+use bdense_queries::datafusion::dataframe::DataFrame;
 
 /// Ballista's default scheduler port.
 pub const DEFAULT_PORT: u16 = 50050;
+
+/// After this long without an answer, `sql --cluster` says what it may be waiting for.
+const QUIET: Duration = Duration::from_secs(10);
 
 /// The scheduler a `df://HOST[:PORT]` URL names, as `HOST:PORT`.
 pub fn scheduler_address(url: &str) -> anyhow::Result<String> {
@@ -53,6 +58,22 @@ pub fn check_reachable(url: &str, address: &str) -> anyhow::Result<()> {
     bail!(
         "{url}: cannot reach the Ballista scheduler ({why}); start one with `bdense cluster scheduler`"
     )
+}
+
+/// `df`'s batches, with a note on stderr if none have come after [`QUIET`]: while no executor
+/// is registered, Ballista keeps the job queued and says nothing.
+pub async fn collect(url: &str, df: DataFrame) -> anyhow::Result<Vec<RecordBatch>> {
+    let answer = df.collect();
+    tokio::pin!(answer);
+    tokio::select! {
+        batches = &mut answer => return Ok(batches?),
+        () = tokio::time::sleep(QUIET) => eprintln!(
+            "{url}: no answer after {}s, still waiting; a query waits while the scheduler has \
+             no executor (`bdense cluster executor --scheduler HOST:PORT`)",
+            QUIET.as_secs()
+        ),
+    }
+    Ok(answer.await?)
 }
 
 #[cfg(feature = "cluster")]

@@ -203,6 +203,54 @@ fn cluster_answers_the_readme_queries_as_local_sql() {
             "{query}:\nlocal  {local:?}\ncluster {remote:?}"
         );
     }
+
+    // A task failing on an executor comes back as one line.
+    let err = t
+        .bdense([
+            "sql",
+            "--cluster",
+            &url,
+            "store",
+            "SELECT traj_id / (traj_id - traj_id) FROM fmnist WHERE step = 1",
+        ])
+        .fails_with("DivideByZero");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+/// With a scheduler but no executor Ballista keeps the job queued: the client says so.
+#[test]
+fn cluster_without_executors_says_what_it_waits_for() {
+    let t = dir();
+    synthetic(&t.join("store"), "g", 8, 5, 16, Dtype::F32);
+    let port = free_port();
+    let at = format!("127.0.0.1:{port}");
+    let _scheduler = Server::start(&t, "scheduler", &["scheduler", "--bind", &at], port);
+    let url = format!("df://{at}");
+    let log = t.join("client.log");
+    let mut client = Server {
+        child: Command::new(env!("CARGO_BIN_EXE_bdense"))
+            .current_dir(t.path())
+            .args(["sql", "--cluster", &url, "store", "SELECT count(*) FROM g"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+        log,
+    };
+    let started = Instant::now();
+    let note = loop {
+        let text = std::fs::read_to_string(&client.log).unwrap();
+        if text.contains("still waiting") || started.elapsed() > Duration::from_secs(90) {
+            break text;
+        }
+        assert!(client.child.try_wait().unwrap().is_none(), "ended: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        note.starts_with(&format!("{url}: no answer after 10s, still waiting"))
+            && note.contains("bdense cluster executor"),
+        "{note}"
+    );
 }
 
 #[test]

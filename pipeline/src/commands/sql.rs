@@ -15,12 +15,15 @@ pub fn run(args: &SqlArgs) -> anyhow::Result<ExitCode> {
     let rt = runtime();
     // Spawned, not polled in `block_on`: a worker thread has the stack deep queries need.
     let batches = rt.block_on(rt.spawn(async move {
-        let session = match cluster {
-            Some(url) => crate::cluster::session(&url, &store).await?,
+        let session = match &cluster {
+            Some(url) => crate::cluster::session(url, &store).await?,
             None => StoreSession::open(&store)?,
         };
         let df = session.sql(&query, allow_writes).await?;
-        Ok::<_, anyhow::Error>(df.collect().await?)
+        match &cluster {
+            Some(url) => crate::cluster::collect(url, df).await,
+            None => Ok(df.collect().await?),
+        }
     }))??;
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     format::write(
