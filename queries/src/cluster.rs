@@ -246,14 +246,14 @@ mod tests {
     use bdense_store::synthetic::{SyntheticSpec, write_gaussian};
     use bdense_store::{Dims, Dtype, WriteOptions};
     use datafusion::arrow::util::pretty::pretty_format_batches;
-    use datafusion::prelude::SessionContext;
+    use datafusion::prelude::{SessionConfig, SessionContext};
     use datafusion_proto::bytes::{
         logical_plan_from_bytes_with_extension_codec, logical_plan_to_bytes_with_extension_codec,
         physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
     };
 
     use super::*;
-    use crate::session::{StoreSession, runtime};
+    use crate::session::{StoreSession, config, runtime};
 
     fn store(dir: &Path) -> Dataset {
         let spec = SyntheticSpec {
@@ -277,7 +277,14 @@ mod tests {
     fn plans_cross_the_wire_with_tables_and_functions() {
         let tmp = tempfile::tempdir().unwrap();
         store(tmp.path());
-        let session = StoreSession::open(tmp.path()).unwrap();
+        // One partition on both sides: floats are then summed in the same order, so the
+        // answers can be compared as text.
+        let one = || SessionConfig::new().with_target_partitions(1);
+        let session = StoreSession::open_in(
+            tmp.path(),
+            SessionContext::new_with_config(config().with_target_partitions(1)),
+        )
+        .unwrap();
         runtime().block_on(async {
             for query in [
                 "SELECT step, avg(l2(x)) AS n, vec_avg(x) AS m FROM g WHERE step < 4 GROUP BY step ORDER BY step",
@@ -288,7 +295,7 @@ mod tests {
                 let plan = df.logical_plan().clone();
                 let local = pretty_format_batches(&df.collect().await.unwrap()).unwrap().to_string();
 
-                let bare = SessionContext::new();
+                let bare = SessionContext::new_with_config(one());
                 let bytes =
                     logical_plan_to_bytes_with_extension_codec(&plan, &StoreLogicalCodec::default()).unwrap();
                 let plan = logical_plan_from_bytes_with_extension_codec(
@@ -305,7 +312,7 @@ mod tests {
                 .unwrap();
                 let physical = physical_plan_from_bytes_with_extension_codec(
                     &bytes,
-                    &SessionContext::new().task_ctx(),
+                    &SessionContext::new_with_config(one()).task_ctx(),
                     &StorePhysicalCodec::default(),
                 )
                 .unwrap();
