@@ -7,10 +7,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bdense_store::synthetic::{SyntheticSpec, gaussian_shard};
-use bdense_store::writer::DatasetWriter;
-use bdense_store::{Dims, Dtype, WriteOptions};
-use bdense_tests::{TestDir, edm_sigmas, synthetic};
+use bdense_store::synthetic::gaussian_shard;
+use bdense_store::{DatasetWriter, Dtype, WriteOptions};
+use bdense_tests::{TestDir, synthetic, synthetic_spec};
 use serde_json::Value;
 
 use crate::dir;
@@ -127,17 +126,7 @@ fn agree(a: &Value, b: &Value) -> bool {
 /// per step to spread), with a NaN in trajectory 2 and trajectory 1 given trajectory 0's seed,
 /// so that the README's NaN and duplicate-seed questions have answers to compare.
 fn flawed_store(t: &TestDir) {
-    let spec = SyntheticSpec {
-        name: "fmnist".into(),
-        dims: Dims { c: 1, h: 4, w: 4 },
-        count: 48,
-        sigmas: edm_sigmas(49),
-        rows_per_shard: 16,
-        dtype: Dtype::F32,
-        base_seed: 11,
-        classes: 10,
-        with_denoised: false,
-    };
+    let spec = synthetic_spec("fmnist", 48, 49, 16, Dtype::F32);
     let mut writer = DatasetWriter::create(
         &t.join("store/fmnist"),
         spec.dataset_spec(),
