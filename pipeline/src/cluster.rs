@@ -61,19 +61,21 @@ pub fn check_reachable(url: &str, address: &str) -> anyhow::Result<()> {
 }
 
 /// `df`'s batches, with a note on stderr if none have come after [`QUIET`]: while no executor
-/// is registered, Ballista keeps the job queued and says nothing.
+/// is registered, Ballista keeps the job queued and says nothing. Failures name `url` (a task's
+/// error or a lost scheduler arrives as Ballista's text alone).
 pub async fn collect(url: &str, df: DataFrame) -> anyhow::Result<Vec<RecordBatch>> {
+    let failed = || format!("{url}: the query failed on the cluster");
     let answer = df.collect();
     tokio::pin!(answer);
     tokio::select! {
-        batches = &mut answer => return Ok(batches?),
+        batches = &mut answer => return batches.with_context(failed),
         () = tokio::time::sleep(QUIET) => eprintln!(
             "{url}: no answer after {}s, still waiting; a query waits while the scheduler has \
              no executor (`bdense cluster executor --scheduler HOST:PORT`)",
             QUIET.as_secs()
         ),
     }
-    Ok(answer.await?)
+    answer.await.with_context(failed)
 }
 
 #[cfg(feature = "cluster")]

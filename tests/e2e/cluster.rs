@@ -193,7 +193,7 @@ fn cluster_answers_the_readme_queries_as_local_sql() {
         );
     }
 
-    // A task failing on an executor comes back as one line.
+    // A task failing on an executor comes back as one line naming the cluster.
     let err = t
         .bdense([
             "sql",
@@ -202,7 +202,8 @@ fn cluster_answers_the_readme_queries_as_local_sql() {
             "store",
             "SELECT traj_id / (traj_id - traj_id) FROM fmnist WHERE step = 1",
         ])
-        .fails_with("DivideByZero");
+        .fails_with(&format!("{url}: the query failed on the cluster: "));
+    assert!(err.contains("DivideByZero"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
