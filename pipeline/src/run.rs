@@ -513,7 +513,7 @@ fn new_record(args: &TrainArgs, dataset_path: &Path) -> anyhow::Result<RunRecord
     Ok(RunRecord {
         format: RUN_FORMAT.into(),
         config,
-        dataset: std::path::absolute(dataset_path).unwrap_or_else(|_| dataset_path.to_path_buf()),
+        dataset: bdense_store::location::absolute(dataset_path),
         dataset_name: m.name.clone(),
         dataset_snapshot: m.snapshot_hash(),
         dims: [m.dims.c as usize, m.dims.h as usize, m.dims.w as usize],

@@ -31,7 +31,8 @@ pub struct StoreSession {
 }
 
 impl StoreSession {
-    /// Opens every dataset in `store` (each at its committed snapshot).
+    /// Opens every dataset in `store` (a path, `file://PATH` or `s3://BUCKET/PREFIX`), each at
+    /// its committed snapshot.
     pub fn open(store: &Path) -> Result<StoreSession> {
         Self::open_in(store, SessionContext::new_with_config(config()))
     }
@@ -70,6 +71,12 @@ impl StoreSession {
                     dataset: ds.dir().display().to_string(),
                     detail: format!("a dataset may not be called {name:?} (a reserved table name)"),
                 });
+            }
+            if let Some(remote) = ds.backend().object_dir() {
+                // DataFusion reads byte ranges through the same client the store uses.
+                let url = crate::table::store_url(ds);
+                ctx.runtime_env()
+                    .register_object_store(url.as_ref(), remote.store());
             }
             ctx.register_table(name.as_str(), Arc::new(StepTable::new(ds)))?;
         }

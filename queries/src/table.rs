@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bdense_store::Dataset;
+use bdense_store::{Dataset, FileEntry};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::{DFSchema, DataFusionError, Result, ScalarValue, project_schema};
@@ -41,6 +41,9 @@ pub struct StepTable {
     schema: TableSchema,
     files: Vec<StepFile>,
     dataset: Dataset,
+    /// The object store DataFusion reads the files from (registered with the session's
+    /// runtime under this URL).
+    store_url: ObjectStoreUrl,
 }
 
 impl StepTable {
@@ -55,7 +58,7 @@ impl StepTable {
             .enumerate()
             .flat_map(|(s, shard)| {
                 shard.files.iter().enumerate().map(move |(i, f)| StepFile {
-                    location: location(&dataset.file_path(f)),
+                    location: location(dataset, f),
                     bytes: f.bytes,
                     step: f.step,
                     shard: shard.index,
@@ -69,6 +72,7 @@ impl StepTable {
                 .build(),
             files,
             dataset: dataset.clone(),
+            store_url: store_url(dataset),
         }
     }
 
@@ -99,13 +103,28 @@ impl StepTable {
     }
 }
 
-/// The object-store location of a local file. Built from the absolute path (not from a
-/// string, which `object_store` would percent-encode a second time), so a store path holding
-/// `ü`, `%`, `#` or `?` names the file it should.
-fn location(path: &std::path::Path) -> ObjectPath {
-    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+/// The object-store location of a step file: its key on object storage; for a local file,
+/// built from the absolute path (not from a string, which `object_store` would
+/// percent-encode a second time), so a store path holding `ü`, `%`, `#` or `?` names the file
+/// it should.
+fn location(dataset: &Dataset, file: &FileEntry) -> ObjectPath {
+    if let Some(remote) = dataset.backend().object_dir() {
+        return remote.object_path(&file.path);
+    }
+    let path = dataset.file_path(file);
+    let absolute = std::path::absolute(&path).unwrap_or(path);
     ObjectPath::from_absolute_path(&absolute)
         .unwrap_or_else(|_| ObjectPath::from(absolute.to_string_lossy().as_ref()))
+}
+
+/// The URL DataFusion knows the dataset's object store by: `s3://BUCKET`, or the local file
+/// system.
+pub(crate) fn store_url(dataset: &Dataset) -> ObjectStoreUrl {
+    dataset
+        .backend()
+        .object_dir()
+        .and_then(|remote| ObjectStoreUrl::parse(format!("s3://{}", remote.bucket())).ok())
+        .unwrap_or_else(ObjectStoreUrl::local_filesystem)
 }
 
 #[async_trait]
@@ -182,7 +201,7 @@ impl TableProvider for StepTable {
             ParquetSource::new(self.schema.clone())
                 .with_table_parquet_options(state.table_options().parquet.clone()),
         );
-        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
+        let config = FileScanConfigBuilder::new(self.store_url.clone(), source)
             .with_file_groups(grouped.into_iter().map(FileGroup::new).collect())
             .with_projection_indices(projection.cloned())?
             .with_limit(limit)

@@ -240,10 +240,10 @@ fn readme_questions_answer_what_direct_reads_give() {
     // Straightness of each trajectory: endpoint displacement over path length.
     let rows = sql(
         &session,
-        "WITH hops AS (SELECT a.traj_id, l2_dist(a.x, b.x) AS d FROM g a JOIN g b ON a.traj_id = b.traj_id AND b.step = a.step + 1)
-         SELECT e.traj_id, l2_dist(s.x, e.x) / sum(h.d) AS straightness
+        "WITH path AS (SELECT a.traj_id, sum(l2_dist(a.x, b.x)) AS len FROM g a JOIN g b ON a.traj_id = b.traj_id AND b.step = a.step + 1 GROUP BY a.traj_id)
+         SELECT e.traj_id, l2_dist(s.x, e.x) / p.len AS straightness
          FROM g s JOIN g e ON s.traj_id = e.traj_id AND s.step = 0 AND e.step = 8
-         JOIN hops h ON h.traj_id = s.traj_id GROUP BY e.traj_id, s.x, e.x ORDER BY e.traj_id",
+         JOIN path p ON p.traj_id = s.traj_id ORDER BY e.traj_id",
     );
     let all: Vec<Vec<Vec<f32>>> = (0..9).map(|s| states(&ds, s)).collect();
     let got = f64_column(&rows, 1);

@@ -65,6 +65,8 @@ pub enum StoreError {
         "{path}: a dataset in an older bdense's layout (manifest.json, step=0007): readable as it is; run `bdense store upgrade {path}` before writing to it or collecting its garbage"
     )]
     LegacyLayout { path: PathBuf },
+    #[error("{path}: {detail}")]
+    ObjectStore { path: PathBuf, detail: String },
     #[error("{path}: shard {shard} is already committed; refusing to overwrite it")]
     ShardCommitted { path: PathBuf, shard: u32 },
 }

@@ -16,6 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use crate::backend::Backend;
 use crate::error::{Result, StoreError};
 use crate::fsutil::{WriterLock, temp_owner};
 use crate::manifest::{self, KEEP_VERSIONS, MANIFEST_DIR, META_DIR};
@@ -71,8 +72,12 @@ pub fn collect_garbage(dataset_dir: &Path, dry_run: bool) -> Result<GcReport> {
 /// writer commits before that read is named by it; one committed after was published by a
 /// writer alive at the lookup (whose files stay) or freshened within the grace period.
 pub fn collect_garbage_with(dataset_dir: &Path, options: &GcOptions) -> Result<GcReport> {
+    let backend = crate::backend::open(dataset_dir)?;
     // Refuse a non-dataset (or an older layout) before touching anything.
-    latest_writable(dataset_dir)?;
+    latest_writable(backend.as_ref())?;
+    let Some(dataset_dir) = backend.local_dir() else {
+        return collect_remote(backend.as_ref(), options);
+    };
     let mut gc = Collector {
         dir: dataset_dir,
         options,
@@ -87,7 +92,7 @@ pub fn collect_garbage_with(dataset_dir: &Path, options: &GcOptions) -> Result<G
         .writer_locks()
         .iter()
         .any(|(p, _)| WriterLock::is_held(p));
-    let (_, manifest) = latest_writable(dataset_dir)?;
+    let (_, manifest) = latest_writable(backend.as_ref())?;
     gc.committed = manifest
         .shards
         .iter()
@@ -137,6 +142,75 @@ pub fn collect_garbage_with(dataset_dir: &Path, options: &GcOptions) -> Result<G
         }
     }
     Ok(gc.report)
+}
+
+/// gc on object storage. Writers there put whole files (no temporaries) and hold no lock, so
+/// an uncommitted step file goes by the grace period alone (a writer that adopts one puts it
+/// again, which makes it young: see `ObjectDir::freshen`), and manifest versions beyond the
+/// newest [`KEEP_VERSIONS`] are pruned. The same order as locally: list and stat, then read
+/// the snapshot, then delete only files unchanged since they were listed.
+fn collect_remote(backend: &dyn Backend, options: &GcOptions) -> Result<GcReport> {
+    let now = SystemTime::now();
+    let mut found = Vec::new();
+    for dir in backend.list("")? {
+        if !manifest::is_step_dir_name(&dir) {
+            continue;
+        }
+        for name in backend.list(&dir)? {
+            let rel = format!("{dir}/{name}");
+            if manifest::is_shard_file_name(&name)
+                && let Some(stat) = backend.stat(&rel)?
+            {
+                found.push((rel, stat));
+            }
+        }
+    }
+    let versions = manifest::versions(backend)?;
+    let (_, snapshot) = latest_writable(backend)?;
+    let committed: HashSet<&str> = snapshot
+        .shards
+        .iter()
+        .flat_map(|s| s.files.iter().map(|f| f.path.as_str()))
+        .collect();
+    let mut report = GcReport::default();
+    for (rel, stat) in found {
+        if committed.contains(rel.as_str()) {
+            continue;
+        }
+        let path = backend.locate(&rel);
+        let age = now.duration_since(stat.modified).unwrap_or_default();
+        if age < options.grace {
+            report.kept.push((
+                path,
+                format!(
+                    "an uncommitted file younger than the grace period ({}s < {}s)",
+                    age.as_secs(),
+                    options.grace.as_secs()
+                ),
+            ));
+        } else if backend.stat(&rel)?.as_ref() == Some(&stat) {
+            if !options.dry_run {
+                backend.delete(&rel)?;
+            }
+            report.bytes += stat.bytes;
+            report.removed.push(path);
+        }
+    }
+    let keep_from = versions.iter().rev().nth(KEEP_VERSIONS.saturating_sub(1));
+    for &v in versions
+        .iter()
+        .filter(|&&v| keep_from.is_some_and(|&k| v < k))
+    {
+        let rel = manifest::version_path(v);
+        if let Some(stat) = backend.stat(&rel)? {
+            if !options.dry_run {
+                backend.delete(&rel)?;
+            }
+            report.bytes += stat.bytes;
+            report.removed.push(backend.locate(&rel));
+        }
+    }
+    Ok(report)
 }
 
 /// A store-named file gc found, and what it is.

@@ -9,39 +9,52 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::statistics::Statistics;
 
+use crate::backend::Backend;
 use crate::error::{Result, StoreError};
-use crate::fsutil;
-use crate::manifest::{FileEntry, ShardEntry};
+use crate::manifest::{FileEntry, ShardEntry, check_relative_path};
 use crate::schema;
 
 /// A step file's bytes as read, before any check: what `verify` inspects.
 pub(crate) struct RawFile {
     pub path: PathBuf,
     pub bytes: Bytes,
-    /// The file holds more than the manifest's byte count (only that many were read).
-    pub longer: bool,
+    /// The file's size when it holds more than the manifest's byte count (only that many
+    /// were read).
+    pub longer: Option<u64>,
 }
 
 impl RawFile {
-    /// Reads `entry` from the dataset at `dir`: confined to the dataset, at most the
-    /// manifest's byte count.
-    pub(crate) fn read(dir: &Path, entry: &FileEntry) -> Result<RawFile> {
-        let (file, path) = fsutil::open_confined(dir, &entry.path)?;
-        let (bytes, longer) = fsutil::read_bounded(file, &path, entry.bytes)?;
+    /// Reads `entry` from the dataset: confined to the dataset, at most the manifest's byte
+    /// count.
+    pub(crate) fn read(backend: &dyn Backend, entry: &FileEntry) -> Result<RawFile> {
+        let path = backend.locate(&entry.path);
+        if let Err(why) = check_relative_path(&entry.path) {
+            return Err(StoreError::invalid(&path, format!("manifest path {why}")));
+        }
+        let (bytes, longer) = backend.read_bounded(&entry.path, entry.bytes)?;
+        let longer = match longer {
+            true => Some(
+                backend
+                    .stat(&entry.path)?
+                    .map_or(entry.bytes + 1, |s| s.bytes),
+            ),
+            false => None,
+        };
         Ok(RawFile {
             path,
-            bytes: Bytes::from(bytes),
+            bytes,
             longer,
         })
     }
 
     /// What differs from the manifest's size and hash, if anything.
     pub(crate) fn mismatch(&self, entry: &FileEntry) -> Option<String> {
-        if self.longer || self.bytes.len() as u64 != entry.bytes {
-            let size = std::fs::metadata(&self.path).map_or(self.bytes.len() as u64, |m| m.len());
+        if self.longer.is_some() || self.bytes.len() as u64 != entry.bytes {
+            let size = self.longer.unwrap_or(self.bytes.len() as u64);
             return Some(format!("size {size} bytes, manifest says {}", entry.bytes));
         }
         let hash = hash_hex(&self.bytes);
@@ -78,8 +91,8 @@ pub(crate) fn guard<T>(path: &Path, decode: impl FnOnce() -> Result<T>) -> Resul
 }
 
 /// The bytes of `entry`, shown to be exactly the committed ones.
-pub(crate) fn read_verified(dir: &Path, entry: &FileEntry) -> Result<(PathBuf, Bytes)> {
-    let raw = RawFile::read(dir, entry)?;
+pub(crate) fn read_verified(backend: &dyn Backend, entry: &FileEntry) -> Result<(PathBuf, Bytes)> {
+    let raw = RawFile::read(backend, entry)?;
     match raw.mismatch(entry) {
         Some(detail) => Err(damaged(&raw.path, detail)),
         None => Ok((raw.path, raw.bytes)),
@@ -129,11 +142,22 @@ pub(crate) fn check_footer(path: &Path, meta: &ParquetMetaData, shard: &ShardEnt
     Ok(())
 }
 
-/// Files already checked in this session, by (path, size, mtime): one hash per file however
-/// many queries or epochs read it, and a new hash as soon as it changes on disk.
+/// When a file was checked: its size, modification time and (on object storage) ETag.
+type Stamp = (u64, SystemTime, String);
+
+/// Files already checked in this session, by (path, size, mtime, ETag): one hash per file
+/// however many queries or epochs read it, and a new hash as soon as it changes.
 #[derive(Debug, Default)]
 pub struct VerifiedFiles {
-    seen: Mutex<HashMap<PathBuf, Stamp>>,
+    seen: Mutex<HashMap<PathBuf, Checked>>,
+}
+
+/// How far a file was checked: on object storage [`VerifiedFiles::check`] reads the footer
+/// alone, so the content hash is still owed by the first reader that fetches the whole file.
+#[derive(Debug, Clone, PartialEq)]
+struct Checked {
+    stamp: Stamp,
+    hashed: bool,
 }
 
 impl VerifiedFiles {
@@ -141,57 +165,128 @@ impl VerifiedFiles {
         VerifiedFiles::default()
     }
 
-    /// Checks `entry` of `shard` in the dataset at `dir` (size, hash, rows, ids) unless it was
-    /// checked unchanged before. Returns the file's path.
-    pub fn check(&self, dir: &Path, shard: &ShardEntry, entry: &FileEntry) -> Result<PathBuf> {
-        let path = dir.join(&entry.path);
+    /// Checks `entry` of `shard` (size, hash, rows, ids) unless it was checked unchanged
+    /// before. Returns the file's path. On object storage the content hash is left to the
+    /// readers that fetch whole files (the target stream, `verify`): here the size and the
+    /// footer are checked from two small requests, so that SQL reads only the byte ranges a
+    /// query needs.
+    pub fn check(
+        &self,
+        backend: &dyn Backend,
+        shard: &ShardEntry,
+        entry: &FileEntry,
+    ) -> Result<PathBuf> {
+        let path = backend.locate(&entry.path);
         // Stamped before reading, so a change while we hash invalidates the entry.
-        let stamp = stamp(&path)?;
-        if self.is_checked(&path, stamp) {
+        let stamp = stamp(backend, &entry.path, &path)?;
+        if self.checked(&path, &stamp).is_some() {
             return Ok(path);
         }
-        let (path, bytes) = read_verified(dir, entry)?;
+        let hashed = backend.local_dir().is_some();
+        let meta = match backend.local_dir() {
+            Some(_) => {
+                let (path, bytes) = read_verified(backend, entry)?;
+                guard(&path, || {
+                    ParquetMetaDataReader::new()
+                        .parse_and_finish(&bytes)
+                        .map_err(|e| StoreError::parquet(&path, e))
+                })?
+            }
+            None if stamp.0 != entry.bytes => {
+                return Err(damaged(
+                    &path,
+                    format!("size {} bytes, manifest says {}", stamp.0, entry.bytes),
+                ));
+            }
+            None => read_footer(backend, entry)?,
+        };
         guard(&path, || {
-            let meta = ParquetMetaDataReader::new()
-                .parse_and_finish(&bytes)
-                .map_err(|e| StoreError::parquet(&path, e))?;
             check_footer(&path, &meta, shard)?;
             // Decode the embedded Arrow schema now, where a failure is an error naming the
             // file, rather than inside the query engine.
             ArrowReaderMetadata::try_new(Arc::new(meta), ArrowReaderOptions::default())
                 .map_err(|e| StoreError::parquet(&path, e))
         })?;
-        self.seen
-            .lock()
-            .expect("no poisoned cache")
-            .insert(path.clone(), stamp);
+        self.remember(&path, Checked { stamp, hashed });
         Ok(path)
     }
 
     /// The bytes of `entry`: hashed against the manifest unless [`VerifiedFiles::check`]
     /// passed the file unchanged before (a training run reads every file once per epoch;
     /// hashing it each time cost a twentieth of the target stream, docs/perf.md).
-    pub(crate) fn read(&self, dir: &Path, entry: &FileEntry) -> Result<(PathBuf, Bytes)> {
-        let path = dir.join(&entry.path);
-        if stamp(&path).is_ok_and(|s| self.is_checked(&path, s)) {
-            let raw = RawFile::read(dir, entry)?;
-            if !raw.longer && raw.bytes.len() as u64 == entry.bytes {
+    pub(crate) fn read(
+        &self,
+        backend: &dyn Backend,
+        entry: &FileEntry,
+    ) -> Result<(PathBuf, Bytes)> {
+        let path = backend.locate(&entry.path);
+        let stamp = stamp(backend, &entry.path, &path)?;
+        if self.checked(&path, &stamp) == Some(true) {
+            let raw = RawFile::read(backend, entry)?;
+            if raw.longer.is_none() && raw.bytes.len() as u64 == entry.bytes {
                 return Ok((raw.path, raw.bytes));
             }
         }
-        read_verified(dir, entry)
+        let (path, bytes) = read_verified(backend, entry)?;
+        if self.checked(&path, &stamp).is_some() {
+            // The footer was checked before: the hash now covers the rest.
+            self.remember(
+                &path,
+                Checked {
+                    stamp,
+                    hashed: true,
+                },
+            );
+        }
+        Ok((path, bytes))
     }
 
-    fn is_checked(&self, path: &Path, stamp: Stamp) -> bool {
-        self.seen.lock().expect("no poisoned cache").get(path) == Some(&stamp)
+    /// Whether `path` was checked with this stamp, and if so whether its content was hashed.
+    fn checked(&self, path: &Path, stamp: &Stamp) -> Option<bool> {
+        let seen = self.seen.lock().expect("no poisoned cache");
+        seen.get(path)
+            .filter(|c| &c.stamp == stamp)
+            .map(|c| c.hashed)
+    }
+
+    fn remember(&self, path: &Path, checked: Checked) {
+        let mut seen = self.seen.lock().expect("no poisoned cache");
+        seen.insert(path.to_path_buf(), checked);
     }
 }
 
-/// What marks a file unchanged: its size and modification time.
-type Stamp = (u64, SystemTime);
-
-fn stamp(path: &Path) -> Result<Stamp> {
-    std::fs::symlink_metadata(path)
-        .map_err(|e| StoreError::io(path, e))
-        .map(|m| (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)))
+/// What marks `rel` (printed as `path`) unchanged: its size, modification time and version.
+fn stamp(backend: &dyn Backend, rel: &str, path: &Path) -> Result<Stamp> {
+    let stat = backend
+        .stat(rel)?
+        .ok_or_else(|| StoreError::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)))?;
+    Ok((stat.bytes, stat.modified, stat.version))
 }
+
+/// A step file's footer, read from its tail alone (one request, two when the footer is larger
+/// than the first guess).
+fn read_footer(backend: &dyn Backend, entry: &FileEntry) -> Result<ParquetMetaData> {
+    let path = backend.locate(&entry.path);
+    let mut want = FOOTER_GUESS.min(entry.bytes);
+    let mut reader = ParquetMetaDataReader::new();
+    loop {
+        let tail = backend.read_tail(&entry.path, entry.bytes, want)?;
+        let parsed = guard(&path, || match reader.try_parse_sized(&tail, entry.bytes) {
+            Err(ParquetError::NeedMoreData(n))
+                if (n as u64) > want && (n as u64) <= entry.bytes =>
+            {
+                Ok(Some(n as u64))
+            }
+            Err(e) => Err(StoreError::parquet(&path, e)),
+            Ok(()) => Ok(None),
+        })?;
+        match parsed {
+            Some(n) => want = n,
+            None => break,
+        }
+    }
+    reader.finish().map_err(|e| StoreError::parquet(&path, e))
+}
+
+/// Bytes read from a file's end for its footer at first: a step file's footer is a few KiB.
+const FOOTER_GUESS: u64 = 64 << 10;

@@ -32,7 +32,9 @@ pub mod gc;
 pub mod grid;
 pub mod integrity;
 pub mod layout;
+pub mod location;
 pub mod manifest;
+pub mod object;
 pub mod parallel;
 pub mod reader;
 pub mod schema;
@@ -61,15 +63,19 @@ pub fn dataset_name(dir: &std::path::Path) -> Option<String> {
     dir.file_name().map(|n| n.to_string_lossy().into_owned())
 }
 
-/// Lists the datasets (directories holding a committed manifest, of either layout) inside a
-/// store, sorted by name.
+/// Lists the datasets (directories or prefixes holding a committed manifest, of either layout)
+/// inside a store (a path, `file://PATH` or `s3://BUCKET/PREFIX`), sorted by name.
 pub fn list_datasets(store: &std::path::Path) -> Result<Vec<String>> {
-    let entries = std::fs::read_dir(store).map_err(|e| StoreError::io(store, e))?;
+    let backend = backend::open(store)?;
+    if let Some(dir) = backend.local_dir() {
+        // A missing store is an error, not an empty one.
+        std::fs::read_dir(dir).map_err(|e| StoreError::io(dir, e))?;
+    }
     let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| StoreError::io(store, e))?;
-        if entry.path().is_dir() && writer::is_dataset(&entry.path()) {
-            names.push(entry.file_name().to_string_lossy().into_owned());
+    for name in backend.list("")? {
+        let dataset = backend.locate(&name);
+        if writer::is_dataset_in(backend::open(&dataset)?.as_ref())? {
+            names.push(name);
         }
     }
     names.sort();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, LocalDir};
+use crate::backend::Backend;
 use crate::error::{Result, StoreError};
 /// The manifest's `grid` field (defined with the grid it describes).
 pub use crate::grid::Grid;
@@ -418,18 +418,24 @@ impl Manifest {
     /// The file of the newest committed manifest (an older bdense's `manifest.json` when the
     /// dataset has no versioned one; where version 1 goes when it has neither).
     pub fn path(dataset_dir: &Path) -> PathBuf {
-        let backend = LocalDir::new(dataset_dir);
-        let version = match versions(&backend).ok().and_then(|v| v.last().copied()) {
+        let Ok(backend) = crate::backend::open(dataset_dir) else {
+            return dataset_dir.join(version_path(1));
+        };
+        let version = match versions(backend.as_ref())
+            .ok()
+            .and_then(|v| v.last().copied())
+        {
             Some(v) => Version::Versioned(v),
-            None if dataset_dir.join(LEGACY_MANIFEST_FILE).exists() => Version::Legacy,
+            None if matches!(backend.stat(LEGACY_MANIFEST_FILE), Ok(Some(_))) => Version::Legacy,
             None => Version::Versioned(1),
         };
-        dataset_dir.join(version.rel_path())
+        backend.locate(&version.rel_path())
     }
 
-    /// Reads and checks the newest committed manifest of the dataset at `dataset_dir`.
+    /// Reads and checks the newest committed manifest of the dataset at `dataset_dir` (a
+    /// path or a URL).
     pub fn load(dataset_dir: &Path) -> Result<Manifest> {
-        load_latest(&LocalDir::new(dataset_dir)).map(|(_, m)| m)
+        load_latest(crate::backend::open(dataset_dir)?.as_ref()).map(|(_, m)| m)
     }
 
     /// Parses and checks a manifest's bytes; `path` names the file in errors.

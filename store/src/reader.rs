@@ -15,6 +15,7 @@ use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
 };
 
+use crate::backend::Backend;
 use crate::decode::VectorColumn;
 use crate::error::{Result, StoreError};
 use crate::integrity::{self, VerifiedFiles};
@@ -25,10 +26,12 @@ use crate::schema;
 /// converted when stored as f16.
 pub type StateView<'a> = Cow<'a, [f32]>;
 
-/// An open dataset: its directory and the manifest snapshot read at open time.
+/// An open dataset: where it is and the manifest snapshot read at open time.
 #[derive(Debug, Clone)]
 pub struct Dataset {
+    /// Its local directory, or its URL on object storage.
     dir: PathBuf,
+    backend: Arc<dyn Backend>,
     manifest: Manifest,
     schema: SchemaRef,
     /// Files checked by [`Dataset::check_file`], shared by every clone.
@@ -39,11 +42,14 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// Opens the dataset at `dir`: a path, `file://PATH` or `s3://BUCKET/PREFIX/NAME`.
     pub fn open(dir: &Path) -> Result<Dataset> {
-        let manifest = Manifest::load(dir)?;
+        let backend = crate::backend::open(dir)?;
+        let manifest = crate::manifest::load_latest(backend.as_ref())?.1;
         let schema = schema::manifest_schema(&manifest);
         Ok(Dataset {
-            dir: dir.to_path_buf(),
+            dir: backend.locate(""),
+            backend,
             manifest,
             schema,
             verified: Arc::default(),
@@ -61,11 +67,17 @@ impl Dataset {
     /// ids) for a reader that opens the file itself (DataFusion); hashed once while the file
     /// stays unchanged, however many clones of this dataset ask. Returns the file's path.
     pub fn check_file(&self, shard: &ShardEntry, entry: &FileEntry) -> Result<PathBuf> {
-        self.verified.check(&self.dir, shard, entry)
+        self.verified.check(self.backend.as_ref(), shard, entry)
     }
 
+    /// The dataset's local directory, or its URL on object storage.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Where its files live.
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -91,8 +103,9 @@ impl Dataset {
         self.manifest.dims.len()
     }
 
+    /// The path (or URL) of a file the manifest names.
     pub fn file_path(&self, file: &FileEntry) -> PathBuf {
-        self.dir.join(&file.path)
+        self.backend.locate(&file.path)
     }
 
     /// The manifest entry of `shard`'s file for `step`; an error if the manifest lacks it.
@@ -121,7 +134,9 @@ impl Dataset {
         columns: Option<&[&str]>,
         row_groups: Option<Vec<usize>>,
     ) -> Result<StepBatch> {
-        let (path, bytes) = self.verified.read(&self.dir, self.file(shard, step)?)?;
+        let (path, bytes) = self
+            .verified
+            .read(self.backend(), self.file(shard, step)?)?;
         let whole = row_groups.is_none();
         let batch = self.decode(path, bytes, shard, step, columns, row_groups)?;
         check_ids(&batch, shard, whole)?;
@@ -315,7 +330,7 @@ impl Dataset {
     /// Row-group sizes of `shard`'s file for `step` (every step file of a shard has the same),
     /// after checking the file against the manifest.
     pub fn row_groups(&self, shard: &ShardEntry, step: u16) -> Result<Vec<usize>> {
-        let (path, bytes) = integrity::read_verified(&self.dir, self.file(shard, step)?)?;
+        let (path, bytes) = integrity::read_verified(self.backend(), self.file(shard, step)?)?;
         integrity::guard(&path, || {
             let builder = self.open_bytes(&path, bytes)?;
             integrity::check_footer(&path, builder.metadata(), shard)?;

@@ -29,6 +29,13 @@ pub struct UpgradeReport {
 
 /// Upgrades the dataset at `dir` in place (see the module's documentation).
 pub fn upgrade(dir: &Path) -> Result<UpgradeReport> {
+    if crate::location::is_remote(dir) {
+        // bdense wrote to object storage only in the current layout.
+        return Err(StoreError::invalid(
+            dir,
+            "datasets on object storage are always in the current layout; nothing to upgrade",
+        ));
+    }
     let backend = LocalDir::new(dir);
     let (version, current) = manifest::load_latest(&backend)?;
     let legacy_path = dir.join(LEGACY_MANIFEST_FILE);

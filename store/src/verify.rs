@@ -39,13 +39,14 @@ pub fn stat_files(dataset: &Dataset) -> Vec<Problem> {
     let mut problems = Vec::new();
     for entry in dataset.shards().iter().flat_map(|s| &s.files) {
         let path = dataset.file_path(entry);
-        let message = match std::fs::symlink_metadata(&path) {
-            Err(e) => format!("cannot read: {e}"),
-            Ok(m) if !m.is_file() => "is not a regular file".to_string(),
-            Ok(m) if m.len() != entry.bytes => {
-                format!("size {} bytes, manifest says {}", m.len(), entry.bytes)
+        let message = match dataset.backend().stat(&entry.path) {
+            Err(e) => format!("cannot read: {}", root_message(&e)),
+            Ok(None) => "cannot read: No such file or directory (os error 2)".to_string(),
+            Ok(Some(m)) if !m.regular => "is not a regular file".to_string(),
+            Ok(Some(m)) if m.bytes != entry.bytes => {
+                format!("size {} bytes, manifest says {}", m.bytes, entry.bytes)
             }
-            Ok(_) => continue,
+            Ok(Some(_)) => continue,
         };
         problems.push(Problem { path, message });
     }
@@ -82,12 +83,12 @@ fn verify_shard(dataset: &Dataset, shard: &ShardEntry, report: &mut Report) {
     for step in 0..m.steps() as u16 {
         let Some(entry) = shard.file(step) else {
             report.problems.push(Problem {
-                path: dataset.dir().join(format!("step={step:04}")),
+                path: dataset.backend().locate(&format!("step={step:04}")),
                 message: format!("shard {} has no file for step {step}", shard.index),
             });
             continue;
         };
-        let raw = match RawFile::read(dataset.dir(), entry) {
+        let raw = match RawFile::read(dataset.backend(), entry) {
             Ok(raw) => raw,
             Err(e) => {
                 report.problems.push(Problem {

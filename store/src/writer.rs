@@ -23,7 +23,7 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
-use crate::backend::{self, LocalDir};
+use crate::backend::{self, Backend};
 use crate::error::{Result, StoreError};
 use crate::fsutil::{self, WriterLock};
 use crate::manifest::{
@@ -151,12 +151,15 @@ pub struct ShardData<'a> {
 }
 
 pub struct DatasetWriter {
+    /// The dataset's local directory, or its URL on object storage.
     dir: PathBuf,
+    backend: Arc<dyn Backend>,
     manifest: Manifest,
     options: WriteOptions,
     schema: SchemaRef,
-    /// Tells `gc` this writer is alive, so its staged files are not garbage.
-    _writer_lock: WriterLock,
+    /// Tells `gc` this writer is alive, so its staged files are not garbage (local datasets;
+    /// on object storage gc goes by the grace period alone).
+    _writer_lock: Option<WriterLock>,
 }
 
 impl DatasetWriter {
@@ -164,18 +167,26 @@ impl DatasetWriter {
     /// or be empty: a dataset never shares its directory with files it does not own (gc
     /// deletes inside it).
     pub fn create(dir: &Path, spec: DatasetSpec, options: WriteOptions) -> Result<Self> {
+        let backend = backend::open(dir)?;
+        let dir = &backend.locate("");
         let exists = || StoreError::AlreadyExists {
             path: dir.to_path_buf(),
         };
-        if is_dataset(dir) {
+        if is_dataset_in(backend.as_ref())? {
             return Err(exists());
         }
         check_spec(dir, &spec)?;
-        if let Err(e) = refuse_foreign_files(dir) {
+        if let Err(e) = refuse_foreign_files(backend.as_ref()) {
             // A concurrent creator may have committed and started writing step files since.
-            return Err(if is_dataset(dir) { exists() } else { e });
+            return Err(if is_dataset_in(backend.as_ref())? {
+                exists()
+            } else {
+                e
+            });
         }
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+        if let Some(local) = backend.local_dir() {
+            std::fs::create_dir_all(local).map_err(|e| StoreError::io(local, e))?;
+        }
         let now = manifest::now_unix();
         let manifest = Manifest {
             format_version: match spec.pd {
@@ -196,34 +207,36 @@ impl DatasetWriter {
             shards: Vec::new(),
             pd: spec.pd,
         };
-        let writer_lock = WriterLock::acquire(dir)?;
+        let writer_lock = lock_if_local(backend.as_ref())?;
         // Version 1 is the empty dataset; of several creators racing, exactly one writes it.
-        if !manifest::put_version(&LocalDir::new(dir), 1, &manifest)? {
+        if !manifest::put_version(backend.as_ref(), 1, &manifest)? {
             return Err(exists());
         }
         // Write from the manifest as read back, so a fresh and a resumed writer use the very
         // same (JSON round-tripped) sigmas.
-        let manifest = Manifest::load(dir)?;
-        Ok(Self::with_manifest(dir, manifest, options, writer_lock))
+        let manifest = manifest::load_latest(backend.as_ref())?.1;
+        Ok(Self::with_manifest(backend, manifest, options, writer_lock))
     }
 
     /// Opens an existing dataset to add the shards it is missing (resume, or one of several
     /// writers filling it). A dataset of an older bdense's layout must be upgraded first.
     pub fn open(dir: &Path, options: WriteOptions) -> Result<Self> {
-        let manifest = latest_writable(dir)?.1;
-        let writer_lock = WriterLock::acquire(dir)?;
-        Ok(Self::with_manifest(dir, manifest, options, writer_lock))
+        let backend = backend::open(dir)?;
+        let manifest = latest_writable(backend.as_ref())?.1;
+        let writer_lock = lock_if_local(backend.as_ref())?;
+        Ok(Self::with_manifest(backend, manifest, options, writer_lock))
     }
 
     fn with_manifest(
-        dir: &Path,
+        backend: Arc<dyn Backend>,
         manifest: Manifest,
         options: WriteOptions,
-        writer_lock: WriterLock,
+        writer_lock: Option<WriterLock>,
     ) -> Self {
         let schema = schema::manifest_schema(&manifest);
         DatasetWriter {
-            dir: dir.to_path_buf(),
+            dir: backend.locate(""),
+            backend,
             manifest,
             options,
             schema,
@@ -405,25 +418,35 @@ impl DatasetWriter {
         props: WriterProperties,
     ) -> Result<StagedFile> {
         let rel = manifest::file_name(step, data.index);
-        let final_path = self.dir.join(&rel);
+        let batch = self.step_batch(data, sigmas, rows, step)?;
+        let entry = |bytes, xxh3| FileEntry {
+            step,
+            path: rel.clone(),
+            bytes,
+            xxh3,
+        };
+        let Some(local) = self.backend.local_dir() else {
+            // Object storage has no temporaries: the file is put whole, from memory.
+            let at = self.backend.locate(&rel);
+            let version = self.manifest.format_version;
+            let (bytes, size, hash) = write_parquet(Vec::new(), &at, &batch, props, version, step)?;
+            return Ok(StagedFile {
+                staged: Staged::Memory(bytes),
+                entry: entry(size, hash),
+            });
+        };
+        let final_path = local.join(&rel);
         let dir = final_path.parent().expect("step directory");
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
         // Staged under `_bdense/staging/`, not beside the data: polars reads every file of a
         // partition directory, hidden ones included, but skips `_`-prefixed directories.
-        let staging = self.dir.join(manifest::STAGING_DIR);
+        let staging = local.join(manifest::STAGING_DIR);
         std::fs::create_dir_all(&staging).map_err(|e| StoreError::io(&staging, e))?;
         let temp = fsutil::temp_path(&staging.join(manifest::staging_name(step, data.index)));
-        let batch = self.step_batch(data, sigmas, rows, step)?;
-        match write_parquet(&temp, &batch, props, self.manifest.format_version, step) {
+        match write_parquet_file(&temp, &batch, props, self.manifest.format_version, step) {
             Ok((bytes, hash)) => Ok(StagedFile {
-                temp,
-                final_path,
-                entry: FileEntry {
-                    step,
-                    path: rel,
-                    bytes,
-                    xxh3: hash,
-                },
+                staged: Staged::File { temp, final_path },
+                entry: entry(bytes, hash),
             }),
             Err(e) => {
                 let _ = std::fs::remove_file(&temp);
@@ -501,9 +524,10 @@ impl DatasetWriter {
         rows: usize,
         staged: Vec<StagedFile>,
     ) -> Result<ShardEntry> {
-        let backend = LocalDir::new(&self.dir);
+        let backend = self.backend.clone();
+        let backend = backend.as_ref();
         // Another writer (a `--worker` sibling) may have committed since we opened.
-        let (mut version, mut latest) = match latest_writable(&self.dir) {
+        let (mut version, mut latest) = match latest_writable(backend) {
             Ok(v) => v,
             Err(e) => {
                 discard(&staged);
@@ -516,7 +540,7 @@ impl DatasetWriter {
             return Err(self.committed(index));
         }
         for (i, file) in staged.iter().enumerate() {
-            if let Err(e) = publish_data(file) {
+            if let Err(e) = publish_data(backend, file) {
                 discard(&staged[i..]);
                 return Err(e);
             }
@@ -534,13 +558,13 @@ impl DatasetWriter {
             let next = version.checked_add(1).ok_or_else(|| {
                 StoreError::invalid(manifest::version_path(version), "no manifest version left")
             })?;
-            let put = manifest::put_version(&backend, next, &latest)?;
+            let put = manifest::put_version(backend, next, &latest)?;
             // Lost the race for `next` (or won it and others committed after): read the
             // newest snapshot.
-            let newest = if put && manifest::versions(&backend)?.last() == Some(&next) {
+            let newest = if put && manifest::versions(backend)?.last() == Some(&next) {
                 None
             } else {
-                Some(latest_writable(&self.dir)?)
+                Some(latest_writable(backend)?)
             };
             let Some((newest_version, newest)) = newest else {
                 self.manifest = latest;
@@ -565,21 +589,28 @@ impl DatasetWriter {
     }
 }
 
-/// Whether `dir` holds a committed dataset (of either layout).
-pub(crate) fn is_dataset(dir: &Path) -> bool {
-    !matches!(
-        manifest::load_latest(&LocalDir::new(dir)),
-        Err(StoreError::NotADataset { .. })
-    )
+/// Whether the backend holds a committed dataset; an error when that cannot be told (an
+/// object store that does not answer: a missing bucket, wrong credentials).
+pub(crate) fn is_dataset_in(backend: &dyn Backend) -> Result<bool> {
+    match manifest::load_latest(backend) {
+        Err(StoreError::NotADataset { .. }) => Ok(false),
+        Err(e @ StoreError::ObjectStore { .. }) => Err(e),
+        _ => Ok(true),
+    }
+}
+
+/// A writer lock for a local dataset (none on object storage).
+fn lock_if_local(backend: &dyn Backend) -> Result<Option<WriterLock>> {
+    backend.local_dir().map(WriterLock::acquire).transpose()
 }
 
 /// The newest snapshot and its version, refusing an older bdense's layout (written only after
 /// `bdense store upgrade`, which gives it a first version).
-pub(crate) fn latest_writable(dir: &Path) -> Result<(u64, Manifest)> {
-    match manifest::load_latest(&LocalDir::new(dir))? {
+pub(crate) fn latest_writable(backend: &dyn Backend) -> Result<(u64, Manifest)> {
+    match manifest::load_latest(backend)? {
         (Version::Versioned(v), m) => Ok((v, m)),
         (Version::Legacy, _) => Err(StoreError::LegacyLayout {
-            path: dir.to_path_buf(),
+            path: backend.locate(""),
         }),
     }
 }
@@ -589,13 +620,42 @@ pub(crate) fn latest_writable(dir: &Path) -> Result<(u64, Manifest)> {
 /// shard that died before its commit, or one racing us. Its bytes are used if they are exactly
 /// ours (generation is deterministic), freshened so that gc's grace period counts from now;
 /// other bytes are an error, since the manifest must name what the file holds.
-fn publish_data(file: &StagedFile) -> Result<()> {
-    let dir = file.final_path.parent().expect("step directory");
+fn publish_data(backend: &dyn Backend, file: &StagedFile) -> Result<()> {
+    let rel = &file.entry.path;
+    let published = match &file.staged {
+        Staged::File { temp, final_path } => link_data(temp, final_path)?,
+        Staged::Memory(bytes) => backend.put_if_absent(rel, bytes)?,
+    };
+    if published {
+        return Ok(());
+    }
+    let at = backend.locate(rel);
+    let (there, longer) = backend.read_bounded(rel, file.entry.bytes)?;
+    let (bytes, hash) = (there.len() as u64, crate::integrity::hash_hex(&there));
+    if longer || bytes != file.entry.bytes || hash != file.entry.xxh3 {
+        return Err(StoreError::invalid(
+            &at,
+            format!(
+                "an uncommitted file with other content is in the way ({bytes} bytes, xxh3 {hash}; this writer's is {} bytes, xxh3 {}): a writer of the same shard with other options, or one that died; `bdense store gc` removes it once its writer is gone",
+                file.entry.bytes, file.entry.xxh3
+            ),
+        ));
+    }
+    let ours = match &file.staged {
+        Staged::Memory(bytes) => bytes.as_slice(),
+        Staged::File { .. } => &[],
+    };
+    backend.freshen(rel, ours)
+}
+
+/// Links a staged local file to its final name unless one is there (`Ok(false)`).
+fn link_data(temp: &Path, final_path: &Path) -> Result<bool> {
+    let dir = final_path.parent().expect("step directory");
     // gc removes empty step directories: (re)create ours right before linking into it.
     let mut tries = 0;
-    let published = loop {
+    loop {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
-        match backend::link_if_absent(&file.temp, &file.final_path) {
+        match backend::link_if_absent(temp, final_path) {
             Err(StoreError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound && tries < 8 =>
             {
@@ -603,25 +663,7 @@ fn publish_data(file: &StagedFile) -> Result<()> {
             }
             other => break other,
         }
-    };
-    if published? {
-        return Ok(());
     }
-    let (bytes, hash) = hash_file(&file.final_path)?;
-    if bytes != file.entry.bytes || hash != file.entry.xxh3 {
-        return Err(StoreError::invalid(
-            &file.final_path,
-            format!(
-                "an uncommitted file with other content is in the way ({bytes} bytes, xxh3 {hash}; this writer's is {} bytes, xxh3 {}): a writer of the same shard with other options, or one that died; `bdense store gc` removes it once its writer is gone",
-                file.entry.bytes, file.entry.xxh3
-            ),
-        ));
-    }
-    File::options()
-        .write(true)
-        .open(&file.final_path)
-        .and_then(|f| f.set_modified(std::time::SystemTime::now()))
-        .map_err(|e| StoreError::io(&file.final_path, e))
 }
 
 fn check_spec(dir: &Path, spec: &DatasetSpec) -> Result<()> {
@@ -637,21 +679,15 @@ fn check_spec(dir: &Path, spec: &DatasetSpec) -> Result<()> {
 /// A new dataset goes into a new or empty directory only (the `_bdense/` of a create that died,
 /// or of a concurrent creator, aside): never into a store root or a directory of someone
 /// else's files.
-fn refuse_foreign_files(dir: &Path) -> Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(StoreError::io(dir, e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(|e| StoreError::io(dir, e))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name != manifest::META_DIR {
-            return Err(StoreError::NotEmpty {
-                path: dir.to_path_buf(),
-            });
-        }
+fn refuse_foreign_files(backend: &dyn Backend) -> Result<()> {
+    if backend
+        .list("")?
+        .iter()
+        .any(|name| name != manifest::META_DIR)
+    {
+        return Err(StoreError::NotEmpty {
+            path: backend.locate(""),
+        });
     }
     Ok(())
 }
@@ -673,20 +709,29 @@ fn vector_column(dtype: Dtype, dim: usize, values: &[f32]) -> ArrayRef {
 }
 
 struct StagedFile {
-    temp: PathBuf,
-    final_path: PathBuf,
+    staged: Staged,
     entry: FileEntry,
+}
+
+/// Where a step file waits to be published.
+enum Staged {
+    /// A synced temporary in the local dataset's `_bdense/staging/`.
+    File { temp: PathBuf, final_path: PathBuf },
+    /// The whole file, to be put on object storage.
+    Memory(Vec<u8>),
 }
 
 /// Removes staged temporaries (those already published are gone: a no-op for them).
 fn discard(staged: &[StagedFile]) {
     for s in staged {
-        let _ = std::fs::remove_file(&s.temp);
+        if let Staged::File { temp, .. } = &s.staged {
+            let _ = std::fs::remove_file(temp);
+        }
     }
 }
 
 /// Writes one batch as a complete, synced Parquet file; returns its size and xxh3.
-fn write_parquet(
+fn write_parquet_file(
     path: &Path,
     batch: &RecordBatch,
     props: WriterProperties,
@@ -694,7 +739,26 @@ fn write_parquet(
     step: u16,
 ) -> Result<(u64, String)> {
     let file = File::create(path).map_err(|e| StoreError::io(path, e))?;
-    let sink = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
+    let sink = BufWriter::with_capacity(1 << 20, file);
+    let (buffered, bytes, hash) = write_parquet(sink, path, batch, props, format_version, step)?;
+    let file = buffered
+        .into_inner()
+        .map_err(|e| StoreError::io(path, e.into_error()))?;
+    file.sync_all().map_err(|e| StoreError::io(path, e))?;
+    Ok((bytes, hash))
+}
+
+/// Writes one batch as a complete Parquet file into `sink` (`path` names it in errors);
+/// returns the sink, the size and the xxh3.
+fn write_parquet<W: Write + Send>(
+    sink: W,
+    path: &Path,
+    batch: &RecordBatch,
+    props: WriterProperties,
+    format_version: u32,
+    step: u16,
+) -> Result<(W, u64, String)> {
+    let sink = HashingWriter::new(sink);
     let mut writer = ArrowWriter::try_new(sink, batch.schema(), Some(props))
         .map_err(|e| write_error(path, e))?;
     for (k, v) in schema::file_metadata(format_version, step) {
@@ -702,12 +766,8 @@ fn write_parquet(
     }
     writer.write(batch).map_err(|e| write_error(path, e))?;
     let sink = writer.into_inner().map_err(|e| write_error(path, e))?;
-    let (buffered, bytes, hash) = sink.finish();
-    let file = buffered
-        .into_inner()
-        .map_err(|e| StoreError::io(path, e.into_error()))?;
-    file.sync_all().map_err(|e| StoreError::io(path, e))?;
-    Ok((bytes, format!("{hash:016x}")))
+    let (inner, bytes, hash) = sink.finish();
+    Ok((inner, bytes, format!("{hash:016x}")))
 }
 
 fn write_error(path: &Path, source: parquet::errors::ParquetError) -> StoreError {

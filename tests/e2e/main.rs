@@ -9,6 +9,8 @@ mod pd;
 mod queries;
 mod readers;
 mod report;
+#[cfg(feature = "s3")]
+mod s3;
 mod store;
 mod sweep;
 mod torch;
@@ -23,9 +25,14 @@ pub fn dir() -> TestDir {
 
 /// `store/p`: 64 GMM trajectories of the procedural shapes on a 13-point grid, 2 shards.
 pub fn procedural_store(t: &TestDir) {
-    t.bdense([
+    t.bdense(procedural_args("store/p")).ok();
+}
+
+/// `generate` arguments for [`procedural_store`]'s dataset at `dataset` (a path or a URL).
+pub fn procedural_args(dataset: &str) -> Vec<String> {
+    [
         "generate",
-        "store/p",
+        dataset,
         "--dataset",
         "procedural",
         "--teacher",
@@ -38,6 +45,18 @@ pub fn procedural_store(t: &TestDir) {
         "32",
         "--fit-limit",
         "1024",
-    ])
-    .ok();
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// The step, weights hash and EMA hash of a training run's newest checkpoint.
+pub fn weights(run: &std::path::Path) -> String {
+    let ckpt = bdense_trainer::checkpoint::latest(run).unwrap().unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ckpt.join("meta.json")).unwrap()).unwrap();
+    format!(
+        "{} {} {}",
+        meta["step"], meta["weights_hash"], meta["ema_hash"]
+    )
 }

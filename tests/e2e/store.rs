@@ -402,3 +402,32 @@ fn gc_during_generate_keeps_the_writers_files() {
     let out = t.bdense(["store", "verify", "store/k"]).ok();
     assert!(out.contains("verify ok"), "{out}");
 }
+
+/// A build without the `s3` feature (the default) still parses `s3://` and says how to get it,
+/// in one line, for every kind of command: a writer, a reader and SQL.
+#[cfg(not(feature = "s3"))]
+#[test]
+fn s3_urls_in_a_build_without_s3_say_how_to_build_it() {
+    let t = dir();
+    for args in [
+        vec![
+            "generate",
+            "s3://bucket/store/g",
+            "--teacher",
+            "gaussian",
+            "--count",
+            "8",
+        ],
+        vec!["store", "info", "s3://bucket/store/g"],
+        vec!["sql", "s3://bucket/store", "SELECT count(*) FROM g"],
+    ] {
+        let (_, stderr) = t.bdense(&args).code(2);
+        let stderr = stderr.trim();
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains("s3://bucket"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("--features bdense-pipeline/s3"),
+            "{args:?}: {stderr}"
+        );
+    }
+}

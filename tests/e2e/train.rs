@@ -1,6 +1,6 @@
 //! `bdense train` and `bdense sample`: students from one store, resumable bit for bit.
 
-use crate::{dir, procedural_store as store};
+use crate::{dir, procedural_store as store, weights};
 
 /// B-DENSE students get K = 2; SFD has its one branch (it is refused a --k).
 fn train_args(method: &str, out: &str, steps: &str, extra: &[&str]) -> Vec<String> {
@@ -15,16 +15,6 @@ fn train_args(method: &str, out: &str, steps: &str, extra: &[&str]) -> Vec<Strin
     }
     a.extend(extra.iter().map(|s| s.to_string()));
     a
-}
-
-fn weights(run: &std::path::Path) -> String {
-    let ckpt = bdense_trainer::checkpoint::latest(run).unwrap().unwrap();
-    let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(ckpt.join("meta.json")).unwrap()).unwrap();
-    format!(
-        "{} {} {}",
-        meta["step"], meta["weights_hash"], meta["ema_hash"]
-    )
 }
 
 #[test]

@@ -5,12 +5,16 @@
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use bdense_tests::{TestDir, file_hashes};
+use bdense_tests::{TestCommand, file_hashes};
 
 use crate::dir;
 
+/// Runs `bdense` with the given arguments where a test wants it: in its directory, and with an
+/// S3 server's environment for the S3 tests (tests/e2e/s3.rs runs these workers too).
+pub(crate) type Run<'a> = &'a dyn Fn(Vec<String>) -> TestCommand;
+
 /// 30 shards of 16 trajectories: each of 3 workers has 10 to commit, so a kill lands mid-run.
-fn gen_args(dataset: &str, extra: &[&str]) -> Vec<String> {
+pub(crate) fn gen_args(dataset: &str, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "generate",
         dataset,
@@ -33,9 +37,10 @@ fn gen_args(dataset: &str, extra: &[&str]) -> Vec<String> {
     args
 }
 
-fn worker(t: &TestDir, dataset: &str, i: u32) -> Child {
+/// Worker `i` of 3 generating into `dataset`, running.
+pub(crate) fn worker(run: Run, dataset: &str, i: u32) -> Child {
     let (w, i) = ("3".to_string(), i.to_string());
-    t.bdense(gen_args(dataset, &["--workers", &w, "--worker", &i]))
+    run(gen_args(dataset, &["--workers", &w, "--worker", &i]))
         .cmd
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -43,18 +48,20 @@ fn worker(t: &TestDir, dataset: &str, i: u32) -> Child {
         .unwrap()
 }
 
-fn wait_ok(mut child: Child, what: &str) {
+pub(crate) fn wait_ok(mut child: Child, what: &str) {
     let status = child.wait().unwrap();
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(status.success(), "{what} failed: {stderr}");
 }
 
-/// `store info`'s snapshot hash (dataset name, every file's path and xxh3) and `verify`.
-fn snapshot_and_verify(t: &TestDir, dataset: &str) -> String {
-    let out = t.bdense(["store", "verify", dataset]).ok();
+/// `store info`'s snapshot hash (dataset name, every file's path and xxh3) of a complete
+/// dataset that `store verify` passes.
+pub(crate) fn snapshot_and_verify(run: Run, dataset: &str) -> String {
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let out = run(args(&["store", "verify", dataset])).ok();
     assert!(out.contains("verify ok"), "{dataset}: {out}");
-    let info = t.bdense(["store", "info", dataset]).ok();
+    let info = run(args(&["store", "info", dataset])).ok();
     let line = info
         .lines()
         .find(|l| l.starts_with("snapshot"))
@@ -66,14 +73,15 @@ fn snapshot_and_verify(t: &TestDir, dataset: &str) -> String {
 #[test]
 fn three_concurrent_workers_write_what_one_process_writes() {
     let t = dir();
+    let run = |a: Vec<String>| t.bdense(a);
     let started = Instant::now();
     t.bdense(gen_args("one/d", &[])).ok();
-    let single = snapshot_and_verify(&t, "one/d");
-    let workers: Vec<Child> = (0..3).map(|i| worker(&t, "many/d", i)).collect();
+    let single = snapshot_and_verify(&run, "one/d");
+    let workers: Vec<Child> = (0..3).map(|i| worker(&run, "many/d", i)).collect();
     for (i, child) in workers.into_iter().enumerate() {
         wait_ok(child, &format!("worker {i}"));
     }
-    assert_eq!(snapshot_and_verify(&t, "many/d"), single);
+    assert_eq!(snapshot_and_verify(&run, "many/d"), single);
     assert_eq!(
         file_hashes(&t.join("many/d")),
         file_hashes(&t.join("one/d"))
@@ -93,7 +101,7 @@ fn three_concurrent_workers_write_what_one_process_writes() {
     assert_eq!(versions, 31);
     let out = t.bdense(["store", "gc", "many/d", "--grace", "0"]).ok();
     assert!(out.contains("gc done: 23 files"), "{out}");
-    assert_eq!(snapshot_and_verify(&t, "many/d"), single);
+    assert_eq!(snapshot_and_verify(&run, "many/d"), single);
 
     // A worker with other arguments does not join.
     t.bdense(gen_args("many/d", &["--seed", "5", "--workers", "3", "--worker", "0"]))
@@ -109,11 +117,12 @@ fn three_concurrent_workers_write_what_one_process_writes() {
 #[test]
 fn a_worker_killed_with_sigkill_is_completed_by_running_it_again() {
     let t = dir();
+    let run = |a: Vec<String>| t.bdense(a);
     let started = Instant::now();
     t.bdense(gen_args("one/d", &[])).ok();
-    let single = snapshot_and_verify(&t, "one/d");
+    let single = snapshot_and_verify(&run, "one/d");
 
-    let mut workers: Vec<Option<Child>> = (0..3).map(|i| Some(worker(&t, "many/d", i))).collect();
+    let mut workers: Vec<Option<Child>> = (0..3).map(|i| Some(worker(&run, "many/d", i))).collect();
     // SIGKILL worker 1 once it has committed a shard of its own (1, 4, 7, ...).
     let deadline = Instant::now() + Duration::from_secs(300);
     let committed_by_1 = || {
@@ -141,8 +150,8 @@ fn a_worker_killed_with_sigkill_is_completed_by_running_it_again() {
     assert!(out.contains("verify ok"), "{out}");
 
     // Run again, it completes its part: the single process's dataset.
-    wait_ok(worker(&t, "many/d", 1), "worker 1, rerun");
-    assert_eq!(snapshot_and_verify(&t, "many/d"), single);
+    wait_ok(worker(&run, "many/d", 1), "worker 1, rerun");
+    assert_eq!(snapshot_and_verify(&run, "many/d"), single);
     assert_eq!(
         file_hashes(&t.join("many/d")),
         file_hashes(&t.join("one/d"))
@@ -161,6 +170,6 @@ fn a_worker_killed_with_sigkill_is_completed_by_running_it_again() {
         }
     }
     assert!(left.is_empty(), "gc left temporaries: {left:?}");
-    assert_eq!(snapshot_and_verify(&t, "many/d"), single);
+    assert_eq!(snapshot_and_verify(&run, "many/d"), single);
     eprintln!("kill and rerun: {:.1}s", started.elapsed().as_secs_f64());
 }

@@ -150,3 +150,55 @@ pub fn file_hashes(dataset: &Path) -> Vec<(String, String)> {
     out.sort();
     out
 }
+
+/// Whether two CSV answers to one query agree: the same header and rows, text fields equal
+/// and numbers within `rel` of each other relative to the larger (a parallel `sum` adds in
+/// an order that depends on how the scan was split, so the last digits may differ).
+pub fn csv_answers_agree(a: &str, b: &str, rel: f64) -> bool {
+    let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    a.len() == b.len()
+        && a.iter().zip(&b).all(|(x, y)| {
+            let (x, y): (Vec<&str>, Vec<&str>) = (x.split(',').collect(), y.split(',').collect());
+            x.len() == y.len() && x.iter().zip(&y).all(|(p, q)| fields_agree(p, q, rel))
+        })
+}
+
+fn fields_agree(p: &str, q: &str, rel: f64) -> bool {
+    match (p.parse::<f64>(), q.parse::<f64>()) {
+        (Ok(x), Ok(y)) => {
+            x == y || (x.is_nan() && y.is_nan()) || (x - y).abs() <= rel * x.abs().max(y.abs())
+        }
+        _ => p == q,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_answers_agree;
+
+    #[test]
+    fn csv_answers_agree_within_the_tolerance_and_not_beyond() {
+        let a = "id,v\n4,0.9996285707607242\n7,NaN\n";
+        assert!(csv_answers_agree(
+            a,
+            "id,v\n4,0.9996285707607238\n7,NaN\n",
+            1e-12
+        ));
+        assert!(!csv_answers_agree(
+            a,
+            "id,v\n4,0.9996285707607238\n7,NaN\n",
+            1e-16
+        ));
+        assert!(!csv_answers_agree(
+            a,
+            "id,v\n5,0.9996285707607242\n7,NaN\n",
+            1e-12
+        ));
+        assert!(!csv_answers_agree(a, "id,v\n4,0.9996285707607242\n", 1e-12));
+        assert!(!csv_answers_agree(
+            a,
+            "id,w\n4,0.9996285707607242\n7,NaN\n",
+            1e-12
+        ));
+    }
+}

@@ -413,6 +413,12 @@ fn targets_peer(
     stream_s: f64,
     (count, steps, dim): (usize, usize, usize),
 ) -> anyhow::Result<()> {
+    if bdense_store::location::is_remote(&args.dataset) {
+        // The peer script reads a local directory; on object storage the comparison that
+        // matters is the same stream on local disk (pipeline/bench/s3_loopback.sh).
+        println!("pyarrow + numpy peer skipped: it reads local datasets only");
+        return Ok(());
+    }
     let python = bench_peer::python();
     let Some(versions) = bench_peer::versions(&python, &["pyarrow", "numpy"]) else {
         println!(

@@ -50,8 +50,8 @@ const QUESTIONS: [Question; 9] = [
     },
     Question {
         name: "straightness",
-        bdense: "WITH hops AS (SELECT a.traj_id, l2_dist(a.x, b.x) AS d FROM {t} a JOIN {t} b ON a.traj_id = b.traj_id AND b.step = a.step + 1) SELECT e.traj_id, l2_dist(s.x, e.x) / sum(h.d) AS straightness FROM {t} s JOIN {t} e ON s.traj_id = e.traj_id AND s.step = 0 AND e.step = {last} JOIN hops h ON h.traj_id = s.traj_id GROUP BY e.traj_id, s.x, e.x ORDER BY straightness LIMIT 5",
-        duckdb: "WITH hops AS (SELECT a.traj_id, list_distance(a.x::DOUBLE[], b.x::DOUBLE[]) AS d FROM {t} a JOIN {t} b ON a.traj_id = b.traj_id AND b.step = a.step + 1) SELECT e.traj_id, list_distance(s.x::DOUBLE[], e.x::DOUBLE[]) / sum(h.d) AS straightness FROM {t} s JOIN {t} e ON s.traj_id = e.traj_id AND s.step = 0 AND e.step = {last} JOIN hops h ON h.traj_id = s.traj_id GROUP BY e.traj_id, s.x, e.x ORDER BY straightness LIMIT 5",
+        bdense: "WITH path AS (SELECT a.traj_id, sum(l2_dist(a.x, b.x)) AS len FROM {t} a JOIN {t} b ON a.traj_id = b.traj_id AND b.step = a.step + 1 GROUP BY a.traj_id) SELECT e.traj_id, l2_dist(s.x, e.x) / p.len AS straightness FROM {t} s JOIN {t} e ON s.traj_id = e.traj_id AND s.step = 0 AND e.step = {last} JOIN path p ON p.traj_id = s.traj_id ORDER BY straightness LIMIT 5",
+        duckdb: "WITH path AS (SELECT a.traj_id, sum(list_distance(a.x::DOUBLE[], b.x::DOUBLE[])) AS len FROM {t} a JOIN {t} b ON a.traj_id = b.traj_id AND b.step = a.step + 1 GROUP BY a.traj_id) SELECT e.traj_id, list_distance(s.x::DOUBLE[], e.x::DOUBLE[]) / p.len AS straightness FROM {t} s JOIN {t} e ON s.traj_id = e.traj_id AND s.step = 0 AND e.step = {last} JOIN path p ON p.traj_id = s.traj_id ORDER BY straightness LIMIT 5",
     },
     Question {
         name: "NaN or Inf",

@@ -24,11 +24,10 @@ use crate::error::{QueryError, Result, RowProblem};
 pub(crate) fn check_files(dataset: &Dataset, shard: &ShardEntry, steps: &[u16]) -> Result<()> {
     bdense_store::parallel::map_on_cores(steps, |&step| {
         let entry = dataset.file(shard, step)?;
-        let path = dataset.file_path(entry);
-        if std::fs::symlink_metadata(&path).is_err() {
+        if dataset.backend().stat(&entry.path)?.is_none() {
             return Err(QueryError::MissingStepFile {
                 dataset: dataset.dir().to_path_buf(),
-                path,
+                path: dataset.file_path(entry),
             });
         }
         dataset.check_file(shard, entry)?;
