@@ -33,6 +33,9 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Query a store with SQL (DataFusion).
     Sql(SqlArgs),
+    /// A Ballista cluster that runs `bdense sql --cluster` queries (`cluster` feature).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Preview or write the branch targets of a student (N timestamps, K branches).
     Targets(TargetsArgs),
     /// Neural teachers.
@@ -203,6 +206,42 @@ pub struct SqlArgs {
     /// Allow statements that write or create (COPY, CREATE, INSERT...).
     #[arg(long)]
     pub allow_writes: bool,
+    /// Run the query on the Ballista cluster whose scheduler is at df://HOST:PORT; it and
+    /// its executors must see STORE at the same path.
+    #[arg(long, value_name = "df://HOST:PORT")]
+    pub cluster: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Start a Ballista scheduler (runs until stopped).
+    #[command(after_help = "Example: bdense cluster scheduler --bind 127.0.0.1:50050")]
+    Scheduler(SchedulerArgs),
+    /// Start a Ballista executor that pulls tasks from a scheduler (runs until stopped).
+    #[command(
+        after_help = "Example: bdense cluster executor --scheduler 127.0.0.1:50050 --bind 127.0.0.1:50051"
+    )]
+    Executor(ExecutorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SchedulerArgs {
+    /// Address to listen on (port 0: any free port, printed at start).
+    #[arg(long, default_value = "127.0.0.1:50050")]
+    pub bind: std::net::SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecutorArgs {
+    /// The scheduler, HOST:PORT or df://HOST:PORT.
+    #[arg(long)]
+    pub scheduler: String,
+    /// Address of this executor's data (Arrow Flight) service, as the others reach it.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub bind: std::net::SocketAddr,
+    /// Tasks run at once (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub tasks: usize,
 }
 
 #[derive(Debug, Args)]

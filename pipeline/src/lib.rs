@@ -1,6 +1,7 @@
 //! The stages wired together, and the command line that runs them.
 
 pub mod cli;
+pub mod cluster;
 pub mod commands;
 pub mod evaluation;
 pub mod generation;
@@ -14,7 +15,7 @@ pub mod teacher_source;
 
 use std::process::ExitCode;
 
-use cli::{BenchCommand, Cli, Command, StoreCommand, TeacherCommand};
+use cli::{BenchCommand, Cli, ClusterCommand, Command, StoreCommand, TeacherCommand};
 
 /// Runs one command; `Ok(code)` carries non-zero exits that are not errors (a failed verify).
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -32,6 +33,8 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Store(StoreCommand::Upgrade(a)) => commands::store::upgrade(&a),
         Command::Generate(a) => commands::generate::run(&a),
         Command::Sql(a) => commands::sql::run(&a),
+        Command::Cluster(ClusterCommand::Scheduler(a)) => cluster::scheduler(&a),
+        Command::Cluster(ClusterCommand::Executor(a)) => cluster::executor(&a),
         Command::Targets(a) => commands::targets::run(&a),
         Command::Teacher(TeacherCommand::Train(a)) => commands::teacher::train(&a),
         Command::Teacher(TeacherCommand::Eval(a)) => commands::teacher::eval(&a),

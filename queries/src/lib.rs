@@ -2,6 +2,8 @@
 //! pruned by `step`), vector UDFs for inspecting teacher paths, and the streamed K-step
 //! branch targets the trainer consumes.
 
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod error;
 pub mod format;
 pub mod layout;

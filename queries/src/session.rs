@@ -34,11 +34,17 @@ impl StoreSession {
     /// Opens every dataset in `store` (a path, `file://PATH` or `s3://BUCKET/PREFIX`), each at
     /// its committed snapshot.
     pub fn open(store: &Path) -> Result<StoreSession> {
+        Self::open_in(store, SessionContext::new_with_config(config()))
+    }
+
+    /// Opens every dataset in `store` as tables of `ctx`, a context built on [`config`] (a
+    /// cluster client's, say), registering the vector functions there too.
+    pub fn open_in(store: &Path, ctx: SessionContext) -> Result<StoreSession> {
         let mut datasets = BTreeMap::new();
         for name in bdense_store::list_datasets(store)? {
             datasets.insert(name.clone(), Dataset::open(&store.join(&name))?);
         }
-        Self::with_datasets(store, datasets)
+        Self::with_datasets(store, datasets, ctx)
     }
 
     /// A session holding just `dataset`.
@@ -49,14 +55,15 @@ impl StoreSession {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        Self::with_datasets(&store, BTreeMap::from([(name, dataset)]))
+        let ctx = SessionContext::new_with_config(config());
+        Self::with_datasets(&store, BTreeMap::from([(name, dataset)]), ctx)
     }
 
-    fn with_datasets(store: &Path, datasets: BTreeMap<String, Dataset>) -> Result<StoreSession> {
-        let config = SessionConfig::new()
-            .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()))
-            .with_information_schema(true);
-        let ctx = SessionContext::new_with_config(config);
+    fn with_datasets(
+        store: &Path,
+        datasets: BTreeMap<String, Dataset>,
+        ctx: SessionContext,
+    ) -> Result<StoreSession> {
         udf::register_all(&ctx);
         for (name, ds) in &datasets {
             if name == MANIFEST_TABLE || name == GRID_TABLE {
@@ -149,6 +156,13 @@ impl StoreSession {
         }
         QueryError::DataFusion(e)
     }
+}
+
+/// The settings of every store session: one partition per core, `information_schema` on.
+pub fn config() -> SessionConfig {
+    SessionConfig::new()
+        .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .with_information_schema(true)
 }
 
 /// The deepest expression nesting a query may have. DataFusion plans, optimises and evaluates

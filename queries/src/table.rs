@@ -76,6 +76,11 @@ impl StepTable {
         }
     }
 
+    /// The dataset (at the snapshot it was opened at) this table reads.
+    pub fn dataset(&self) -> &Dataset {
+        &self.dataset
+    }
+
     /// Checks a file against the manifest before DataFusion reads it (hashed once per
     /// dataset handle while its size and mtime stay the same).
     fn verify(&self, file: &StepFile) -> Result<()> {

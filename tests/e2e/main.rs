@@ -1,6 +1,8 @@
 //! End-to-end tests: `bdense` run as a user runs it, in a fresh directory per test.
 
 mod args;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod crash;
 mod generate;
 mod pd;

@@ -114,7 +114,19 @@ pub fn synthetic(
     rows_per_shard: u32,
     dtype: Dtype,
 ) -> Dataset {
-    let spec = SyntheticSpec {
+    let spec = synthetic_spec(name, count, points, rows_per_shard, dtype);
+    write_gaussian(&store.join(name), &spec, WriteOptions::default()).expect("synthetic dataset")
+}
+
+/// What [`synthetic`] writes, for a test that writes (or alters) its shards itself.
+pub fn synthetic_spec(
+    name: &str,
+    count: u64,
+    points: usize,
+    rows_per_shard: u32,
+    dtype: Dtype,
+) -> SyntheticSpec {
+    SyntheticSpec {
         name: name.into(),
         dims: Dims { c: 1, h: 4, w: 4 },
         count,
@@ -124,8 +136,7 @@ pub fn synthetic(
         base_seed: 11,
         classes: 10,
         with_denoised: false,
-    };
-    write_gaussian(&store.join(name), &spec, WriteOptions::default()).expect("synthetic dataset")
+    }
 }
 
 /// Every committed file of a dataset with its hash, relative to the dataset directory.

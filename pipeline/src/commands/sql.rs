@@ -10,13 +10,20 @@ use crate::cli::SqlArgs;
 
 pub fn run(args: &SqlArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let session = StoreSession::open(&args.store)?;
     let (query, allow_writes) = (args.query.clone(), args.allow_writes);
+    let (store, cluster) = (args.store.clone(), args.cluster.clone());
     let rt = runtime();
     // Spawned, not polled in `block_on`: a worker thread has the stack deep queries need.
     let batches = rt.block_on(rt.spawn(async move {
+        let session = match &cluster {
+            Some(url) => crate::cluster::session(url, &store).await?,
+            None => StoreSession::open(&store)?,
+        };
         let df = session.sql(&query, allow_writes).await?;
-        Ok::<_, bdense_queries::QueryError>(df.collect().await?)
+        match &cluster {
+            Some(url) => crate::cluster::collect(url, df).await,
+            None => Ok(df.collect().await?),
+        }
     }))??;
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     format::write(
