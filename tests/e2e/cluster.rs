@@ -3,7 +3,6 @@
 //! `bdense sql` does on the same store (built with the `cluster` feature: .ci/cluster).
 
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -66,29 +65,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// The statements of the README's SQL example block, each without its comment lines.
-fn readme_queries() -> Vec<String> {
-    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
-    let text = std::fs::read_to_string(&readme).unwrap();
-    let section = &text[text
-        .find("### SQL over teacher paths")
-        .expect("SQL section")..];
-    let block = &section[section.find("```sql\n").expect("sql block") + 7..];
-    let block = &block[..block.find("```").unwrap()];
-    block
-        .split(';')
-        .map(|q| {
-            q.lines()
-                .filter(|l| !l.trim_start().starts_with("--"))
-                .collect::<Vec<_>>()
-                .join("\n")
-                .trim()
-                .to_string()
-        })
-        .filter(|q| !q.is_empty())
-        .collect()
 }
 
 /// A query's JSON answer as rows to compare: in order where the query orders them, else
@@ -175,7 +151,7 @@ fn cluster_answers_the_readme_queries_as_local_sql() {
         .collect();
 
     let url = format!("df://127.0.0.1:{port}");
-    let mut queries = readme_queries();
+    let mut queries = crate::readme_queries();
     assert!(queries.len() >= 7, "{queries:?}");
     queries.push("SELECT dataset, step, sigma FROM grid ORDER BY step".into());
     queries.push("SELECT dataset, trajectories, snapshot FROM manifest".into());

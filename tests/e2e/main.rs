@@ -60,3 +60,26 @@ pub fn weights(run: &std::path::Path) -> String {
         meta["step"], meta["weights_hash"], meta["ema_hash"]
     )
 }
+
+/// The statements of the README's SQL example block, each without its comment lines.
+pub fn readme_queries() -> Vec<String> {
+    let readme = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let text = std::fs::read_to_string(&readme).unwrap();
+    let section = &text[text
+        .find("### SQL over teacher paths")
+        .expect("SQL section")..];
+    let block = &section[section.find("```sql\n").expect("sql block") + 7..];
+    let block = &block[..block.find("```").unwrap()];
+    block
+        .split(';')
+        .map(|q| {
+            q.lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join("\n")
+                .trim()
+                .to_string()
+        })
+        .filter(|q| !q.is_empty())
+        .collect()
+}

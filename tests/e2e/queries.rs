@@ -3,7 +3,33 @@
 use bdense_store::Dtype;
 use bdense_tests::synthetic;
 
-use crate::dir;
+use crate::{dir, readme_queries};
+
+/// Every statement of the README's SQL block runs as written on a 49-step dataset named as
+/// there, and the questions that are not looking for problems have answers.
+#[test]
+fn the_readme_sql_block_runs_as_written() {
+    let t = dir();
+    let mut generate = crate::procedural_args("store/fmnist");
+    generate[7] = "49".into(); // the README's queries name step 48
+    t.bdense(generate).ok();
+    let queries = readme_queries();
+    assert_eq!(queries.len(), 7, "{queries:?}");
+    for query in &queries {
+        let out = t.bdense(["sql", "store", query, "--format", "csv"]).ok();
+        let rows: Vec<&str> = out.lines().skip(1).collect();
+        let problems = query.contains("all_finite") || query.contains("HAVING count(*) > 1");
+        assert_eq!(rows.is_empty(), problems, "{query}:\n{out}");
+        if query.contains("straightness") {
+            // Endpoint displacement over path length: in (0, 1], five trajectories.
+            assert_eq!(rows.len(), 5, "{out}");
+            for row in rows {
+                let s: f64 = row.split(',').nth(1).unwrap().parse().unwrap();
+                assert!(s > 0.0 && s <= 1.0 + 1e-9, "{row}");
+            }
+        }
+    }
+}
 
 #[test]
 fn sql_answers_questions_about_teacher_paths() {

@@ -264,9 +264,7 @@ fn sql_over_s3_answers_the_readme_queries_as_over_local_disk() {
     };
     t.bdense(args("store/fmnist")).ok();
     s3.bdense(&t, args("s3://bdense-test/store/fmnist")).ok();
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    let queries = readme_queries(&readme);
+    let queries = crate::readme_queries();
     assert_eq!(queries.len(), 7, "{queries:?}");
     let mut answered = 0;
     for query in &queries {
@@ -280,25 +278,6 @@ fn sql_over_s3_answers_the_readme_queries_as_over_local_disk() {
     }
     // All but the two that look for problems (NaN, duplicate seeds) have rows.
     assert_eq!(answered, 5);
-}
-
-/// The SQL statements of the README's "SQL over teacher paths" block.
-fn readme_queries(readme: &str) -> Vec<String> {
-    let block = readme
-        .split("```sql\n")
-        .nth(1)
-        .and_then(|b| b.split("```").next())
-        .expect("the README has a sql block");
-    block
-        .split(';')
-        .map(|q| {
-            q.lines()
-                .filter(|l| !l.trim_start().starts_with("--"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .filter(|q| !q.trim().is_empty())
-        .collect()
 }
 
 fn train_args(dataset: &str, out: &str, extra: &[&str]) -> Vec<String> {
