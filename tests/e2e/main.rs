@@ -50,6 +50,29 @@ pub fn procedural_args(dataset: &str) -> Vec<String> {
     .to_vec()
 }
 
+/// `generate` arguments for a small dataset shaped as the README's SQL block expects (49
+/// steps, so step 48 is the last; 8 GMM trajectories of the procedural shapes).
+pub fn readme_store_args(dataset: &str) -> Vec<String> {
+    [
+        "generate",
+        dataset,
+        "--dataset",
+        "procedural",
+        "--teacher",
+        "gmm",
+        "--grid",
+        "49",
+        "--count",
+        "8",
+        "--rows-per-shard",
+        "8",
+        "--fit-limit",
+        "256",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// The step, weights hash and EMA hash of a training run's newest checkpoint.
 pub fn weights(run: &std::path::Path) -> String {
     let ckpt = bdense_trainer::checkpoint::latest(run).unwrap().unwrap();

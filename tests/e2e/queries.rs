@@ -10,9 +10,7 @@ use crate::{dir, readme_queries};
 #[test]
 fn the_readme_sql_block_runs_as_written() {
     let t = dir();
-    let mut generate = crate::procedural_args("store/fmnist");
-    generate[7] = "49".into(); // the README's queries name step 48
-    t.bdense(generate).ok();
+    t.bdense(crate::readme_store_args("store/fmnist")).ok();
     let queries = readme_queries();
     assert_eq!(queries.len(), 7, "{queries:?}");
     for query in &queries {

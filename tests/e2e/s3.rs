@@ -1,15 +1,16 @@
 //! Stores on S3-compatible object storage, against a real server on loopback: moto's
-//! standalone server (PyPI `moto[server]`, `.ci/run` installs it) started per test by
+//! standalone server (PyPI `moto[server]`, `.ci/s3` installs it) started per test by
 //! `s3_server.py` on a free port. Every command takes `s3://BUCKET/PREFIX[/NAME]`, configured
 //! by the standard AWS environment variables, and gives what it gives on local disk.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use bdense_tests::{TestCommand, TestDir, csv_answers_agree};
 
-use crate::workers::{gen_args, snapshot_and_verify, wait_ok, worker};
+use crate::workers::{
+    gen_args, kill_worker_1_once_it_commits, snapshot_and_verify, wait_ok, worker,
+};
 use crate::{dir, weights};
 
 /// A moto server on 127.0.0.1, killed when dropped.
@@ -193,7 +194,7 @@ fn an_s3_worker_killed_with_sigkill_is_completed_by_running_it_again() {
     t.bdense(gen_args("one/d", &[])).ok();
     let local = snapshot_and_verify(&run, "one/d");
     let url = "s3://bdense-test/many/d";
-    let mut workers: Vec<Option<Child>> = (0..3).map(|i| Some(worker(&run, url, i))).collect();
+    let workers: Vec<Child> = (0..3).map(|i| worker(&run, url, i)).collect();
     // SIGKILL worker 1 once it has committed a shard of its own (1, 4, 7, ...).
     let committed_by_1 = || {
         let out = s3
@@ -214,19 +215,7 @@ fn an_s3_worker_killed_with_sigkill_is_completed_by_running_it_again() {
             .and_then(|l| l.trim().parse::<u64>().ok())
             .unwrap_or(0)
     };
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let mut victim = workers[1].take().unwrap();
-    while committed_by_1() == 0 {
-        assert!(Instant::now() < deadline, "worker 1 committed nothing");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    victim.kill().unwrap();
-    let killed = victim.wait().unwrap();
-    for (i, child) in workers.into_iter().enumerate() {
-        if let Some(child) = child {
-            wait_ok(child, &format!("worker {i}"));
-        }
-    }
+    let killed = kill_worker_1_once_it_commits(workers, &committed_by_1);
     let at_kill = committed_by_1();
     eprintln!("worker 1 ({killed}) had committed {at_kill} of its 160 trajectories");
     assert!(!killed.success(), "worker 1 finished before the kill");
@@ -242,28 +231,12 @@ fn an_s3_worker_killed_with_sigkill_is_completed_by_running_it_again() {
 fn sql_over_s3_answers_the_readme_queries_as_over_local_disk() {
     let (t, s3) = (dir(), S3Server::start());
     s3.create_bucket("bdense-test");
-    let args = |dataset: &str| {
-        [
-            "generate",
-            dataset,
-            "--dataset",
-            "procedural",
-            "--teacher",
-            "gmm",
-            "--grid",
-            "49",
-            "--count",
-            "8",
-            "--rows-per-shard",
-            "8",
-            "--fit-limit",
-            "256",
-        ]
-        .map(String::from)
-        .to_vec()
-    };
-    t.bdense(args("store/fmnist")).ok();
-    s3.bdense(&t, args("s3://bdense-test/store/fmnist")).ok();
+    t.bdense(crate::readme_store_args("store/fmnist")).ok();
+    s3.bdense(
+        &t,
+        crate::readme_store_args("s3://bdense-test/store/fmnist"),
+    )
+    .ok();
     let queries = crate::readme_queries();
     assert_eq!(queries.len(), 7, "{queries:?}");
     let mut answered = 0;

@@ -2,7 +2,7 @@
 //! dataset at once (docs/STORE-PROTOCOL.md); the result is a single process's, byte for byte,
 //! and a worker killed with SIGKILL is completed by running it again.
 
-use std::process::{Child, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use bdense_tests::{TestCommand, file_hashes};
@@ -46,6 +46,26 @@ pub(crate) fn worker(run: Run, dataset: &str, i: u32) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
+}
+
+/// SIGKILLs worker 1 of `workers` as soon as it has committed something of its own (shards
+/// 1, 4, 7, ..., as `committed` counts), lets the others finish, and returns how it ended.
+pub(crate) fn kill_worker_1_once_it_commits(
+    mut workers: Vec<Child>,
+    committed: &dyn Fn() -> u64,
+) -> ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while committed() == 0 {
+        assert!(Instant::now() < deadline, "worker 1 committed nothing");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut victim = workers.remove(1);
+    victim.kill().unwrap();
+    let killed = victim.wait().unwrap();
+    for (i, child) in workers.into_iter().enumerate() {
+        wait_ok(child, &format!("worker {}", if i == 0 { 0 } else { 2 }));
+    }
+    killed
 }
 
 pub(crate) fn wait_ok(mut child: Child, what: &str) {
@@ -122,27 +142,14 @@ fn a_worker_killed_with_sigkill_is_completed_by_running_it_again() {
     t.bdense(gen_args("one/d", &[])).ok();
     let single = snapshot_and_verify(&run, "one/d");
 
-    let mut workers: Vec<Option<Child>> = (0..3).map(|i| Some(worker(&run, "many/d", i))).collect();
-    // SIGKILL worker 1 once it has committed a shard of its own (1, 4, 7, ...).
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let workers: Vec<Child> = (0..3).map(|i| worker(&run, "many/d", i)).collect();
     let committed_by_1 = || {
         bdense_store::Dataset::open(&t.join("many/d"))
-            .map(|d| d.shards().iter().filter(|s| s.index % 3 == 1).count())
+            .map(|d| d.shards().iter().filter(|s| s.index % 3 == 1).count() as u64)
             .unwrap_or(0)
     };
-    let mut victim = workers[1].take().unwrap();
-    while committed_by_1() == 0 {
-        assert!(Instant::now() < deadline, "worker 1 committed nothing");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    victim.kill().unwrap();
-    let killed = victim.wait().unwrap();
+    let killed = kill_worker_1_once_it_commits(workers, &committed_by_1);
     let at_kill = committed_by_1();
-    for (i, child) in workers.into_iter().enumerate() {
-        if let Some(child) = child {
-            wait_ok(child, &format!("worker {i}"));
-        }
-    }
     eprintln!("worker 1 ({killed}) had committed {at_kill} of its 10 shards");
     assert!(!killed.success(), "worker 1 finished before the kill");
     // What it committed is whole; the rest of the dataset is the other workers'.
