@@ -30,47 +30,36 @@ pub fn procedural_store(t: &TestDir) {
 
 /// `generate` arguments for [`procedural_store`]'s dataset at `dataset` (a path or a URL).
 pub fn procedural_args(dataset: &str) -> Vec<String> {
-    [
-        "generate",
-        dataset,
-        "--dataset",
-        "procedural",
-        "--teacher",
-        "gmm",
-        "--grid",
-        "13",
-        "--count",
-        "64",
-        "--rows-per-shard",
-        "32",
-        "--fit-limit",
-        "1024",
-    ]
-    .map(String::from)
-    .to_vec()
+    gmm_procedural_args(dataset, 13, 64, 32, 1024)
 }
 
 /// `generate` arguments for a small dataset shaped as the README's SQL block expects (49
 /// steps, so step 48 is the last; 8 GMM trajectories of the procedural shapes).
 pub fn readme_store_args(dataset: &str) -> Vec<String> {
-    [
+    gmm_procedural_args(dataset, 49, 8, 8, 256)
+}
+
+/// `generate` arguments: the GMM teacher on the procedural shapes.
+fn gmm_procedural_args(dataset: &str, grid: u32, count: u32, rows: u32, fit: u32) -> Vec<String> {
+    let mut args: Vec<String> = [
         "generate",
         dataset,
         "--dataset",
         "procedural",
         "--teacher",
         "gmm",
-        "--grid",
-        "49",
-        "--count",
-        "8",
-        "--rows-per-shard",
-        "8",
-        "--fit-limit",
-        "256",
     ]
     .map(String::from)
-    .to_vec()
+    .to_vec();
+    for (flag, value) in [
+        ("--grid", grid),
+        ("--count", count),
+        ("--rows-per-shard", rows),
+        ("--fit-limit", fit),
+    ] {
+        args.extend([flag.to_string(), value.to_string()]);
+    }
+    args
 }
 
 /// The step, weights hash and EMA hash of a training run's newest checkpoint.
