@@ -62,8 +62,8 @@ pub(crate) fn kill_worker_1_once_it_commits(
     let mut victim = workers.remove(1);
     victim.kill().unwrap();
     let killed = victim.wait().unwrap();
-    for (i, child) in workers.into_iter().enumerate() {
-        wait_ok(child, &format!("worker {}", if i == 0 { 0 } else { 2 }));
+    for (i, child) in [0, 2].into_iter().zip(workers) {
+        wait_ok(child, &format!("worker {i}"));
     }
     killed
 }
