@@ -113,22 +113,35 @@ pub(crate) fn best<T>(
     repeats: usize,
     f: impl FnMut() -> anyhow::Result<T>,
 ) -> anyhow::Result<(f64, T)> {
-    best_with(repeats, || Ok(()), f)
+    best_with(repeats, || Ok(()), f).map(|(t, v)| (t.secs, v))
 }
 
-/// The fastest of `repeats` runs of `f`, each after an untimed `before`.
+/// One timed run: wall seconds and this process's CPU seconds (all threads) during it.
+#[derive(Clone, Copy)]
+struct Timing {
+    secs: f64,
+    cpu: f64,
+}
+
+/// The fastest of `repeats` runs of `f`, each after an untimed `before`. The CPU seconds are
+/// the least any run used: a first run that also hashes files or faults memory in does not
+/// count against the steady state.
 fn best_with<T>(
     repeats: usize,
     mut before: impl FnMut() -> anyhow::Result<()>,
     mut f: impl FnMut() -> anyhow::Result<T>,
-) -> anyhow::Result<(f64, T)> {
+) -> anyhow::Result<(Timing, T)> {
     let mut out = None;
-    let mut best = f64::MAX;
+    let mut best = Timing {
+        secs: f64::MAX,
+        cpu: f64::MAX,
+    };
     for _ in 0..repeats.max(1) {
         before()?;
-        let t = Instant::now();
+        let (t, cpu) = (Instant::now(), cpu_seconds().0);
         let v = f()?;
-        best = best.min(t.elapsed().as_secs_f64());
+        best.secs = best.secs.min(t.elapsed().as_secs_f64());
+        best.cpu = best.cpu.min(cpu_seconds().0 - cpu);
         out = Some(v);
     }
     Ok((best, out.expect("at least one repeat")))
@@ -171,7 +184,7 @@ pub fn store(args: &BenchStoreArgs) -> anyhow::Result<ExitCode> {
         Ok(())
     })?;
     let before_read = || if args.cold { drop_page_cache() } else { Ok(()) };
-    let (raw_read, _) = best_with(args.repeats, before_read, || {
+    let (Timing { secs: raw_read, .. }, _) = best_with(args.repeats, before_read, || {
         let mut f = std::fs::File::open(&raw)?;
         let mut buf = vec![0u8; s.count * s.dim * 4];
         let mut sum = 0f64;
@@ -222,7 +235,7 @@ pub fn store(args: &BenchStoreArgs) -> anyhow::Result<ExitCode> {
             write_dataset(&dir, &s, dtype, rows_per_shard, options.clone())
         })?;
         let ds = Dataset::open(&dir)?;
-        let (read_s, _) = best_with(args.repeats, before_read, || {
+        let (Timing { secs: read_s, .. }, _) = best_with(args.repeats, before_read, || {
             let mut sum = 0f64;
             for shard in ds.shards() {
                 for &step in &chosen {
@@ -233,7 +246,7 @@ pub fn store(args: &BenchStoreArgs) -> anyhow::Result<ExitCode> {
             Ok(sum)
         })?;
         let steps: Vec<u16> = chosen.iter().map(|&s| s as u16).collect();
-        let (par_s, _) = best_with(args.repeats, before_read, || {
+        let (Timing { secs: par_s, .. }, _) = best_with(args.repeats, before_read, || {
             let mut sum = 0f64;
             for shard in ds.shards() {
                 for b in ds.read_steps(shard, &steps, Some(&["x"]))? {
@@ -321,8 +334,7 @@ pub fn targets(args: &BenchTargetsArgs) -> anyhow::Result<ExitCode> {
     let per_traj = (steps.len() * dim * 4) as f64;
     let before = || if args.cold { drop_page_cache() } else { Ok(()) };
     // The stream, one epoch; keep the order for the baseline.
-    let cpu = cpu_seconds();
-    let (stream_s, order) = best_with(args.repeats, before, || {
+    let (stream, order) = best_with(args.repeats, before, || {
         let mut order = Vec::with_capacity(count);
         let mut check = 0f64;
         for b in TargetStream::open(ds.clone(), &spec, 0)? {
@@ -333,7 +345,6 @@ pub fn targets(args: &BenchTargetsArgs) -> anyhow::Result<ExitCode> {
         let _ = check;
         Ok(order)
     })?;
-    let stream_cpu = (cpu_seconds().0 - cpu.0) / args.repeats as f64;
     // Baseline: the same states from one raw f32 file `[steps][count][dim]`, read with the
     // same access pattern (per batch, per trajectory, each selected step).
     std::fs::create_dir_all(&args.dir)?;
@@ -352,8 +363,7 @@ pub fn targets(args: &BenchTargetsArgs) -> anyhow::Result<ExitCode> {
             f.write_all(bytemuck_f32(&rows))?;
         }
     }
-    let cpu = cpu_seconds();
-    let (raw_s, _) = best_with(args.repeats, before, || {
+    let (ceiling, _) = best_with(args.repeats, before, || {
         use std::os::unix::fs::FileExt;
         let f = std::fs::File::open(&raw)?;
         let mut check = 0f64;
@@ -372,18 +382,17 @@ pub fn targets(args: &BenchTargetsArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(check)
     })?;
-    let raw_cpu = (cpu_seconds().0 - cpu.0) / args.repeats as f64;
     std::fs::remove_file(&raw).ok();
     let report = |name: &str, secs: f64, cpu: f64| {
         println!(
-            "{name:<44} {:>10.0} traj/s {:>8.3} GB/s  {:>6.2}x raw  {cpu:>6.2} CPU s/epoch",
+            "{name:<44} {:>10.0} traj/s {:>8.3} GB/s  {:>6.2}x raw  {cpu:>6.3} CPU s/epoch",
             count as f64 / secs,
             count as f64 * per_traj / secs / 1e9,
-            raw_s / secs
+            ceiling.secs / secs
         );
     };
     println!(
-        "branch targets N={} K={} ({} steps per trajectory), {count} trajectories x {dim} values, batch {}, best of {}, {} page cache:",
+        "branch targets N={} K={} ({} steps per trajectory), {count} trajectories x {dim} values, batch {}, best of {}, {} page cache (stream and raw CPU: the least one epoch used):",
         args.n,
         args.k,
         steps.len(),
@@ -393,15 +402,15 @@ pub fn targets(args: &BenchTargetsArgs) -> anyhow::Result<ExitCode> {
     );
     report(
         "raw f32 file, same access pattern (ceiling)",
-        raw_s,
-        raw_cpu,
+        ceiling.secs,
+        ceiling.cpu,
     );
     report(
         "bdense TargetStream (Parquet, fast vector decode)",
-        stream_s,
-        stream_cpu,
+        stream.secs,
+        stream.cpu,
     );
-    targets_peer(args, stream_s, (count, steps.len(), dim))?;
+    targets_peer(args, stream.secs, (count, steps.len(), dim))?;
     println!("bench targets done");
     Ok(ExitCode::SUCCESS)
 }
@@ -448,7 +457,7 @@ fn targets_peer(
     // The script's CPU time covers its imports and reading the manifest too: an upper bound.
     let peer_cpu = (cpu_seconds().1 - cpu.1) / args.repeats as f64;
     println!(
-        "{:<44} {:>10.0} traj/s {:>8.3} GB/s  {:>6}       {peer_cpu:>6.2} CPU s/epoch ({versions}, {})",
+        "{:<44} {:>10.0} traj/s {:>8.3} GB/s  {:>6}       {peer_cpu:>6.3} CPU s/epoch ({versions}, {})",
         "pyarrow + numpy (targets_pyarrow.py)",
         count as f64 / secs,
         count as f64 * (steps * dim * 4) as f64 / secs / 1e9,
@@ -462,21 +471,19 @@ fn targets_peer(
     Ok(())
 }
 
-/// CPU seconds (user + system) used so far by this process and by its waited-for children,
-/// from `/proc/self/stat` (on a shared machine, a steadier measure of work than wall time).
+/// CPU seconds (user + system) used so far by this process (all its threads) and by its
+/// waited-for children (on a shared machine, a steadier measure of work than wall time).
 fn cpu_seconds() -> (f64, f64) {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // The fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<f64> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| {
-            rest.split_whitespace()
-                .map(|f| f.parse().unwrap_or(0.0))
-                .collect()
-        })
-        .unwrap_or_default();
-    let tick = |i: usize| fields.get(i).copied().unwrap_or(0.0) / 100.0; // USER_HZ
-    (tick(11) + tick(12), tick(13) + tick(14))
+    let used = |who| {
+        // SAFETY: getrusage only writes the struct it is given.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(who, &mut u) } != 0 {
+            return 0.0;
+        }
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+        secs(u.ru_utime) + secs(u.ru_stime)
+    };
+    (used(libc::RUSAGE_SELF), used(libc::RUSAGE_CHILDREN))
 }
 
 /// Batches held in memory, handed out like a stream.
