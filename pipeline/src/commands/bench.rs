@@ -123,6 +123,21 @@ struct Timing {
     cpu: f64,
 }
 
+impl Timing {
+    const NONE: Timing = Timing {
+        secs: f64::MAX,
+        cpu: f64::MAX,
+    };
+
+    /// The least wall time and the least CPU of two runs.
+    fn min(self, other: Timing) -> Timing {
+        Timing {
+            secs: self.secs.min(other.secs),
+            cpu: self.cpu.min(other.cpu),
+        }
+    }
+}
+
 /// The fastest of `repeats` runs of `f`, each after an untimed `before`. The CPU seconds are
 /// the least any run used: a first run that also hashes files or faults memory in does not
 /// count against the steady state.
@@ -132,19 +147,59 @@ fn best_with<T>(
     mut f: impl FnMut() -> anyhow::Result<T>,
 ) -> anyhow::Result<(Timing, T)> {
     let mut out = None;
-    let mut best = Timing {
-        secs: f64::MAX,
-        cpu: f64::MAX,
-    };
+    let mut best = Timing::NONE;
     for _ in 0..repeats.max(1) {
         before()?;
-        let (t, cpu) = (Instant::now(), cpu_seconds().0);
+        let clock = Clock::start();
         let v = f()?;
-        best.secs = best.secs.min(t.elapsed().as_secs_f64());
-        best.cpu = best.cpu.min(cpu_seconds().0 - cpu);
+        best = best.min(clock.read());
         out = Some(v);
     }
     Ok((best, out.expect("at least one repeat")))
+}
+
+/// Wall and CPU time since it started.
+struct Clock(Instant, f64);
+
+impl Clock {
+    fn start() -> Clock {
+        Clock(Instant::now(), cpu_seconds().0)
+    }
+
+    fn read(&self) -> Timing {
+        Timing {
+            secs: self.0.elapsed().as_secs_f64(),
+            cpu: cpu_seconds().0 - self.1,
+        }
+    }
+}
+
+/// Reads a whole target stream: each epoch's timing (an epoch ends when the first batch of
+/// the next arrives) and each epoch's order of trajectory ids, batch by batch.
+fn stream_epochs(
+    ds: &Dataset,
+    spec: &TargetSpec,
+    epochs: usize,
+) -> anyhow::Result<(Vec<Timing>, Vec<Vec<Vec<u64>>>)> {
+    let mut timings = Vec::with_capacity(epochs);
+    let mut orders: Vec<Vec<Vec<u64>>> = Vec::with_capacity(epochs);
+    let mut clock = Clock::start();
+    let mut check = 0f64;
+    for b in TargetStream::open(ds.clone(), spec, 0)? {
+        let b = b?;
+        if orders.len() <= b.epoch as usize {
+            if !orders.is_empty() {
+                timings.push(clock.read());
+                clock = Clock::start();
+            }
+            orders.push(Vec::new());
+        }
+        orders.last_mut().expect("pushed").push(b.traj_ids().to_vec());
+        check += b.targets()[0] as f64;
+    }
+    timings.push(clock.read());
+    std::hint::black_box(check);
+    Ok((timings, orders))
 }
 
 pub fn store(args: &BenchStoreArgs) -> anyhow::Result<ExitCode> {
@@ -333,18 +388,22 @@ pub fn targets(args: &BenchTargetsArgs) -> anyhow::Result<ExitCode> {
     let steps = layout.steps();
     let per_traj = (steps.len() * dim * 4) as f64;
     let before = || if args.cold { drop_page_cache() } else { Ok(()) };
-    // The stream, one epoch; keep the order for the baseline.
-    let (stream, order) = best_with(args.repeats, before, || {
-        let mut order = Vec::with_capacity(count);
-        let mut check = 0f64;
-        for b in TargetStream::open(ds.clone(), &spec, 0)? {
-            let b = b?;
-            order.push(b.traj_ids().to_vec());
-            check += b.targets()[0] as f64;
+    let (stream, order) = match args.cold {
+        true => {
+            let (t, mut orders) = best_with(args.repeats, before, || {
+                stream_epochs(&ds, &spec, 1).map(|(_, orders)| orders)
+            })?;
+            (t, orders.swap_remove(0))
         }
-        let _ = check;
-        Ok(order)
-    })?;
+        false => {
+            // One stream of `repeats` epochs, as the trainer reads it: the first epoch also
+            // checks every file and warms the loader threads' heaps; the best epoch counts.
+            spec.epochs = Some(args.repeats.max(1) as u64);
+            let (epochs, mut orders) = stream_epochs(&ds, &spec, args.repeats)?;
+            let best = epochs.into_iter().fold(Timing::NONE, Timing::min);
+            (best, orders.swap_remove(0))
+        }
+    };
     // Baseline: the same states from one raw f32 file `[steps][count][dim]`, read with the
     // same access pattern (per batch, per trajectory, each selected step).
     std::fs::create_dir_all(&args.dir)?;
