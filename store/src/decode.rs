@@ -1,5 +1,8 @@
 //! The fast path for the state vector columns (`x`, `denoised`): non-null
-//! `FixedSizeList<f32|f16, dim>` pages decoded straight into the batch's value buffer.
+//! `FixedSizeList<f32|f16, dim>` pages decoded straight into the batch's value buffer; and,
+//! through the same page loop, required 64-bit integer columns (`traj_id`, `seed`), which
+//! the general reader would decode with a zstd compressor and decompressor made afresh for
+//! every column chunk (8% of the target stream's loader time, docs/perf.md).
 //!
 //! arrow-rs' general reader materialises a repetition and a definition level for every float
 //! of a list column and then rebuilds validity from them, which costs more than decompressing
@@ -23,7 +26,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, FixedSizeListArray, PrimitiveArray};
-use arrow::datatypes::{ArrowPrimitiveType, DataType, FieldRef, Float16Type, Float32Type, Schema};
+use arrow::datatypes::{
+    ArrowPrimitiveType, DataType, FieldRef, Float16Type, Float32Type, Int64Type, Schema, UInt64Type,
+};
 use bytes::Bytes;
 use half::f16;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
@@ -35,36 +40,38 @@ use parquet::file::serialized_reader::SerializedPageReader;
 use crate::error::{Result, StoreError};
 use crate::integrity;
 
-/// A vector column the fast path can decode: one leaf, required list of required floats.
+/// A column the fast path can decode: one leaf, either a required list of required floats
+/// or a required 64-bit integer.
 #[derive(Debug, Clone)]
-pub(crate) struct VectorColumn {
+pub(crate) struct FastColumn {
     /// Index of the column's leaf in the Parquet schema.
     leaf: usize,
     element: Element,
+    /// Values per row: the list's length, or 1 for an integer column.
     dim: usize,
-    /// The list's item field, as the file's Arrow schema spells it.
-    item: FieldRef,
+    /// The list's item field, as the file's Arrow schema spells it; `None` for integers.
+    item: Option<FieldRef>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Element {
     F32,
     F16,
+    U64,
+    I64,
 }
 
-impl VectorColumn {
-    /// The fast-path plan for root column `root` of a file, or `None` when its schema is not
-    /// a non-null `FixedSizeList<f32|f16>` stored as a required list of required floats.
+impl FastColumn {
+    /// The fast-path plan for root column `root` of a file, or `None` when its schema is
+    /// neither a non-null `FixedSizeList<f32|f16>` stored as a required list of required
+    /// floats nor a non-null `UInt64`/`Int64` stored as a required INT64.
     pub(crate) fn recognise(
         meta: &ParquetMetaData,
         schema: &Schema,
         root: usize,
-    ) -> Option<VectorColumn> {
+    ) -> Option<FastColumn> {
         let field = schema.fields().get(root)?;
-        let DataType::FixedSizeList(item, dim) = field.data_type() else {
-            return None;
-        };
-        if field.is_nullable() || *dim <= 0 {
+        if field.is_nullable() {
             return None;
         }
         let descr = meta.file_metadata().schema_descr();
@@ -73,28 +80,46 @@ impl VectorColumn {
             return None;
         };
         let column = descr.column(leaf);
-        // Required outer field, repeated list, required item: one level of each, and a value
-        // present wherever the definition level is 1.
-        if column.max_def_level() != 1 || column.max_rep_level() != 1 {
-            return None;
-        }
-        let element = match (item.data_type(), column.physical_type()) {
-            (DataType::Float32, PhysicalType::FLOAT) if column.logical_type_ref().is_none() => {
-                Element::F32
+        let levels = (column.max_def_level(), column.max_rep_level());
+        let logical = column.logical_type_ref();
+        let (element, dim, item) = match field.data_type() {
+            // Required outer field, repeated list, required item: one level of each, and a
+            // value present wherever the definition level is 1.
+            DataType::FixedSizeList(item, dim) if *dim > 0 && levels == (1, 1) => {
+                let element = match (item.data_type(), column.physical_type()) {
+                    (DataType::Float32, PhysicalType::FLOAT) if logical.is_none() => Element::F32,
+                    (DataType::Float16, PhysicalType::FIXED_LEN_BYTE_ARRAY)
+                        if column.type_length() == 2 && logical == Some(&LogicalType::Float16) =>
+                    {
+                        Element::F16
+                    }
+                    _ => return None,
+                };
+                (element, *dim as usize, Some(item.clone()))
             }
-            (DataType::Float16, PhysicalType::FIXED_LEN_BYTE_ARRAY)
-                if column.type_length() == 2
-                    && column.logical_type_ref() == Some(&LogicalType::Float16) =>
+            // No levels at all: every page is its values.
+            DataType::UInt64 | DataType::Int64
+                if levels == (0, 0) && column.physical_type() == PhysicalType::INT64 =>
             {
-                Element::F16
+                let int = match logical {
+                    Some(LogicalType::Integer(int)) => Some((int.bit_width, int.is_signed)),
+                    _ => None,
+                };
+                let unsigned = int == Some((64, false));
+                let signed = logical.is_none() || int == Some((64, true));
+                match field.data_type() {
+                    DataType::UInt64 if unsigned => (Element::U64, 1, None),
+                    DataType::Int64 if signed => (Element::I64, 1, None),
+                    _ => return None,
+                }
             }
             _ => return None,
         };
-        Some(VectorColumn {
+        Some(FastColumn {
             leaf,
             element,
-            dim: *dim as usize,
-            item: item.clone(),
+            dim,
+            item,
         })
     }
 
@@ -107,18 +132,23 @@ impl VectorColumn {
         meta: &ParquetMetaData,
         row_groups: &[usize],
     ) -> Result<Option<ArrayRef>> {
-        let values: Option<ArrayRef> = match self.element {
-            Element::F32 => self
-                .decode_values::<Float32Type>(path, bytes, meta, row_groups)?
-                .map(|v| Arc::new(v) as ArrayRef),
-            Element::F16 => self
-                .decode_values::<Float16Type>(path, bytes, meta, row_groups)?
-                .map(|v| Arc::new(v) as ArrayRef),
+        fn array<T: StoredValue>(v: Option<PrimitiveArray<T>>) -> Option<ArrayRef> {
+            v.map(|v| Arc::new(v) as ArrayRef)
+        }
+        let values = match self.element {
+            Element::F32 => {
+                array::<Float32Type>(self.decode_values(path, bytes, meta, row_groups)?)
+            }
+            Element::F16 => {
+                array::<Float16Type>(self.decode_values(path, bytes, meta, row_groups)?)
+            }
+            Element::U64 => array::<UInt64Type>(self.decode_values(path, bytes, meta, row_groups)?),
+            Element::I64 => array::<Int64Type>(self.decode_values(path, bytes, meta, row_groups)?),
         };
-        let Some(values) = values else {
-            return Ok(None);
+        let (Some(values), Some(item)) = (values.clone(), &self.item) else {
+            return Ok(values);
         };
-        let list = FixedSizeListArray::try_new(self.item.clone(), self.dim as i32, values, None)
+        let list = FixedSizeListArray::try_new(item.clone(), self.dim as i32, values, None)
             .map_err(|source| StoreError::Arrow {
                 path: path.to_path_buf(),
                 source,
@@ -126,7 +156,7 @@ impl VectorColumn {
         Ok(Some(Arc::new(list)))
     }
 
-    fn decode_values<T: StoredFloat>(
+    fn decode_values<T: StoredValue>(
         &self,
         path: &Path,
         bytes: &Bytes,
@@ -218,7 +248,7 @@ impl VectorColumn {
 
     /// Appends one data page's values; `at` is the chunk position of its first value (so the
     /// repetition pattern is checked across pages). `Ok(None)`: not a page for the fast path.
-    fn page_values<T: StoredFloat>(
+    fn page_values<T: StoredValue>(
         &self,
         parts: PageParts,
         at: usize,
@@ -231,14 +261,21 @@ impl VectorColumn {
             levels,
             values,
         } = parts;
+        let listed = self.item.is_some();
         let (rep, def, values) = match levels {
             Levels::Split { rep, def } => (rep, def, values),
-            // v1: each level block is prefixed by its byte length (u32, little-endian).
-            Levels::Prefixed => prefixed(values)
+            // v1: each level block is prefixed by its byte length (u32, little-endian); a
+            // column without levels has no blocks.
+            Levels::Prefixed if listed => prefixed(values)
                 .and_then(|(rep, rest)| prefixed(rest).map(|(def, values)| (rep, def, values)))
                 .ok_or_else(|| short_page(path))?,
+            Levels::Prefixed => (&[][..], &[][..], values),
         };
-        if !self.levels_trivial(rep, def, n, at) {
+        let levels_ok = match listed {
+            true => self.levels_trivial(rep, def, n, at),
+            false => rep.is_empty() && def.is_empty(),
+        };
+        if !levels_ok {
             return Ok(None);
         }
         if !matches!(encoding, Encoding::PLAIN | Encoding::BYTE_STREAM_SPLIT) {
@@ -505,16 +542,16 @@ fn uleb128(data: &[u8]) -> Option<(u64, &[u8])> {
     None
 }
 
-/// A float type of the vector columns: its width and how PLAIN and BYTE_STREAM_SPLIT bytes
+/// A value type the fast path decodes: its width and how PLAIN and BYTE_STREAM_SPLIT bytes
 /// become values.
-trait StoredFloat: ArrowPrimitiveType {
+trait StoredValue: ArrowPrimitiveType {
     const WIDTH: usize;
     fn extend_plain(src: &[u8], out: &mut Vec<Self::Native>);
     /// `src` is `WIDTH` streams of `n` bytes: byte `k` of every value, then byte `k + 1`.
     fn extend_split(src: &[u8], n: usize, out: &mut Vec<Self::Native>);
 }
 
-impl StoredFloat for Float32Type {
+impl StoredValue for Float32Type {
     const WIDTH: usize = 4;
 
     fn extend_plain(src: &[u8], out: &mut Vec<f32>) {
@@ -539,7 +576,7 @@ impl StoredFloat for Float32Type {
     }
 }
 
-impl StoredFloat for Float16Type {
+impl StoredValue for Float16Type {
     const WIDTH: usize = 2;
 
     fn extend_plain(src: &[u8], out: &mut Vec<f16>) {
@@ -555,29 +592,46 @@ impl StoredFloat for Float16Type {
     }
 }
 
-/// The vector column `column` of a whole Parquet file through the fast path, or `Ok(None)`
-/// when the fast path declines it: what the tests and the fuzz harness hold against the
-/// general reader. Readers of a dataset go through [`crate::Dataset`], which checks the file
-/// against the manifest first.
-pub fn decode_vector_column(
-    path: &Path,
-    bytes: Bytes,
-    column: &str,
-) -> Result<Option<FixedSizeListArray>> {
+/// Integers stored as INT64 (`UInt64` is the same bits): eight little-endian bytes each.
+macro_rules! stored_int64 {
+    ($t:ty, $native:ty) => {
+        impl StoredValue for $t {
+            const WIDTH: usize = 8;
+
+            fn extend_plain(src: &[u8], out: &mut Vec<$native>) {
+                out.extend(
+                    src.chunks_exact(8)
+                        .map(|c| <$native>::from_le_bytes(c.try_into().expect("8 bytes"))),
+                );
+            }
+
+            fn extend_split(src: &[u8], n: usize, out: &mut Vec<$native>) {
+                out.extend(
+                    (0..n)
+                        .map(|i| <$native>::from_le_bytes(std::array::from_fn(|k| src[k * n + i]))),
+                );
+            }
+        }
+    };
+}
+stored_int64!(UInt64Type, u64);
+stored_int64!(Int64Type, i64);
+
+/// Column `column` of a whole Parquet file through the fast path, or `Ok(None)` when the
+/// fast path declines it: what the tests and the fuzz harness hold against the general
+/// reader. Readers of a dataset go through [`crate::Dataset`], which checks the file against
+/// the manifest first.
+pub fn decode_fast_column(path: &Path, bytes: Bytes, column: &str) -> Result<Option<ArrayRef>> {
     integrity::guard(path, || {
         let meta = ArrowReaderMetadata::load(&bytes, ArrowReaderOptions::default())
             .map_err(|e| StoreError::parquet(path, e))?;
         let Ok(root) = meta.schema().index_of(column) else {
             return Ok(None);
         };
-        let Some(plan) = VectorColumn::recognise(meta.metadata(), meta.schema(), root) else {
+        let Some(plan) = FastColumn::recognise(meta.metadata(), meta.schema(), root) else {
             return Ok(None);
         };
         let groups: Vec<usize> = (0..meta.metadata().num_row_groups()).collect();
-        let array = plan.decode(path, &bytes, meta.metadata(), &groups)?;
-        Ok(array.map(|a| {
-            use arrow::array::AsArray;
-            a.as_fixed_size_list().clone()
-        }))
+        plan.decode(path, &bytes, meta.metadata(), &groups)
     })
 }

@@ -16,7 +16,7 @@ use parquet::arrow::arrow_reader::{
 };
 
 use crate::backend::Backend;
-use crate::decode::VectorColumn;
+use crate::decode::FastColumn;
 use crate::error::{Result, StoreError};
 use crate::integrity::{self, VerifiedFiles};
 use crate::manifest::{FileEntry, Manifest, ShardEntry};
@@ -214,7 +214,7 @@ impl Dataset {
         let mut arrays: Vec<Option<ArrayRef>> = vec![None; selected.len()];
         if self.fast_decode {
             for (slot, &root) in arrays.iter_mut().zip(&selected) {
-                if let Some(plan) = VectorColumn::recognise(&meta, reader_meta.schema(), root) {
+                if let Some(plan) = FastColumn::recognise(&meta, reader_meta.schema(), root) {
                     *slot = plan.decode(&path, &bytes, &meta, &groups)?;
                 }
             }

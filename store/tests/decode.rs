@@ -1,15 +1,17 @@
-//! The vector-column fast path (`bdense_store::decode`) against arrow-rs' general reader:
-//! value for value (bit for bit, NaN payloads included) on every dtype and encoding the
-//! writer produces, the fallback for what it does not recognise, and damaged pages.
+//! The fast path (`bdense_store::decode`: vector columns and required 64-bit integers)
+//! against arrow-rs' general reader: value for value (bit for bit, NaN payloads included) on
+//! every dtype and encoding the writer produces, the fallback for what it does not
+//! recognise, and damaged pages.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use bdense_store::arrow::array::{
-    Array, AsArray, FixedSizeListArray, Float16Array, Float32Array, RecordBatch, UInt64Array,
+    Array, AsArray, FixedSizeListArray, Float16Array, Float32Array, Int32Array, RecordBatch,
+    UInt64Array,
 };
 use bdense_store::arrow::datatypes::{DataType, Field, Schema};
-use bdense_store::decode::decode_vector_column;
+use bdense_store::decode::decode_fast_column;
 use bdense_store::parquet::arrow::ArrowWriter;
 use bdense_store::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use bdense_store::parquet::basic::{Compression, Encoding, ZstdLevel};
@@ -109,10 +111,15 @@ fn write(values: Arc<dyn Array>, l: Layout) -> Bytes {
 }
 
 fn general(bytes: &Bytes) -> Result<FixedSizeListArray, String> {
+    general_column(bytes, "x").map(|a| a.as_fixed_size_list().clone())
+}
+
+/// Column `name` of a whole file through arrow-rs' general reader.
+fn general_column(bytes: &Bytes, name: &str) -> Result<Arc<dyn Array>, String> {
     let builder =
         ParquetRecordBatchReaderBuilder::try_new(bytes.clone()).map_err(|e| e.to_string())?;
     let mask =
-        bdense_store::parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), ["x"]);
+        bdense_store::parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), [name]);
     let reader = builder
         .with_projection(mask)
         .build()
@@ -121,8 +128,7 @@ fn general(bytes: &Bytes) -> Result<FixedSizeListArray, String> {
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
     let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(0).as_ref()).collect();
-    let all = bdense_store::arrow::compute::concat(&parts).map_err(|e| e.to_string())?;
-    Ok(all.as_fixed_size_list().clone())
+    bdense_store::arrow::compute::concat(&parts).map_err(|e| e.to_string())
 }
 
 /// The values of a list column as bits (f32 or f16), so NaN payloads compare.
@@ -181,7 +187,8 @@ fn fast_path_matches_the_general_reader_on_f32_and_f16() {
         ];
         for values in arrays {
             let bytes = write(values.clone(), l);
-            let fast = decode_vector_column(path, bytes.clone(), "x").unwrap();
+            let fast = decode_fast_column(path, bytes.clone(), "x").unwrap();
+            let fast = fast.map(|a| a.as_fixed_size_list().clone());
             let want = general(&bytes).unwrap();
             // Parquet v2 writers store FIXED_LEN_BYTE_ARRAY (f16) without an explicit
             // encoding as DELTA_BYTE_ARRAY, which the fast path leaves to the general reader.
@@ -201,14 +208,6 @@ fn fast_path_matches_the_general_reader_on_f32_and_f16() {
 #[test]
 fn fast_path_declines_what_it_does_not_recognise() {
     let path = Path::new("mem.parquet");
-    let l = Layout {
-        rows: 20,
-        row_group_rows: 8,
-        page_bytes: 1 << 20,
-        split: false,
-        zstd: true,
-        v2: false,
-    };
     // A dictionary-encoded vector column: left to the general reader.
     let item = Arc::new(Field::new("item", DataType::Float32, false));
     let values = Arc::new(Float32Array::from(vec![1.5f32; 20 * DIM]));
@@ -227,7 +226,7 @@ fn fast_path_declines_what_it_does_not_recognise() {
     w.write(&batch).unwrap();
     w.close().unwrap();
     assert!(
-        decode_vector_column(path, Bytes::from(out), "x")
+        decode_fast_column(path, Bytes::from(out), "x")
             .unwrap()
             .is_none()
     );
@@ -250,23 +249,57 @@ fn fast_path_declines_what_it_does_not_recognise() {
     w.write(&batch).unwrap();
     w.close().unwrap();
     assert!(
-        decode_vector_column(path, Bytes::from(out), "x")
+        decode_fast_column(path, Bytes::from(out), "x")
             .unwrap()
             .is_none()
     );
-    // Not a vector column at all.
-    let bytes = write(Arc::new(Float32Array::from(f32_values(l.rows))), l);
-    assert!(
-        decode_vector_column(path, bytes, "traj_id")
-            .unwrap()
-            .is_none()
-    );
+    // A nullable integer column and a 32-bit one.
+    for (field, array) in [
+        (
+            Field::new("n", DataType::UInt64, true),
+            Arc::new(UInt64Array::from(vec![Some(3u64), None])) as Arc<dyn Array>,
+        ),
+        (
+            Field::new("n", DataType::Int32, false),
+            Arc::new(Int32Array::from(vec![3, 4])),
+        ),
+    ] {
+        let schema = Arc::new(Schema::new(vec![field]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![array]).unwrap();
+        let mut out = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut out, schema, None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        assert!(
+            decode_fast_column(path, Bytes::from(out), "n")
+                .unwrap()
+                .is_none()
+        );
+    }
 }
 
-/// Every single-byte change and every truncation inside the vector column's pages: the fast
-/// path returns an error naming the file, declines, or returns exactly what the general
-/// reader returns; it never panics (a panic fails the test: `decode_vector_column` turns one
-/// into an error whose text says the decoder failed, which is checked for below).
+/// `traj_id` (a required UInt64, written PLAIN) decodes through the fast path on every
+/// layout the v1 writer makes, bit for bit with the general reader; where a v2 writer picks
+/// DELTA_BINARY_PACKED the fast path declines.
+#[test]
+fn fast_path_matches_the_general_reader_on_integer_ids() {
+    let path = Path::new("mem.parquet");
+    for l in layouts() {
+        let bytes = write(Arc::new(Float32Array::from(f32_values(l.rows))), l);
+        let fast = decode_fast_column(path, bytes.clone(), "traj_id").unwrap();
+        let want = general_column(&bytes, "traj_id").unwrap();
+        match fast {
+            Some(fast) => assert_eq!(fast.as_ref(), want.as_ref(), "{l:?}"),
+            None => assert!(l.v2, "fast path declined the v1 ids of {l:?}"),
+        }
+    }
+}
+
+/// Every single-byte change and every truncation inside the pages of the vector column and
+/// of the id column: the fast path returns an error naming the file, declines, or returns
+/// exactly what the general reader returns; it never panics (a panic fails the test:
+/// `decode_fast_column` turns one into an error whose text says the decoder failed, which is
+/// checked for below).
 #[test]
 fn damaged_pages_are_errors_naming_the_file_never_panics() {
     let path = Path::new("/data/step=3/shard-00001.parquet");
@@ -292,42 +325,56 @@ fn damaged_pages_are_errors_naming_the_file_never_panics() {
                 .unwrap()
                 .metadata()
                 .clone();
-            let (start, _) = meta.row_group(0).column(1).byte_range();
-            let (last_start, last_len) = meta
-                .row_group(meta.num_row_groups() - 1)
-                .column(1)
-                .byte_range();
-            let end = (last_start + last_len) as usize;
-            let mut cases: Vec<Vec<u8>> = Vec::new();
-            for at in start as usize..end {
-                for flip in [0x01u8, 0x80, 0xff] {
-                    let mut b = pristine.clone();
-                    b[at] ^= flip;
-                    cases.push(b);
-                }
-            }
-            for at in (start as usize..end).step_by(17) {
-                cases.push(pristine[..at].to_vec());
-            }
-            for damaged in cases {
-                let bytes = Bytes::from(damaged);
-                match decode_vector_column(path, bytes.clone(), "x") {
-                    Err(e) => {
-                        let msg = e.to_string();
-                        assert!(msg.contains("shard-00001.parquet"), "{msg}");
-                        assert!(!msg.contains("decoder failed"), "panicked: {msg}");
+            for (leaf, column) in [(1, "x"), (0, "traj_id")] {
+                let (start, _) = meta.row_group(0).column(leaf).byte_range();
+                let (last_start, last_len) = meta
+                    .row_group(meta.num_row_groups() - 1)
+                    .column(leaf)
+                    .byte_range();
+                let end = (last_start + last_len) as usize;
+                let mut cases: Vec<Vec<u8>> = Vec::new();
+                for at in start as usize..end {
+                    for flip in [0x01u8, 0x80, 0xff] {
+                        let mut b = pristine.clone();
+                        b[at] ^= flip;
+                        cases.push(b);
                     }
-                    Ok(None) => {}
-                    Ok(Some(fast)) => {
-                        // Accepted: only where the general reader accepts the same values.
-                        let want = general(&bytes).unwrap_or_else(|e| {
-                            panic!("fast path accepted a file the general reader refuses: {e}")
-                        });
-                        assert_eq!(bits(&fast), bits(&want));
+                }
+                for at in (start as usize..end).step_by(17) {
+                    cases.push(pristine[..at].to_vec());
+                }
+                for damaged in cases {
+                    let bytes = Bytes::from(damaged);
+                    match decode_fast_column(path, bytes.clone(), column) {
+                        Err(e) => {
+                            let msg = e.to_string();
+                            assert!(msg.contains("shard-00001.parquet"), "{msg}");
+                            assert!(!msg.contains("decoder failed"), "panicked: {msg}");
+                        }
+                        Ok(None) => {}
+                        Ok(Some(fast)) => {
+                            // Accepted: only where the general reader accepts the same values.
+                            let want = general_column(&bytes, column).unwrap_or_else(|e| {
+                                panic!("fast path accepted a file the general reader refuses: {e}")
+                            });
+                            assert_eq!(same_bits(&fast), same_bits(&want), "{column}");
+                        }
                     }
                 }
             }
         }
+    }
+}
+
+/// A column's values as bits: list values as f32 or f16 bits (so NaN payloads compare),
+/// integers as themselves.
+fn same_bits(a: &Arc<dyn Array>) -> Vec<u64> {
+    match a.as_fixed_size_list_opt() {
+        Some(list) => bits(list).into_iter().map(u64::from).collect(),
+        None => a
+            .as_primitive::<bdense_store::arrow::datatypes::UInt64Type>()
+            .values()
+            .to_vec(),
     }
 }
 

@@ -174,15 +174,18 @@ impl Clock {
     }
 }
 
+/// One epoch's trajectory ids, batch by batch.
+type EpochOrder = Vec<Vec<u64>>;
+
 /// Reads a whole target stream: each epoch's timing (an epoch ends when the first batch of
 /// the next arrives) and each epoch's order of trajectory ids, batch by batch.
 fn stream_epochs(
     ds: &Dataset,
     spec: &TargetSpec,
     epochs: usize,
-) -> anyhow::Result<(Vec<Timing>, Vec<Vec<Vec<u64>>>)> {
+) -> anyhow::Result<(Vec<Timing>, Vec<EpochOrder>)> {
     let mut timings = Vec::with_capacity(epochs);
-    let mut orders: Vec<Vec<Vec<u64>>> = Vec::with_capacity(epochs);
+    let mut orders: Vec<EpochOrder> = Vec::with_capacity(epochs);
     let mut clock = Clock::start();
     let mut check = 0f64;
     for b in TargetStream::open(ds.clone(), spec, 0)? {
@@ -194,7 +197,10 @@ fn stream_epochs(
             }
             orders.push(Vec::new());
         }
-        orders.last_mut().expect("pushed").push(b.traj_ids().to_vec());
+        orders
+            .last_mut()
+            .expect("pushed")
+            .push(b.traj_ids().to_vec());
         check += b.targets()[0] as f64;
     }
     timings.push(clock.read());
@@ -404,7 +410,10 @@ pub fn targets(args: &BenchTargetsArgs) -> anyhow::Result<ExitCode> {
             let epochs = args.repeats.max(1);
             spec.epochs = Some(epochs as u64 + 1);
             let (windows, mut orders) = stream_epochs(&ds, &spec, epochs + 1)?;
-            let best = windows[..epochs].iter().copied().fold(Timing::NONE, Timing::min);
+            let best = windows[..epochs]
+                .iter()
+                .copied()
+                .fold(Timing::NONE, Timing::min);
             (best, orders.swap_remove(0))
         }
     };
