@@ -1,6 +1,7 @@
 //! End-to-end tests: `bdense` run as a user runs it, in a fresh directory per test.
 
 mod args;
+mod bench;
 #[cfg(feature = "cluster")]
 mod cluster;
 mod crash;

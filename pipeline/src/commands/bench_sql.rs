@@ -324,3 +324,32 @@ fn close(a: &Cell, b: &Cell) -> bool {
         _ => a == b,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Cell, agreement};
+
+    fn rows(v: &[f64]) -> Vec<Vec<Cell>> {
+        v.iter().map(|&x| vec![Cell::Num(x)]).collect()
+    }
+
+    /// The verdict the report prints: equal within 1e-6 relative, NaN equal to NaN; a
+    /// difference past the tolerance, a missing row or another kind of value is named.
+    #[test]
+    fn answers_agree_only_within_the_tolerance() {
+        let base = [0.000601149, 1.0, f64::NAN];
+        let close = [0.000601149 * (1.0 + 5e-7), 1.0, f64::NAN];
+        assert_eq!(agreement(&rows(&base), &rows(&close)), "agree (3 rows)");
+        let far = [0.000601149 * (1.0 + 2e-6), 1.0, f64::NAN];
+        assert!(agreement(&rows(&base), &rows(&far)).starts_with("DIFFER at row 0"));
+        assert!(agreement(&rows(&base), &rows(&base[..2])).starts_with("DIFFER: 3 rows"));
+        let text = vec![vec![Cell::Text("1".into())]];
+        assert!(agreement(&rows(&[1.0]), &text).starts_with("DIFFER at row 0"));
+        let list = |v: &[f64]| vec![vec![Cell::List(v.to_vec())]];
+        assert_eq!(
+            agreement(&list(&[1.0, 2.0]), &list(&[1.0, 2.0])),
+            "agree (1 rows)"
+        );
+        assert!(agreement(&list(&[1.0, 2.0]), &list(&[1.0, 2.1])).starts_with("DIFFER"));
+    }
+}
