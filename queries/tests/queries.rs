@@ -535,3 +535,95 @@ fn bad_layouts_and_datasets_are_clear_errors() {
         "{err}"
     );
 }
+
+/// The first row of `query`'s answer, every column cast to BIGINT by the query itself.
+fn ints(session: &StoreSession, query: &str) -> Vec<i64> {
+    let batches = sql(session, query);
+    let b = &batches[0];
+    (0..b.num_columns())
+        .map(|i| {
+            b.column(i)
+                .as_primitive::<bdense_queries::datafusion::arrow::datatypes::Int64Type>()
+                .value(0)
+        })
+        .collect()
+}
+
+fn explain(session: &StoreSession, query: &str) -> String {
+    let plan = sql(session, &format!("EXPLAIN {query}"));
+    bdense_queries::datafusion::arrow::util::pretty::pretty_format_batches(&plan)
+        .unwrap()
+        .to_string()
+}
+
+/// `count(*)` and the ranges of `traj_id`, `step` and `shard` come from the manifest (the
+/// plan opens no file) and equal what a scan of the same files gives, with and without
+/// partition filters; a filter on another column scans; a damaged file is still an error
+/// naming it, because the files are checked before the statistics are given.
+#[test]
+fn counts_and_id_ranges_come_from_the_manifest_and_match_a_scan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ds = write_gaussian(
+        &tmp.path().join("g"),
+        &spec("g", 40, 9, Dtype::F32),
+        WriteOptions::default(),
+    )
+    .unwrap();
+    let session = StoreSession::open(tmp.path()).unwrap();
+    let cast = |e: &str| format!("CAST({e} AS BIGINT)");
+    let aggregates = |id: &str| {
+        [
+            cast("count(*)"),
+            cast(&format!("min({id})")),
+            cast(&format!("max({id})")),
+            cast("min(step)"),
+            cast("max(step)"),
+            cast("min(shard)"),
+            cast("max(shard)"),
+        ]
+        .join(", ")
+    };
+    // 40 trajectories in shards of 16, 16 and 8, 9 steps.
+    for (filter, want) in [
+        ("", vec![360, 0, 39, 0, 8, 0, 2]),
+        (
+            " WHERE step = 8 AND shard = 1",
+            vec![16, 16, 31, 8, 8, 1, 1],
+        ),
+        (
+            " WHERE step IN (2, 5) AND shard >= 1",
+            vec![48, 16, 39, 2, 5, 1, 2],
+        ),
+    ] {
+        let from_manifest = format!("SELECT {} FROM g{filter}", aggregates("traj_id"));
+        let plan = explain(&session, &from_manifest);
+        assert!(!plan.contains("DataSourceExec"), "{plan}");
+        assert_eq!(ints(&session, &from_manifest), want, "{from_manifest}");
+        // `traj_id + 0` has no statistics: DataFusion reads every id.
+        let scanned = format!("SELECT {} FROM g{filter}", aggregates("traj_id + 0"));
+        assert!(explain(&session, &scanned).contains("DataSourceExec"));
+        assert_eq!(ints(&session, &scanned), want, "{scanned}");
+    }
+    let by_label = "SELECT CAST(count(*) AS BIGINT) FROM g WHERE label = 1";
+    assert!(explain(&session, by_label).contains("DataSourceExec"));
+    let counted = "SELECT CAST(sum(CASE WHEN label = 1 THEN 1 ELSE 0 END) AS BIGINT) FROM g";
+    assert_eq!(ints(&session, by_label), ints(&session, counted));
+
+    // Same size, other content: named, not counted.
+    let path = ds.file_path(&ds.shards()[1].files[8]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let fresh = StoreSession::open(tmp.path()).unwrap();
+    let err = runtime()
+        .block_on(async {
+            let df = fresh
+                .sql("SELECT count(*) FROM g WHERE step = 8", false)
+                .await?;
+            Ok::<_, bdense_queries::QueryError>(df.collect().await?)
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("step=8/shard-00001.parquet"), "{err}");
+}
