@@ -156,7 +156,10 @@ impl LogicalExtensionCodec for StoreLogicalCodec {
         match buf.split_first() {
             Some((&STEP_TABLE, rest)) => {
                 let (dir, snapshot) = decode_step_table(rest)?;
-                Ok(Arc::new(StepTable::new(&self.dataset(&dir, &snapshot)?)))
+                // The scheduler plans the scan and ships it to executors in Ballista's
+                // codec, which knows DataFusion's Parquet scan and not the store's own.
+                let table = StepTable::new(&self.dataset(&dir, &snapshot)?);
+                Ok(Arc::new(table.with_datafusion_scans_only()))
             }
             Some((&MEM_TABLE, rest)) => Ok(Arc::new(decode_mem_table(rest, schema)?)),
             _ => self

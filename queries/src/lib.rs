@@ -5,6 +5,7 @@
 #[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod error;
+mod fast_scan;
 pub mod format;
 pub mod layout;
 pub mod session;

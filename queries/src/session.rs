@@ -158,11 +158,17 @@ impl StoreSession {
     }
 }
 
-/// The settings of every store session: one partition per core, `information_schema` on.
+/// The settings of every store session: one partition per core, `information_schema` on,
+/// and filters evaluated inside the Parquet scan, so that a query such as the README's
+/// `WHERE a.traj_id < 4` decodes the state vectors of the matching rows only.
 pub fn config() -> SessionConfig {
-    SessionConfig::new()
+    let mut config = SessionConfig::new()
         .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()))
-        .with_information_schema(true)
+        .with_information_schema(true);
+    let parquet = &mut config.options_mut().execution.parquet;
+    parquet.pushdown_filters = true;
+    parquet.reorder_filters = true;
+    config
 }
 
 /// The deepest expression nesting a query may have. DataFusion plans, optimises and evaluates

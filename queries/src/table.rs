@@ -24,8 +24,12 @@ use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::object_store::path::Path as ObjectPath;
+use datafusion::physical_expr::LexOrdering;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+
+use crate::fast_scan::{FastFiles, FileRef, Source};
 
 pub const STEP: &str = "step";
 pub const SHARD: &str = "shard";
@@ -49,6 +53,10 @@ pub struct StepTable {
     /// The object store DataFusion reads the files from (registered with the session's
     /// runtime under this URL).
     store_url: ObjectStoreUrl,
+    /// Whether scans of vector columns may read through the store's fast decoder
+    /// ([`crate::fast_scan`]); off where the plan must travel to a cluster, whose codec knows
+    /// DataFusion's own scans only.
+    fast_scan: bool,
 }
 
 impl StepTable {
@@ -78,7 +86,63 @@ impl StepTable {
             files,
             dataset: dataset.clone(),
             store_url: store_url(dataset),
+            fast_scan: true,
         }
+    }
+
+    /// The table with every scan through DataFusion's Parquet reader (for plans that are
+    /// serialised to a cluster).
+    pub fn with_datafusion_scans_only(mut self) -> StepTable {
+        self.fast_scan = false;
+        self
+    }
+
+    /// The store's fast decoder over `files` for the columns `projection` selects.
+    fn fast_plan(
+        &self,
+        projection: &[usize],
+        files: &[&StepFile],
+        partitions: usize,
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let table = self.schema.table_schema();
+        let schema = Arc::new(table.project(projection)?);
+        let sources: Vec<Source> = projection
+            .iter()
+            .map(|&i| match table.field(i).name().as_str() {
+                STEP => Source::Step,
+                SHARD => Source::Shard,
+                name => Source::File(name.to_string()),
+            })
+            .collect();
+        let sources = Arc::new(sources);
+        let mut groups: Vec<Vec<FileRef>> = vec![Vec::new(); partitions];
+        for (i, f) in files.iter().enumerate() {
+            groups[i % partitions].push(FileRef {
+                shard_at: f.at.0,
+                step: f.step,
+            });
+        }
+        let streams: Vec<Arc<dyn PartitionStream>> = groups
+            .into_iter()
+            .map(|files| {
+                Arc::new(FastFiles {
+                    schema: schema.clone(),
+                    dataset: self.dataset.clone(),
+                    sources: sources.clone(),
+                    files,
+                }) as Arc<dyn PartitionStream>
+            })
+            .collect();
+        let exec = StreamingTableExec::try_new(
+            schema,
+            streams,
+            None,
+            Vec::<LexOrdering>::new(),
+            false,
+            limit,
+        )?;
+        Ok(Arc::new(exec))
     }
 
     /// The dataset (at the snapshot it was opened at) this table reads.
@@ -242,6 +306,22 @@ impl TableProvider for StepTable {
             )?)));
         }
         let groups = state.config().target_partitions().clamp(1, kept.len());
+        let table = self.schema.table_schema();
+        let projected: Vec<usize> = projection
+            .cloned()
+            .unwrap_or_else(|| (0..table.fields().len()).collect());
+        let vector = |name: &str| [cols::X, cols::DENOISED].contains(&name);
+        let reads_vectors = projected.iter().any(|&i| vector(table.field(i).name()));
+        // A filter on another stored column (ids, seeds, labels) is left to DataFusion's
+        // scan, which skips row groups by their statistics; the vectors have none.
+        let prunable = filters.iter().any(|f| {
+            f.column_refs()
+                .iter()
+                .any(|c| !vector(&c.name) && !PARTITION_COLS.contains(&c.name.as_str()))
+        });
+        if self.fast_scan && reads_vectors && !prunable {
+            return self.fast_plan(&projected, &to_check, groups, limit);
+        }
         let mut grouped: Vec<Vec<PartitionedFile>> = vec![Vec::new(); groups];
         for (i, pf) in kept.into_iter().enumerate() {
             grouped[i % groups].push(pf);
