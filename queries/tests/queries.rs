@@ -360,15 +360,7 @@ fn queries_read_only_committed_files_and_prune_steps() {
         .as_primitive::<bdense_queries::datafusion::arrow::datatypes::Int64Type>()
         .value(0);
     assert_eq!(n, 64);
-    let err = runtime()
-        .block_on(async {
-            let df = session
-                .sql("SELECT count(x) FROM g WHERE step = 2", false)
-                .await?;
-            Ok::<_, bdense_queries::QueryError>(df.collect().await?)
-        })
-        .unwrap_err()
-        .to_string();
+    let err = sql_error(&session, "SELECT count(x) FROM g WHERE step = 2");
     assert!(err.contains("step=2/shard-00001.parquet"), "{err}");
 }
 
@@ -565,6 +557,17 @@ fn ints(session: &StoreSession, query: &str) -> Vec<i64> {
         .collect()
 }
 
+/// The error `query` ends in, as text.
+fn sql_error(session: &StoreSession, query: &str) -> String {
+    runtime()
+        .block_on(async {
+            let df = session.sql(query, false).await?;
+            Ok::<_, bdense_queries::QueryError>(df.collect().await?)
+        })
+        .unwrap_err()
+        .to_string()
+}
+
 fn explain(session: &StoreSession, query: &str) -> String {
     let plan = sql(session, &format!("EXPLAIN {query}"));
     bdense_queries::datafusion::arrow::util::pretty::pretty_format_batches(&plan)
@@ -632,15 +635,7 @@ fn counts_and_id_ranges_come_from_the_manifest_and_match_a_scan() {
     bytes[n / 2] ^= 0x01;
     std::fs::write(&path, &bytes).unwrap();
     let fresh = StoreSession::open(tmp.path()).unwrap();
-    let err = runtime()
-        .block_on(async {
-            let df = fresh
-                .sql("SELECT count(*) FROM g WHERE step = 8", false)
-                .await?;
-            Ok::<_, bdense_queries::QueryError>(df.collect().await?)
-        })
-        .unwrap_err()
-        .to_string();
+    let err = sql_error(&fresh, "SELECT count(*) FROM g WHERE step = 8");
     assert!(err.contains("step=8/shard-00001.parquet"), "{err}");
 }
 

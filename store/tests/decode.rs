@@ -217,19 +217,11 @@ fn fast_path_declines_what_it_does_not_recognise() {
         list.data_type().clone(),
         false,
     )]));
-    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(list)]).unwrap();
-    let mut out = Vec::new();
     let props = WriterProperties::builder()
         .set_dictionary_enabled(true)
         .build();
-    let mut w = ArrowWriter::try_new(&mut out, schema, Some(props)).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
-    assert!(
-        decode_fast_column(path, Bytes::from(out), "x")
-            .unwrap()
-            .is_none()
-    );
+    let bytes = one_batch_file(schema, vec![Arc::new(list)], Some(props));
+    assert!(decode_fast_column(path, bytes, "x").unwrap().is_none());
     // A nullable list column (its definition levels carry nulls).
     let nullable = FixedSizeListArray::try_new(
         item,
@@ -243,16 +235,8 @@ fn fast_path_declines_what_it_does_not_recognise() {
         nullable.data_type().clone(),
         true,
     )]));
-    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(nullable)]).unwrap();
-    let mut out = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut out, schema, None).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
-    assert!(
-        decode_fast_column(path, Bytes::from(out), "x")
-            .unwrap()
-            .is_none()
-    );
+    let bytes = one_batch_file(schema, vec![Arc::new(nullable)], None);
+    assert!(decode_fast_column(path, bytes, "x").unwrap().is_none());
     // A nullable integer column and a 32-bit one.
     for (field, array) in [
         (
@@ -264,18 +248,23 @@ fn fast_path_declines_what_it_does_not_recognise() {
             Arc::new(Int32Array::from(vec![3, 4])),
         ),
     ] {
-        let schema = Arc::new(Schema::new(vec![field]));
-        let batch = RecordBatch::try_new(schema.clone(), vec![array]).unwrap();
-        let mut out = Vec::new();
-        let mut w = ArrowWriter::try_new(&mut out, schema, None).unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
-        assert!(
-            decode_fast_column(path, Bytes::from(out), "n")
-                .unwrap()
-                .is_none()
-        );
+        let bytes = one_batch_file(Arc::new(Schema::new(vec![field])), vec![array], None);
+        assert!(decode_fast_column(path, bytes, "n").unwrap().is_none());
     }
+}
+
+/// A Parquet file of one batch, written with `props` (the writer's defaults if `None`).
+fn one_batch_file(
+    schema: Arc<Schema>,
+    columns: Vec<Arc<dyn Array>>,
+    props: Option<WriterProperties>,
+) -> Bytes {
+    let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+    let mut out = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut out, schema, props).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    Bytes::from(out)
 }
 
 /// `traj_id` (a required UInt64, written PLAIN) decodes through the fast path on every
