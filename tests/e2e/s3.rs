@@ -473,3 +473,47 @@ fn wrong_credentials_are_refused_in_one_line() {
         &["s3://bdense-test/s/d", "access denied", "AWS_ACCESS_KEY_ID"],
     );
 }
+
+/// On object storage a file's check reads only its footer, so the content hash is owed by
+/// the first full read. An object replaced with the same size and footer but another byte in
+/// its pages is refused by that hash, naming its URL, by the branch-target stream (`train`)
+/// and by a SQL scan of the vectors (the store's reader); never read as data.
+#[test]
+fn a_replaced_s3_object_with_the_same_size_and_footer_is_refused_by_its_hash() {
+    let (t, s3) = (dir(), S3Server::start());
+    s3.create_bucket("bdense-test");
+    let url = "s3://bdense-test/store/p";
+    s3.bdense(&t, crate::procedural_args(url)).ok();
+    // Step 0: every layout reads it.
+    let key = "store/p/step=0/shard-00000.parquet";
+    let hex = s3.boto(
+        &format!("print(s3.get_object(Bucket='bdense-test', Key='{key}')['Body'].read().hex())"),
+        b"",
+    );
+    let hex = hex.trim();
+    let mut bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    // A third of the way in: a data page, far from the footer at the end.
+    let at = bytes.len() / 3;
+    let footer = u32::from_le_bytes(bytes[bytes.len() - 8..bytes.len() - 4].try_into().unwrap());
+    assert!(
+        at + footer as usize + 8 < bytes.len(),
+        "byte {at} is in the footer"
+    );
+    bytes[at] ^= 0x10;
+    s3.put("bdense-test", key, &bytes);
+    let named = format!("s3://bdense-test/{key}");
+    let err = s3
+        .bdense(&t, train_args(url, "run", &[]))
+        .fails_with(&named);
+    assert!(err.contains("content hash"), "{err}");
+    let err = s3
+        .bdense(
+            &t,
+            ["sql", "s3://bdense-test/store", "SELECT sum(l2(x)) FROM p"],
+        )
+        .fails_with(&named);
+    assert!(err.contains("content hash"), "{err}");
+}
