@@ -150,12 +150,13 @@ impl StepTable {
         &self.dataset
     }
 
-    /// Checks a file against the manifest before DataFusion reads it (hashed once per
-    /// dataset handle while its size and mtime stay the same).
+    /// Checks a file against the manifest before DataFusion reads it, its content hash
+    /// included on object storage too: DataFusion fetches byte ranges, so nothing else would
+    /// hash it (once per dataset handle while its size and version stay the same).
     fn verify(&self, file: &StepFile) -> Result<()> {
         let shard = &self.dataset.shards()[file.at.0];
         self.dataset
-            .check_file(shard, &shard.files[file.at.1])
+            .check_file_content(shard, &shard.files[file.at.1])
             .map(|_| ())
             .map_err(|e| DataFusionError::External(Box::new(e)))
     }

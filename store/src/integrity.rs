@@ -176,11 +176,38 @@ impl VerifiedFiles {
         shard: &ShardEntry,
         entry: &FileEntry,
     ) -> Result<PathBuf> {
+        self.check_to(backend, shard, entry, false)
+    }
+
+    /// [`VerifiedFiles::check`], and on object storage the content hash too: for readers
+    /// that fetch byte ranges and never the whole file (DataFusion's Parquet scan), which
+    /// would otherwise read an object replaced with the same size and footer.
+    pub fn check_content(
+        &self,
+        backend: &dyn Backend,
+        shard: &ShardEntry,
+        entry: &FileEntry,
+    ) -> Result<PathBuf> {
+        self.check_to(backend, shard, entry, true)
+    }
+
+    fn check_to(
+        &self,
+        backend: &dyn Backend,
+        shard: &ShardEntry,
+        entry: &FileEntry,
+        content: bool,
+    ) -> Result<PathBuf> {
         let path = backend.locate(&entry.path);
         // Stamped before reading, so a change while we hash invalidates the entry.
         let stamp = stamp(backend, &entry.path, &path)?;
-        if self.checked(&path, &stamp).is_some() {
-            return Ok(path);
+        match self.checked(&path, &stamp) {
+            Some(hashed) if hashed || !content => return Ok(path),
+            Some(_) => {
+                self.read(backend, entry)?;
+                return Ok(path);
+            }
+            None => {}
         }
         let hashed = backend.local_dir().is_some();
         let meta = match backend.local_dir() {
@@ -208,6 +235,9 @@ impl VerifiedFiles {
                 .map_err(|e| StoreError::parquet(&path, e))
         })?;
         self.remember(&path, Checked { stamp, hashed });
+        if content && !hashed {
+            self.read(backend, entry)?;
+        }
         Ok(path)
     }
 

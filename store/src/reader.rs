@@ -70,6 +70,13 @@ impl Dataset {
         self.verified.check(self.backend.as_ref(), shard, entry)
     }
 
+    /// [`Dataset::check_file`] with the content hash on object storage too (where
+    /// `check_file` reads the footer only), for readers that never fetch whole files.
+    pub fn check_file_content(&self, shard: &ShardEntry, entry: &FileEntry) -> Result<PathBuf> {
+        self.verified
+            .check_content(self.backend.as_ref(), shard, entry)
+    }
+
     /// The dataset's local directory, or its URL on object storage.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -477,7 +477,7 @@ fn wrong_credentials_are_refused_in_one_line() {
 /// On object storage a file's check reads only its footer, so the content hash is owed by
 /// the first full read. An object replaced with the same size and footer but another byte in
 /// its pages is refused by that hash, naming its URL, by the branch-target stream (`train`)
-/// and by a SQL scan of the vectors (the store's reader); never read as data.
+/// and by SQL, whether the store's reader or DataFusion's scan serves it; never read as data.
 #[test]
 fn a_replaced_s3_object_with_the_same_size_and_footer_is_refused_by_its_hash() {
     let (t, s3) = (dir(), S3Server::start());
@@ -509,11 +509,14 @@ fn a_replaced_s3_object_with_the_same_size_and_footer_is_refused_by_its_hash() {
         .bdense(&t, train_args(url, "run", &[]))
         .fails_with(&named);
     assert!(err.contains("content hash"), "{err}");
-    let err = s3
-        .bdense(
-            &t,
-            ["sql", "s3://bdense-test/store", "SELECT sum(l2(x)) FROM p"],
-        )
-        .fails_with(&named);
-    assert!(err.contains("content hash"), "{err}");
+    // Through the store's reader (vectors) and through DataFusion's own scan (ids, seeds).
+    for query in [
+        "SELECT sum(l2(x)) FROM p",
+        "SELECT sum(seed), sum(traj_id) FROM p WHERE step = 0",
+    ] {
+        let err = s3
+            .bdense(&t, ["sql", "s3://bdense-test/store", query])
+            .fails_with(&named);
+        assert!(err.contains("content hash"), "{query}: {err}");
+    }
 }
