@@ -668,42 +668,23 @@ fn vector_scans_through_the_fast_decoder_answer_as_datafusion_does() {
             );
             let want = query.replace("{t}", "g_df");
             assert!(explain(&session, &want).contains("DataSourceExec"));
-            let (got, want) = (sql(&session, &fast), sql(&session, &want));
-            let text = |b: &[RecordBatch]| {
-                bdense_queries::datafusion::arrow::util::pretty::pretty_format_batches(b)
-                    .unwrap()
-                    .to_string()
-            };
-            let (got, want) = (text(&got), text(&want));
-            assert_eq!(got.lines().count(), want.lines().count(), "{query}");
-            // Past the header, which names the table.
-            let rows = |t: &str| -> Vec<String> {
-                t.lines()
-                    .skip(3)
-                    .filter(|l| !l.starts_with('+'))
-                    .map(String::from)
-                    .collect()
-            };
-            for (a, b) in rows(&got).iter().zip(&rows(&want)) {
-                assert!(cells_close(a, b), "{dtype:?} {query}:\n{a}\n{b}");
-            }
+            // Past the header, which names the table; sums may add in another order.
+            let (got, want) = (csv_rows(&session, &fast), csv_rows(&session, &want));
+            assert!(
+                bdense_tests::csv_answers_agree(&got, &want, 1e-12),
+                "{dtype:?} {query}:\n{got}\n{want}"
+            );
         }
         let filtered = "SELECT l2(x) FROM g WHERE traj_id < 4";
         assert!(explain(&session, filtered).contains("DataSourceExec"));
     }
 }
 
-/// Two rendered table rows equal cell by cell, numbers to 1e-12 relative (sums may add in
-/// another order when the batches arrive in another order).
-fn cells_close(a: &str, b: &str) -> bool {
-    let cells = |r: &str| -> Vec<String> { r.split('|').map(|c| c.trim().to_string()).collect() };
-    let (a, b) = (cells(a), cells(b));
-    a.len() == b.len()
-        && a.iter().zip(&b).all(|(x, y)| {
-            x == y
-                || match (x.parse::<f64>(), y.parse::<f64>()) {
-                    (Ok(p), Ok(q)) => (p - q).abs() <= 1e-12 * p.abs().max(q.abs()),
-                    _ => false,
-                }
-        })
+/// `query`'s answer as CSV rows, without the header line.
+fn csv_rows(session: &StoreSession, query: &str) -> String {
+    use bdense_queries::format::{Format, write};
+    let mut out = Vec::new();
+    write(&sql(session, query), Format::Csv, None, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    text.lines().skip(1).collect::<Vec<_>>().join("\n")
 }
