@@ -458,3 +458,49 @@ fn a_file_changed_after_its_check_is_hashed_again() {
     std::fs::write(&path, &bytes).unwrap();
     assert_eq!(ds.read_step(shard, 2).unwrap().batch, before.batch);
 }
+
+/// Both integer types the fast path takes, at their extremes: `Int64` (negative values) and
+/// `UInt64` past `i64::MAX` (stored as the same INT64 bits), PLAIN in v1 pages, compressed
+/// and not, several pages: bit for bit with the general reader.
+#[test]
+fn fast_path_matches_the_general_reader_on_signed_and_unsigned_extremes() {
+    use bdense_store::arrow::array::Int64Array;
+    let path = Path::new("mem.parquet");
+    let signed: Vec<i64> = (0..300)
+        .map(|i| (i as i64 - 150) * (i64::MAX / 151))
+        .collect();
+    let unsigned: Vec<u64> = signed.iter().map(|&v| v as u64).collect();
+    for zstd in [false, true] {
+        let props = WriterProperties::builder()
+            .set_dictionary_enabled(false)
+            .set_data_page_size_limit(512)
+            .set_write_batch_size(7)
+            .set_compression(if zstd {
+                Compression::ZSTD(ZstdLevel::try_new(1).unwrap())
+            } else {
+                Compression::UNCOMPRESSED
+            })
+            .build();
+        for (field, array) in [
+            (
+                Field::new("n", DataType::Int64, false),
+                Arc::new(Int64Array::from(signed.clone())) as Arc<dyn Array>,
+            ),
+            (
+                Field::new("n", DataType::UInt64, false),
+                Arc::new(UInt64Array::from(unsigned.clone())),
+            ),
+        ] {
+            let bytes = one_batch_file(
+                Arc::new(Schema::new(vec![field])),
+                vec![array.clone()],
+                Some(props.clone()),
+            );
+            let fast = decode_fast_column(path, bytes.clone(), "n")
+                .unwrap()
+                .expect("a required INT64 column, PLAIN, takes the fast path");
+            assert_eq!(fast.as_ref(), array.as_ref(), "zstd {zstd}");
+            assert_eq!(fast.as_ref(), general_column(&bytes, "n").unwrap().as_ref());
+        }
+    }
+}
