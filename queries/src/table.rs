@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bdense_store::{Dataset, FileEntry, schema as cols};
+use bdense_store::{Dataset, FileEntry, ShardEntry, schema as cols};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::stats::Precision;
@@ -150,15 +150,25 @@ impl StepTable {
         &self.dataset
     }
 
-    /// Checks a file against the manifest before DataFusion reads it, its content hash
-    /// included on object storage too: DataFusion fetches byte ranges, so nothing else would
-    /// hash it (once per dataset handle while its size and version stay the same).
-    fn verify(&self, file: &StepFile) -> Result<()> {
+    /// The manifest's shard and file entry of `file`.
+    fn entry(&self, file: &StepFile) -> (&ShardEntry, &FileEntry) {
         let shard = &self.dataset.shards()[file.at.0];
-        self.dataset
-            .check_file_content(shard, &shard.files[file.at.1])
-            .map(|_| ())
-            .map_err(|e| DataFusionError::External(Box::new(e)))
+        (shard, &shard.files[file.at.1])
+    }
+
+    /// Checks a file against the manifest before a scan reads it (once per dataset handle
+    /// while its size and version stay the same). With `content`, its hash too on object
+    /// storage, where the check reads only the footer: DataFusion's scan fetches byte ranges,
+    /// so nothing else would hash the file.
+    fn verify(&self, file: &StepFile, content: bool) -> Result<()> {
+        let (shard, entry) = self.entry(file);
+        match content {
+            true => self.dataset.check_file_content(shard, entry),
+            // The store's reader hashes a file on its first full read.
+            false => self.dataset.check_file(shard, entry),
+        }
+        .map(|_| ())
+        .map_err(|e| DataFusionError::External(Box::new(e)))
     }
 
     /// What the manifest says exactly of `files` (each just checked against it: size, hash,
@@ -294,19 +304,6 @@ impl TableProvider for StepTable {
                 kept.push(pf);
             }
         }
-        // Hashing is most of a first query's time: on every core, the first problem (in the
-        // manifest's order) reported.
-        bdense_store::parallel::map_on_cores(&to_check, |f| self.verify(f))
-            .into_iter()
-            .collect::<Result<Vec<()>>>()?;
-        let statistics = self.statistics(&to_check);
-        if kept.is_empty() {
-            return Ok(Arc::new(EmptyExec::new(project_schema(
-                &self.schema(),
-                projection,
-            )?)));
-        }
-        let groups = state.config().target_partitions().clamp(1, kept.len());
         let table = self.schema.table_schema();
         let projected: Vec<usize> = projection
             .cloned()
@@ -320,9 +317,24 @@ impl TableProvider for StepTable {
                 .iter()
                 .any(|c| !vector(&c.name) && !PARTITION_COLS.contains(&c.name.as_str()))
         });
-        if self.fast_scan && reads_vectors && !prunable {
+        let fast = self.fast_scan && reads_vectors && !prunable;
+        // Hashing is most of a first query's time: on every core, the first problem (in the
+        // manifest's order) reported. DataFusion's scan fetches byte ranges, so its files are
+        // hashed here even on object storage; the fast scan reads (and hashes) whole files.
+        bdense_store::parallel::map_on_cores(&to_check, |f| self.verify(f, !fast))
+            .into_iter()
+            .collect::<Result<Vec<()>>>()?;
+        if kept.is_empty() {
+            return Ok(Arc::new(EmptyExec::new(project_schema(
+                &self.schema(),
+                projection,
+            )?)));
+        }
+        let groups = state.config().target_partitions().clamp(1, kept.len());
+        if fast {
             return self.fast_plan(&projected, &to_check, groups, limit);
         }
+        let statistics = self.statistics(&to_check);
         let mut grouped: Vec<Vec<PartitionedFile>> = vec![Vec::new(); groups];
         for (i, pf) in kept.into_iter().enumerate() {
             grouped[i % groups].push(pf);
