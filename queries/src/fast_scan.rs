@@ -5,8 +5,9 @@
 //! [`crate::table::StepTable`] uses it where it pays and changes no answer: the query reads a
 //! vector column and filters on nothing but the vectors, `step` and `shard` (the last two
 //! prune files exactly; DataFusion applies the rest above the scan). A filter on another
-//! stored column keeps DataFusion's scan, which prunes row groups by their statistics (the
-//! README's `WHERE a.traj_id < 4` reads one row group per file there).
+//! stored column keeps DataFusion's scan, which prunes row groups by their statistics and
+//! decodes the vectors of matching rows only (the README's `WHERE a.traj_id < 4` reads one
+//! row group of each file the manifest's id ranges leave, see `StepTable::scan`).
 
 use std::sync::Arc;
 

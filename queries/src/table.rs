@@ -1,6 +1,7 @@
 //! A dataset as a DataFusion table: exactly the files its committed manifest names (never
 //! stray files), with `step` and `shard` as partition columns so filters on them prune files
-//! before any is opened. Every file a scan will read is first checked against the manifest
+//! before any is opened; filters on `traj_id` prune whole shards by the manifest's id ranges
+//! the same way. Every file a scan will read is first checked against the manifest
 //! (size, content hash, rows, trajectory ids), once per session while it stays unchanged: a
 //! damaged shard is an error naming the file, never numbers that are silently wrong. Once
 //! checked, the files' row count and id, step and shard ranges are given to DataFusion as
@@ -10,11 +11,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bdense_store::{Dataset, FileEntry, ShardEntry, schema as cols};
+use datafusion::arrow::array::{ArrayRef, UInt16Array, UInt32Array, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::pruning::PruningStatistics;
 use datafusion::common::stats::Precision;
 use datafusion::common::{
-    ColumnStatistics, DFSchema, DataFusionError, Result, ScalarValue, Statistics, project_schema,
+    Column, ColumnStatistics, DFSchema, DataFusionError, Result, ScalarValue, Statistics,
+    project_schema,
 };
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::listing::helpers::{expr_applicable_for_cols, filter_partitioned_file};
@@ -22,9 +26,11 @@ use datafusion::datasource::object_store::ObjectStoreUrl;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
+use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::object_store::path::Path as ObjectPath;
 use datafusion::physical_expr::LexOrdering;
+use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
@@ -214,6 +220,38 @@ impl StepTable {
         stats
     }
 
+    /// Which of `files` may hold rows that pass `filters`, judged by the manifest's id, step
+    /// and shard ranges, so a filter such as `traj_id < 4` leaves out whole shards before any
+    /// file is checked or opened (DataFusion's scan would open every file's footer to learn
+    /// what the manifest already says). A filter the pruning cannot read keeps every file.
+    fn prune_by_manifest(
+        &self,
+        state: &dyn Session,
+        filters: &[Expr],
+        files: &[&StepFile],
+    ) -> Vec<bool> {
+        let keep_all = vec![true; files.len()];
+        let Some(filter) = conjunction(filters.iter().cloned()) else {
+            return keep_all;
+        };
+        let table = self.schema.table_schema();
+        let pruning = DFSchema::try_from(table.as_ref().clone())
+            .and_then(|schema| state.create_physical_expr(filter, &schema))
+            .and_then(|expr| {
+                PruningPredicateBuilder::new()
+                    .with_file_schema(table.clone())
+                    .try_build(expr)
+            });
+        let ranges = ManifestRanges {
+            dataset: &self.dataset,
+            files,
+        };
+        match pruning.and_then(|p| p.prune(&ranges)) {
+            Ok(keep) => keep,
+            Err(_) => keep_all,
+        }
+    }
+
     fn partition_schema() -> Result<DFSchema> {
         DFSchema::from_unqualified_fields(
             vec![
@@ -223,6 +261,73 @@ impl StepTable {
             .into(),
             Default::default(),
         )
+    }
+}
+
+/// The manifest's exact ranges of each file's `traj_id`, `step` and `shard` (every file of
+/// a shard holds the shard's ids, sorted and contiguous), as DataFusion's pruning asks them.
+struct ManifestRanges<'a> {
+    dataset: &'a Dataset,
+    files: &'a [&'a StepFile],
+}
+
+impl ManifestRanges<'_> {
+    fn shard(&self, file: &StepFile) -> &ShardEntry {
+        &self.dataset.shards()[file.at.0]
+    }
+
+    /// Every file's least (or, with `max`, greatest) value of `column`, for the columns the
+    /// manifest knows; `None` for the others. An empty shard's ids have no range: unknown (null), so its files are never pruned by
+    /// them.
+    fn column(&self, column: &Column, max: bool) -> Option<ArrayRef> {
+        let array: ArrayRef = match column.name.as_str() {
+            cols::TRAJ_ID => Arc::new(
+                self.files
+                    .iter()
+                    .map(|f| {
+                        let ids = self.shard(f).id_range();
+                        (!ids.is_empty()).then(|| if max { ids.end - 1 } else { ids.start })
+                    })
+                    .collect::<UInt64Array>(),
+            ),
+            STEP => Arc::new(self.files.iter().map(|f| f.step).collect::<UInt16Array>()),
+            SHARD => Arc::new(self.files.iter().map(|f| f.shard).collect::<UInt32Array>()),
+            _ => return None,
+        };
+        Some(array)
+    }
+}
+
+impl PruningStatistics for ManifestRanges<'_> {
+    fn min_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.column(column, false)
+    }
+
+    fn max_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.column(column, true)
+    }
+
+    fn num_containers(&self) -> usize {
+        self.files.len()
+    }
+
+    fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
+        self.column(column, false)?;
+        Some(Arc::new(UInt64Array::from(vec![0; self.files.len()])))
+    }
+
+    fn row_counts(&self) -> Option<ArrayRef> {
+        let rows = self.files.iter().map(|f| self.shard(f).rows);
+        Some(Arc::new(rows.collect::<UInt64Array>()))
+    }
+
+    #[allow(clippy::mutable_key_type)] // the trait's signature
+    fn contained(
+        &self,
+        _column: &Column,
+        _values: &std::collections::HashSet<ScalarValue>,
+    ) -> Option<datafusion::arrow::array::BooleanArray> {
+        None
     }
 }
 
@@ -304,6 +409,13 @@ impl TableProvider for StepTable {
                 kept.push(pf);
             }
         }
+        let keep = self.prune_by_manifest(state, filters, &to_check);
+        let (to_check, kept): (Vec<&StepFile>, Vec<PartitionedFile>) = to_check
+            .into_iter()
+            .zip(kept)
+            .zip(keep)
+            .filter_map(|(pair, keep)| keep.then_some(pair))
+            .unzip();
         let table = self.schema.table_schema();
         let projected: Vec<usize> = projection
             .cloned()
