@@ -44,20 +44,54 @@ impl Producer {
                 return;
             }
         };
-        let mut epoch = start_batch / self.batches_per_epoch;
-        let mut skip = (start_batch % self.batches_per_epoch) as usize * self.batch;
-        while self.epochs.is_none_or(|e| epoch < e) {
-            match rt.block_on(self.run_epoch(epoch, skip, &tx)) {
-                Ok(true) => {}
-                Ok(false) => return, // consumer gone
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            }
-            epoch += 1;
-            skip = 0;
+        if let Err(e) = rt.block_on(self.send_epochs(start_batch, &tx)) {
+            let _ = tx.send(Err(e));
         }
+    }
+
+    /// Sends every epoch's batches from `start_batch` on (until the consumer hangs up). Each
+    /// epoch's shard loads queue behind the previous epoch's, so the next epoch's first shards
+    /// decode while this one's last batches are cut: an epoch boundary costs no idle core.
+    async fn send_epochs(
+        &self,
+        start_batch: u64,
+        tx: &SyncSender<Result<TargetBatch>>,
+    ) -> Result<()> {
+        let mut epoch = start_batch / self.batches_per_epoch;
+        let skip = (start_batch % self.batches_per_epoch) as usize * self.batch;
+        let mut first_index = epoch * self.batches_per_epoch + (skip / self.batch) as u64;
+        let mut todo = self.epoch_todo(epoch, skip);
+        let mut loads = Loads::default();
+        loads.queue(&self.plans, &todo);
+        while self.epochs.is_none_or(|e| epoch < e) {
+            let next = epoch + 1;
+            let next_todo = self
+                .epochs
+                .is_none_or(|e| next < e)
+                .then(|| self.epoch_todo(next, 0));
+            if let Some(next_todo) = &next_todo {
+                loads.queue(&self.plans, next_todo);
+            }
+            if !self
+                .send_epoch(epoch, first_index, &todo, &mut loads, tx)
+                .await?
+            {
+                return Ok(()); // consumer gone
+            }
+            let Some(next_todo) = next_todo else {
+                break;
+            };
+            (epoch, todo) = (next, next_todo);
+            first_index = epoch * self.batches_per_epoch;
+        }
+        Ok(())
+    }
+
+    /// The ids epoch `epoch` emits after skipping its first `skip`, in order.
+    fn epoch_todo(&self, epoch: u64, skip: usize) -> Vec<u64> {
+        let mut order = epoch_order(&self.plans, self.seed, epoch, self.shuffle_buffer);
+        order.drain(..skip.min(order.len()));
+        order
     }
 
     /// Starts decoding shard `s` in the background.
@@ -66,24 +100,16 @@ impl Producer {
         tokio::task::spawn_blocking(move || load_shard(&spec, &plan, remaining))
     }
 
-    /// Sends one epoch's batches after skipping `skip` trajectories; false when the consumer
-    /// has hung up.
-    async fn run_epoch(
+    /// Sends `todo`, epoch `epoch`'s ids, as batches numbered from `first_index`; false when
+    /// the consumer has hung up.
+    async fn send_epoch(
         &self,
         epoch: u64,
-        skip: usize,
+        first_index: u64,
+        todo: &[u64],
+        loads: &mut Loads,
         tx: &SyncSender<Result<TargetBatch>>,
     ) -> Result<bool> {
-        let order = epoch_order(&self.plans, self.seed, epoch, self.shuffle_buffer);
-        let todo = &order[skip.min(order.len())..];
-        let (load_order, left) = shard_needs(&self.plans, todo);
-        let mut loads = Loads {
-            upcoming: load_order.into_iter(),
-            left,
-            pending: VecDeque::new(),
-            loaded: HashMap::new(),
-        };
-        let first_index = epoch * self.batches_per_epoch + (skip / self.batch) as u64;
         for (i, chunk) in todo.chunks(self.batch).enumerate() {
             let mut picks = Vec::with_capacity(chunk.len());
             for &id in chunk {
@@ -104,26 +130,35 @@ impl Producer {
     }
 }
 
-/// One epoch's shard loads: started in the order needed, at most [`LOOKAHEAD_SHARDS`] ahead,
-/// dropped after their last row is emitted.
+/// The stream's shard loads: queued epoch after epoch in the order needed, started at most
+/// [`LOOKAHEAD_SHARDS`] ahead, dropped after their last row is emitted.
+#[derive(Default)]
 struct Loads {
-    upcoming: std::vec::IntoIter<usize>,
-    /// Rows of each shard the epoch emits (the count a load starts with).
-    left: HashMap<usize, usize>,
+    /// Loads not started yet: (shard, rows its epoch emits from it).
+    upcoming: VecDeque<(usize, usize)>,
     pending: VecDeque<(usize, ShardLoad)>,
+    /// The current epoch's decoded shards (every one is dropped before the next epoch's first
+    /// is taken from `pending`).
     loaded: HashMap<usize, LoadedShard>,
 }
 
 impl Loads {
+    /// Queues the loads of one epoch's `todo` behind those already queued.
+    fn queue(&mut self, plans: &[ShardPlan], todo: &[u64]) {
+        let (order, left) = shard_needs(plans, todo);
+        self.upcoming
+            .extend(order.into_iter().map(|s| (s, left[&s])));
+    }
+
     /// Waits until shard `s` is decoded, starting the loads ahead of it.
     async fn ensure(&mut self, producer: &Producer, s: usize) -> Result<()> {
         while !self.loaded.contains_key(&s) {
             while self.pending.len() <= LOOKAHEAD_SHARDS {
-                let Some(next) = self.upcoming.next() else {
+                let Some((next, left)) = self.upcoming.pop_front() else {
                     break;
                 };
-                let load = producer.spawn_load(next, self.left[&next]);
-                self.pending.push_back((next, load));
+                self.pending
+                    .push_back((next, producer.spawn_load(next, left)));
             }
             let (ready, load) = self
                 .pending
