@@ -48,8 +48,7 @@ pub struct RunRecord {
 impl RunRecord {
     pub fn load(run: &Path) -> anyhow::Result<RunRecord> {
         let path = run.join("run.json");
-        let text = std::fs::read(&path)
-            .with_context(|| format!("{}: not a bdense run directory", run.display()))?;
+        let text = std::fs::read(&path).with_context(|| not_a_run(run))?;
         let mut value: serde_json::Value = serde_json::from_slice(&text)
             .with_context(|| format!("{}: not a valid run.json", path.display()))?;
         upgrade_layout(&mut value).with_context(|| format!("{}", path.display()))?;
@@ -79,6 +78,27 @@ impl RunRecord {
         spec.afs = c.method.afs;
         spec.teacher_forcing = c.method.teacher_forcing;
         spec
+    }
+}
+
+/// Why `run` cannot be resumed, when it has no `run.json`: a directory a `train --out` left
+/// with nothing else in it was stopped before it recorded its configuration, so nothing was
+/// trained and the same `train --out` starts it again.
+fn not_a_run(run: &Path) -> String {
+    let left_by_train = std::fs::read_dir(run).is_ok_and(|entries| {
+        entries
+            .filter_map(|e| e.ok())
+            .all(|e| e.file_name() == checkpoint::LOCK_FILE)
+    });
+    match left_by_train {
+        true => format!(
+            "{}: not a bdense run directory: it holds no run.json, so the `bdense train --out {}` \
+             that made it stopped before recording its configuration and trained nothing; run \
+             that command again",
+            run.display(),
+            run.display()
+        ),
+        false => format!("{}: not a bdense run directory", run.display()),
     }
 }
 

@@ -237,6 +237,15 @@ fn run_directories_that_cannot_be_used_say_why() {
         .fails_with("--out file/r");
     t.bdense(["train", "--resume", "missing"])
         .fails_with("missing: not a bdense run directory");
+    // What a train killed before writing its record leaves: resume names the way out, and the
+    // same fresh command takes the directory.
+    std::fs::create_dir(t.join("early")).unwrap();
+    std::fs::write(t.join("early").join(".lock"), "").unwrap();
+    t.bdense(["train", "--resume", "early"])
+        .fails_with("holds no run.json, so the `bdense train --out early` that made it stopped");
+    t.bdense(train_args("bdense", "early", "2", &[])).ok();
+    t.bdense(["train", "--resume", "notes"])
+        .fails_with("notes: not a bdense run directory");
 }
 
 #[test]
