@@ -306,12 +306,7 @@ fn readme_questions_answer_what_direct_reads_give() {
 #[test]
 fn queries_read_only_committed_files_and_prune_steps() {
     let tmp = tempfile::tempdir().unwrap();
-    let ds = write_gaussian(
-        &tmp.path().join("g"),
-        &spec("g", 32, 9, Dtype::F32),
-        WriteOptions::default(),
-    )
-    .unwrap();
+    let ds = dataset_g(tmp.path(), 32, 9, 128);
     // A stray file in a partition must not show up.
     std::fs::copy(
         ds.file_path(&ds.shards()[0].files[2]),
@@ -364,6 +359,21 @@ fn queries_read_only_committed_files_and_prune_steps() {
     assert!(err.contains("step=2/shard-00001.parquet"), "{err}");
 }
 
+/// Dataset `g` under `dir`: `count` f32 trajectories on a `points`-point grid, in shards of 16
+/// and row groups of `row_group_rows`.
+fn dataset_g(dir: &Path, count: u64, points: usize, row_group_rows: usize) -> Dataset {
+    let options = WriteOptions {
+        row_group_rows,
+        ..WriteOptions::default()
+    };
+    write_gaussian(
+        &dir.join("g"),
+        &spec("g", count, points, Dtype::F32),
+        options,
+    )
+    .unwrap()
+}
+
 /// Every batch of one epoch of the stream.
 fn epoch(ds: &Dataset, spec: &TargetSpec) -> Vec<bdense_queries::TargetBatch> {
     let mut s = spec.clone();
@@ -378,15 +388,7 @@ fn epoch(ds: &Dataset, spec: &TargetSpec) -> Vec<bdense_queries::TargetBatch> {
 fn branch_targets_equal_the_stored_states() {
     let tmp = tempfile::tempdir().unwrap();
     // 25 points: K (N-1) | 24 for all four layouts below.
-    let ds = write_gaussian(
-        &tmp.path().join("g"),
-        &spec("g", 70, 25, Dtype::F32),
-        WriteOptions {
-            row_group_rows: 8,
-            ..WriteOptions::default()
-        },
-    )
-    .unwrap();
+    let ds = dataset_g(tmp.path(), 70, 25, 8);
     let all: Vec<Vec<Vec<f32>>> = (0..25).map(|s| states(&ds, s)).collect();
     // Seeds and labels come from the first slot's files only: they must still be each
     // trajectory's own.
@@ -463,15 +465,7 @@ fn branch_targets_equal_the_stored_states() {
 #[test]
 fn target_order_is_reproducible_by_seed_and_resumable() {
     let tmp = tempfile::tempdir().unwrap();
-    let ds = write_gaussian(
-        &tmp.path().join("g"),
-        &spec("g", 80, 13, Dtype::F32),
-        WriteOptions {
-            row_group_rows: 8,
-            ..WriteOptions::default()
-        },
-    )
-    .unwrap();
+    let ds = dataset_g(tmp.path(), 80, 13, 8);
     let order = |seed: u64| -> Vec<u64> {
         let mut s = TargetSpec::new(4, 2, 16, seed);
         s.shuffle_buffer = 24;
@@ -505,15 +499,7 @@ fn target_order_is_reproducible_by_seed_and_resumable() {
 fn every_epoch_of_a_stream_emits_each_trajectory_once_with_its_states() {
     let tmp = tempfile::tempdir().unwrap();
     // Shards of 16, 16, 16, 5: more shards than the loads decoded ahead.
-    let ds = write_gaussian(
-        &tmp.path().join("g"),
-        &spec("g", 53, 13, Dtype::F32),
-        WriteOptions {
-            row_group_rows: 8,
-            ..WriteOptions::default()
-        },
-    )
-    .unwrap();
+    let ds = dataset_g(tmp.path(), 53, 13, 8);
     let mut s = TargetSpec::new(4, 2, 7, 11);
     s.shuffle_buffer = 10;
     s.epochs = Some(4);
@@ -549,12 +535,7 @@ fn every_epoch_of_a_stream_emits_each_trajectory_once_with_its_states() {
 #[test]
 fn bad_layouts_and_datasets_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
-    let ds = write_gaussian(
-        &tmp.path().join("g"),
-        &spec("g", 32, 13, Dtype::F32),
-        WriteOptions::default(),
-    )
-    .unwrap();
+    let ds = dataset_g(tmp.path(), 32, 13, 128);
     let err = TargetStream::open(ds.clone(), &TargetSpec::new(5, 2, 8, 0), 0)
         .err()
         .unwrap()
@@ -630,12 +611,7 @@ fn explain(session: &StoreSession, query: &str) -> String {
 #[test]
 fn counts_and_id_ranges_come_from_the_manifest_and_match_a_scan() {
     let tmp = tempfile::tempdir().unwrap();
-    let ds = write_gaussian(
-        &tmp.path().join("g"),
-        &spec("g", 40, 9, Dtype::F32),
-        WriteOptions::default(),
-    )
-    .unwrap();
+    let ds = dataset_g(tmp.path(), 40, 9, 128);
     let session = StoreSession::open(tmp.path()).unwrap();
     let cast = |e: &str| format!("CAST({e} AS BIGINT)");
     let aggregates = |id: &str| {
@@ -695,12 +671,7 @@ fn counts_and_id_ranges_come_from_the_manifest_and_match_a_scan() {
 fn traj_id_filters_prune_shards_by_the_manifest() {
     let tmp = tempfile::tempdir().unwrap();
     // 40 trajectories in shards of 16, 16 and 8 (ids 0-15, 16-31, 32-39), 9 steps.
-    let ds = write_gaussian(
-        &tmp.path().join("g"),
-        &spec("g", 40, 9, Dtype::F32),
-        WriteOptions::default(),
-    )
-    .unwrap();
+    let ds = dataset_g(tmp.path(), 40, 9, 128);
     let session = StoreSession::open(tmp.path()).unwrap();
     let moved = tmp.path().join("moved.parquet");
     for (filter, ids, steps, shards) in [
