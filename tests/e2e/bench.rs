@@ -121,3 +121,53 @@ fn bench_targets_measures_the_stream_against_raw_and_names_a_missing_peer() {
         "the raw copy is removed"
     );
 }
+
+/// `bench store` on a small synthetic set (300 trajectories: one full 256-row shard and a
+/// short one) prints both raw baselines and, for every layout, its read ratios against each,
+/// and leaves no scratch directory behind.
+#[test]
+fn bench_store_compares_every_layout_with_both_raw_baselines() {
+    let t = dir();
+    let out = t
+        .bdense([
+            "bench",
+            "store",
+            "--count",
+            "300",
+            "--steps",
+            "9",
+            "--dim",
+            "12",
+            "--repeats",
+            "1",
+            "--dir",
+            "scratch",
+        ])
+        .ok();
+    let row = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no row {name:?}:\n{out}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    assert!(row("raw f32 file (baseline)").len() >= 8, "{out}");
+    // name (4 words), write MB/s and x raw ("-"), then its read MB/s
+    let fresh = row("  fresh array per shard-step");
+    assert!(fresh[6].parse::<f64>().unwrap() > 0.0, "{out}");
+    for layout in [
+        "f32 zstd-1 + byte-split",
+        "f32 uncompressed",
+        "f16 zstd-1 + byte-split",
+    ] {
+        let cells = row(layout);
+        // ..., read on cores MB/s, x raw, x fresh, disk/raw
+        let numbers: Vec<f64> = cells[cells.len() - 4..]
+            .iter()
+            .map(|c| c.parse().unwrap())
+            .collect();
+        assert!(numbers.iter().all(|&v| v > 0.0), "{layout}: {cells:?}");
+    }
+    assert!(out.contains("bench store done"), "{out}");
+    assert!(!t.join("scratch/raw.f32").exists() && !t.join("scratch/ds").exists());
+}
