@@ -11,9 +11,17 @@ use super::load::{LoadSpec, LoadedShard, load_shard};
 use super::order::{ShardPlan, epoch_order, shard_needs, shard_of};
 use crate::error::{QueryError, Result};
 
-/// Shards decoded ahead of the one being assembled, each on its own blocking thread, so decoding runs on
-/// every core while batches are cut.
-const LOOKAHEAD_SHARDS: usize = 2;
+/// Shards decoded ahead of the one being assembled, each on its own blocking thread, so
+/// decoding runs on every core while batches are cut: one per core (a shard's load is
+/// sequential), at least 2 (1 was slower on 2 cores, docs/perf.md), at most
+/// [`MAX_LOOKAHEAD_SHARDS`] (each load in flight holds its shard's decoded steps).
+fn lookahead_shards() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, MAX_LOOKAHEAD_SHARDS)
+}
+
+const MAX_LOOKAHEAD_SHARDS: usize = 16;
 
 type ShardLoad = tokio::task::JoinHandle<Result<LoadedShard>>;
 
@@ -61,7 +69,12 @@ impl Producer {
         let skip = (start_batch % self.batches_per_epoch) as usize * self.batch;
         let mut first_index = epoch * self.batches_per_epoch + (skip / self.batch) as u64;
         let mut todo = self.epoch_todo(epoch, skip);
-        let mut loads = Loads::default();
+        let mut loads = Loads {
+            lookahead: lookahead_shards(),
+            upcoming: VecDeque::new(),
+            pending: VecDeque::new(),
+            loaded: HashMap::new(),
+        };
         loads.queue(&self.plans, &todo);
         while self.epochs.is_none_or(|e| epoch < e) {
             let next = epoch + 1;
@@ -131,9 +144,10 @@ impl Producer {
 }
 
 /// The stream's shard loads: queued epoch after epoch in the order needed, started at most
-/// [`LOOKAHEAD_SHARDS`] ahead, dropped after their last row is emitted.
-#[derive(Default)]
+/// [`lookahead_shards`] ahead, dropped after their last row is emitted.
 struct Loads {
+    /// Loads started ahead of the shard being cut.
+    lookahead: usize,
     /// Loads not started yet: (shard, rows its epoch emits from it).
     upcoming: VecDeque<(usize, usize)>,
     pending: VecDeque<(usize, ShardLoad)>,
@@ -153,7 +167,7 @@ impl Loads {
     /// Waits until shard `s` is decoded, starting the loads ahead of it.
     async fn ensure(&mut self, producer: &Producer, s: usize) -> Result<()> {
         while !self.loaded.contains_key(&s) {
-            while self.pending.len() <= LOOKAHEAD_SHARDS {
+            while self.pending.len() <= self.lookahead {
                 let Some((next, left)) = self.upcoming.pop_front() else {
                     break;
                 };
