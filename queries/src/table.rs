@@ -220,6 +220,43 @@ impl StepTable {
         stats
     }
 
+    /// The files a scan with `filters` reads, as DataFusion's partitioned files: those whose
+    /// `step` and `shard` pass the partition filters (evaluated exactly), then those the
+    /// manifest's id ranges do not rule out.
+    fn files_to_read(
+        &self,
+        state: &dyn Session,
+        filters: &[Expr],
+    ) -> Result<(Vec<&StepFile>, Vec<PartitionedFile>)> {
+        let partition_filters: Vec<Expr> = filters
+            .iter()
+            .filter(|f| expr_applicable_for_cols(&PARTITION_COLS, f))
+            .cloned()
+            .collect();
+        let partition_schema = Self::partition_schema()?;
+        let mut files = Vec::new();
+        let mut partitioned = Vec::new();
+        for f in &self.files {
+            let mut pf = PartitionedFile::new(String::new(), f.bytes);
+            pf.object_meta.location = f.location.clone();
+            let pf = pf.with_partition_values(vec![
+                ScalarValue::UInt16(Some(f.step)),
+                ScalarValue::UInt32(Some(f.shard)),
+            ]);
+            if let Some(pf) = filter_partitioned_file(pf, &partition_filters, &partition_schema)? {
+                files.push(f);
+                partitioned.push(pf);
+            }
+        }
+        let keep = self.prune_by_manifest(state, filters, &files);
+        Ok(files
+            .into_iter()
+            .zip(partitioned)
+            .zip(keep)
+            .filter_map(|(pair, keep)| keep.then_some(pair))
+            .unzip())
+    }
+
     /// Which of `files` may hold rows that pass `filters`, judged by the manifest's id, step
     /// and shard ranges, so a filter such as `traj_id < 4` leaves out whole shards before any
     /// file is checked or opened (DataFusion's scan would open every file's footer to learn
@@ -389,33 +426,7 @@ impl TableProvider for StepTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let partition_filters: Vec<Expr> = filters
-            .iter()
-            .filter(|f| expr_applicable_for_cols(&PARTITION_COLS, f))
-            .cloned()
-            .collect();
-        let partition_schema = Self::partition_schema()?;
-        let mut kept = Vec::new();
-        let mut to_check = Vec::new();
-        for f in &self.files {
-            let mut pf = PartitionedFile::new(String::new(), f.bytes);
-            pf.object_meta.location = f.location.clone();
-            let pf = pf.with_partition_values(vec![
-                ScalarValue::UInt16(Some(f.step)),
-                ScalarValue::UInt32(Some(f.shard)),
-            ]);
-            if let Some(pf) = filter_partitioned_file(pf, &partition_filters, &partition_schema)? {
-                to_check.push(f);
-                kept.push(pf);
-            }
-        }
-        let keep = self.prune_by_manifest(state, filters, &to_check);
-        let (to_check, kept): (Vec<&StepFile>, Vec<PartitionedFile>) = to_check
-            .into_iter()
-            .zip(kept)
-            .zip(keep)
-            .filter_map(|(pair, keep)| keep.then_some(pair))
-            .unzip();
+        let (to_check, kept) = self.files_to_read(state, filters)?;
         let table = self.schema.table_schema();
         let projected: Vec<usize> = projection
             .cloned()
@@ -424,12 +435,12 @@ impl TableProvider for StepTable {
         let reads_vectors = projected.iter().any(|&i| vector(table.field(i).name()));
         // A filter on another stored column (ids, seeds, labels) is left to DataFusion's
         // scan, which skips row groups by their statistics; the vectors have none.
-        let prunable = filters.iter().any(|f| {
+        let filters_rows = filters.iter().any(|f| {
             f.column_refs()
                 .iter()
                 .any(|c| !vector(&c.name) && !PARTITION_COLS.contains(&c.name.as_str()))
         });
-        let fast = self.fast_scan && reads_vectors && !prunable;
+        let fast = self.fast_scan && reads_vectors && !filters_rows;
         // Hashing is most of a first query's time: on every core, the first problem (in the
         // manifest's order) reported. DataFusion's scan fetches byte ranges, so its files are
         // hashed here even on object storage; the fast scan reads (and hashes) whole files.
