@@ -680,6 +680,11 @@ fn traj_id_filters_prune_shards_by_the_manifest() {
         ("traj_id >= 32 AND step = 3", 8, 1, vec![2]),
         ("traj_id IN (1, 35)", 2, 9, vec![0, 2]),
         ("traj_id > 1000", 0, 9, vec![]),
+        // Shapes the pruning must read right or leave alone: a float, a negation, arithmetic.
+        ("traj_id = 3.0", 1, 9, vec![0]),
+        ("traj_id = 3.5", 0, 9, vec![0]), // within shard 0's range: a range cannot say more
+        ("NOT (traj_id < 32)", 8, 9, vec![2]),
+        ("traj_id + 1 < 4", 3, 9, vec![0, 1, 2]), // arithmetic: not pruned, still counted right
     ] {
         for other in (0..3).filter(|s| !shards.contains(s)) {
             let file = ds.file_path(&ds.shards()[other].files[4]);
