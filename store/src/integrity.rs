@@ -153,11 +153,14 @@ pub struct VerifiedFiles {
 }
 
 /// How far a file was checked: on object storage [`VerifiedFiles::check`] reads the footer
-/// alone, so the content hash is still owed by the first reader that fetches the whole file.
+/// alone, so the content hash is still owed by the first reader that fetches the whole file;
+/// a reader that hashed the whole file without [`VerifiedFiles::check`] leaves the footer
+/// checks (rows, ids, Arrow schema) owed to the first `check`.
 #[derive(Debug, Clone, PartialEq)]
 struct Checked {
     stamp: Stamp,
     hashed: bool,
+    footer: bool,
 }
 
 impl VerifiedFiles {
@@ -202,12 +205,12 @@ impl VerifiedFiles {
         // Stamped before reading, so a change while we hash invalidates the entry.
         let stamp = stamp(backend, &entry.path, &path)?;
         match self.checked(&path, &stamp) {
-            Some(hashed) if hashed || !content => return Ok(path),
-            Some(_) => {
+            Some(c) if c.footer && (c.hashed || !content) => return Ok(path),
+            Some(c) if c.footer => {
                 self.read(backend, entry)?;
                 return Ok(path);
             }
-            None => {}
+            _ => {}
         }
         let hashed = backend.local_dir().is_some();
         let meta = match backend.local_dir() {
@@ -234,16 +237,25 @@ impl VerifiedFiles {
             ArrowReaderMetadata::try_new(Arc::new(meta), ArrowReaderOptions::default())
                 .map_err(|e| StoreError::parquet(&path, e))
         })?;
-        self.remember(&path, Checked { stamp, hashed });
+        self.remember(
+            &path,
+            Checked {
+                stamp,
+                hashed,
+                footer: true,
+            },
+        );
         if content && !hashed {
             self.read(backend, entry)?;
         }
         Ok(path)
     }
 
-    /// The bytes of `entry`: hashed against the manifest unless [`VerifiedFiles::check`]
-    /// passed the file unchanged before (a training run reads every file once per epoch;
-    /// hashing it each time cost a twentieth of the target stream, docs/perf.md).
+    /// The bytes of `entry`: hashed against the manifest unless this handle hashed the file,
+    /// unchanged, before (a training run reads every file once per epoch, and `read_steps`
+    /// callers read a shard again and again; hashing each time cost a twentieth of the target
+    /// stream and a sixth of `read_steps`, docs/perf.md). Stamped before reading, so a file
+    /// replaced while it is read is hashed again next time.
     pub(crate) fn read(
         &self,
         backend: &dyn Backend,
@@ -251,32 +263,29 @@ impl VerifiedFiles {
     ) -> Result<(PathBuf, Bytes)> {
         let path = backend.locate(&entry.path);
         let stamp = stamp(backend, &entry.path, &path)?;
-        if self.checked(&path, &stamp) == Some(true) {
+        let before = self.checked(&path, &stamp);
+        if before.as_ref().is_some_and(|c| c.hashed) {
             let raw = RawFile::read(backend, entry)?;
             if raw.longer.is_none() && raw.bytes.len() as u64 == entry.bytes {
                 return Ok((raw.path, raw.bytes));
             }
         }
         let (path, bytes) = read_verified(backend, entry)?;
-        if self.checked(&path, &stamp).is_some() {
-            // The footer was checked before: the hash now covers the rest.
-            self.remember(
-                &path,
-                Checked {
-                    stamp,
-                    hashed: true,
-                },
-            );
-        }
+        self.remember(
+            &path,
+            Checked {
+                stamp,
+                hashed: true,
+                footer: before.is_some_and(|c| c.footer),
+            },
+        );
         Ok((path, bytes))
     }
 
-    /// Whether `path` was checked with this stamp, and if so whether its content was hashed.
-    fn checked(&self, path: &Path, stamp: &Stamp) -> Option<bool> {
+    /// How far `path` was checked with this stamp, if at all.
+    fn checked(&self, path: &Path, stamp: &Stamp) -> Option<Checked> {
         let seen = self.seen.lock().expect("no poisoned cache");
-        seen.get(path)
-            .filter(|c| &c.stamp == stamp)
-            .map(|c| c.hashed)
+        seen.get(path).filter(|c| &c.stamp == stamp).cloned()
     }
 
     fn remember(&self, path: &Path, checked: Checked) {

@@ -132,8 +132,8 @@ impl Dataset {
 
     /// Selected columns (`None`: all) and row groups (`None`: all) of one step file, after
     /// checking the file against the manifest (size, content hash, rows, trajectory ids; the
-    /// hash once per handle while the file stays unchanged, when [`Dataset::check_file`]
-    /// passed it).
+    /// hash once per handle, and its clones, while the file's size and modification time stay
+    /// unchanged).
     pub fn read_step_columns(
         &self,
         shard: &ShardEntry,

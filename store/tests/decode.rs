@@ -422,10 +422,17 @@ fn dataset_reads_match_the_general_reader_for_every_dtype_and_option() {
     }
 }
 
-/// The hash is skipped only for a file checked before and unchanged since: one that changes
-/// on disk afterwards (its mtime moves) is hashed again and refused by name.
+/// The hash is skipped only for a file hashed before (by a check or a read) and unchanged
+/// since: one that changes on disk afterwards (its mtime moves) is hashed again and refused by
+/// name.
 #[test]
 fn a_file_changed_after_its_check_is_hashed_again() {
+    for check_first in [true, false] {
+        a_file_changed_after_it_was_hashed(check_first);
+    }
+}
+
+fn a_file_changed_after_it_was_hashed(check_first: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let ds = bdense_store::synthetic::write_gaussian(
         &tmp.path().join("g"),
@@ -435,8 +442,13 @@ fn a_file_changed_after_its_check_is_hashed_again() {
     .unwrap();
     let shard = &ds.shards()[1];
     let entry = shard.file(2).unwrap();
-    let path = ds.check_file(shard, entry).unwrap();
+    let path = ds.dir().join(&entry.path);
+    if check_first {
+        assert_eq!(ds.check_file(shard, entry).unwrap(), path);
+    }
     let before = ds.read_step(shard, 2).unwrap();
+    // A second read of the unchanged file (hashed once) gives the same batch.
+    assert_eq!(ds.read_step(shard, 2).unwrap().batch, before.batch);
     let mut bytes = std::fs::read(&path).unwrap();
     let n = bytes.len();
     bytes[n / 2] ^= 0x10;
@@ -451,8 +463,11 @@ fn a_file_changed_after_its_check_is_hashed_again() {
     let err = ds.read_step(shard, 2).unwrap_err().to_string();
     assert!(
         err.contains("step=2/shard-00001.parquet") && err.contains("content hash"),
-        "{err}"
+        "{check_first}: {err}"
     );
+    // A check after reads alone still checks the file, and refuses it.
+    let err = ds.check_file(shard, entry).unwrap_err().to_string();
+    assert!(err.contains("content hash"), "{check_first}: {err}");
     // Restored byte for byte (with yet another mtime), it reads as before.
     bytes[n / 2] ^= 0x10;
     std::fs::write(&path, &bytes).unwrap();
