@@ -481,8 +481,8 @@ pub struct ReportArgs {
 #[command(after_help = "Example: bdense demo --preset quick")]
 pub struct DemoArgs {
     /// The paper's regime (students copied from the shipped U-Net teacher): quick (under a
-    /// minute), default (about 20 minutes on 2 cores), full (three seeds per cell, then `bdense
-    /// sweep` at NFE 2; about 1.5 hours); or the
+    /// minute), default (12-21 minutes on 2 cores), full (three seeds per cell, then `bdense
+    /// sweep` at NFE 2; under 2 hours); or the
     /// GMM teacher with students from scratch: gmm, gmm-quick.
     #[arg(long, default_value = "default", value_parser = ["quick", "default", "full", "gmm", "gmm-quick"])]
     pub preset: String,
