@@ -602,9 +602,10 @@ impl StoredValue for Float16Type {
 }
 
 /// The byte-stream-split interleave, 16 values at a time with SSE2 (part of every x86-64
-/// CPU, so no detection at run time): 3x the compiler's vectorisation of the zipped loop on
-/// a hot buffer (docs/perf.md, part 6). Each function appends whole blocks of 16 to `out`
-/// and returns how many values it took; the caller interleaves the rest.
+/// CPU, so no detection at run time): 6% of a single-threaded read, where the compiler's
+/// vectorisation of the zipped loop took 11% (docs/perf.md, part 6). Each function appends
+/// whole blocks of 16 to `out` and returns how many values it took; the caller interleaves
+/// the rest.
 mod unshuffle {
     use half::f16;
 
