@@ -582,3 +582,41 @@ pub mod fid {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Reference;
+
+    /// The reference statistics are computed on first use and loaded from JSON after. The
+    /// loaded values must be the computed ones bit for bit: the square roots of the
+    /// covariance's near-zero eigenvalues turn a last-bit difference into FD-cls differing
+    /// at 1e-8, so a first run and a rerun would disagree (serde_json parses floats exactly
+    /// only with its `float_roundtrip` feature).
+    #[test]
+    fn reference_statistics_survive_the_cache_bit_for_bit() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut value = || {
+            let unit = (next() >> 11) as f64 / (1u64 << 53) as f64;
+            (unit * 2.0 - 1.0) * 10f64.powi((next() % 12) as i32 - 6)
+        };
+        let computed = Reference {
+            images: 10_000,
+            mean: (0..100).map(|_| value()).collect(),
+            cov: (0..10_000).map(|_| value()).collect(),
+        };
+        let json = serde_json::to_vec(&computed).unwrap();
+        let loaded: Reference = serde_json::from_slice(&json).unwrap();
+        let bits = |r: &Reference| -> Vec<u64> {
+            r.mean.iter().chain(&r.cov).map(|v| v.to_bits()).collect()
+        };
+        let (want, got) = (bits(&computed), bits(&loaded));
+        let differ = want.iter().zip(&got).filter(|(a, b)| a != b).count();
+        assert_eq!(differ, 0, "{differ} of {} values changed", want.len());
+    }
+}
