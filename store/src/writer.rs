@@ -136,6 +136,29 @@ impl Default for WriteOptions {
     }
 }
 
+impl WriteOptions {
+    /// The options for a compression named as on the command line: `zstd` (level 1, the
+    /// default), `zstd:LEVEL` (1 to 22) or `none`. Compressed files byte-split their floats
+    /// (zstd then finds the exponents' redundancy); uncompressed ones store them PLAIN, which a
+    /// reader copies as they are, so byte-splitting would only add a pass.
+    pub fn with_compression(self, name: &str) -> std::result::Result<Self, String> {
+        let zstd_level = match name.split_once(':') {
+            None if name == "none" => None,
+            None if name == "zstd" => Some(1),
+            Some(("zstd", level)) => match level.parse::<i32>() {
+                Ok(l) if ZstdLevel::try_new(l).is_ok() && l >= 1 => Some(l),
+                _ => return Err(format!("zstd:{level}: the level must be 1 to 22")),
+            },
+            _ => return Err(format!("{name}: expected zstd, zstd:LEVEL or none")),
+        };
+        Ok(WriteOptions {
+            zstd_level,
+            byte_stream_split: zstd_level.is_some(),
+            ..self
+        })
+    }
+}
+
 /// One shard's worth of trajectories, all steps, in memory.
 #[derive(Debug, Clone, Copy)]
 pub struct ShardData<'a> {

@@ -127,12 +127,9 @@ fn f16_round_trip_error_is_within_half_an_ulp() {
     assert!(verify(&ds).unwrap().ok());
 }
 
-#[test]
-fn byte_stream_split_is_applied_to_vector_columns() {
-    use bdense_store::parquet::basic::Encoding;
+/// The `x` leaf column chunk of a dataset's first file: its codec and encodings.
+fn vector_column_codec(ds: &Dataset) -> (String, Vec<String>) {
     use bdense_store::parquet::file::reader::{FileReader, SerializedFileReader};
-    let tmp = tempfile::tempdir().unwrap();
-    let ds = small(tmp.path());
     let path = ds.file_path(&ds.shards()[0].files[2]);
     let reader = SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
     let rg = reader.metadata().row_group(0);
@@ -140,11 +137,47 @@ fn byte_stream_split_is_applied_to_vector_columns() {
         .map(|i| rg.column(i))
         .find(|c| c.column_path().string() == "x.list.item")
         .expect("x leaf column");
+    let encodings = col.encodings().map(|e| format!("{e:?}")).collect();
+    (format!("{:?}", col.compression()), encodings)
+}
+
+#[test]
+fn byte_stream_split_is_applied_to_vector_columns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (codec, encodings) = vector_column_codec(&small(tmp.path()));
+    assert!(codec.starts_with("ZSTD"), "{codec}");
     assert!(
-        col.encodings().any(|e| e == Encoding::BYTE_STREAM_SPLIT),
-        "{:?}",
-        col.encodings().collect::<Vec<_>>()
+        encodings.iter().any(|e| e == "BYTE_STREAM_SPLIT"),
+        "{encodings:?}"
     );
+}
+
+/// `--compression` names: zstd and zstd:LEVEL byte-split their floats, none stores them
+/// PLAIN; every choice reads back the same values; a bad name says what is accepted.
+#[test]
+fn compression_names_choose_codec_and_encoding() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut states = Vec::new();
+    for (name, codec, split) in [
+        // A file does not record its zstd level: the metadata reads back a default one.
+        ("zstd", "ZSTD", true),
+        ("zstd:7", "ZSTD", true),
+        ("none", "UNCOMPRESSED", false),
+    ] {
+        let options = WriteOptions::default().with_compression(name).unwrap();
+        let dir = tmp.path().join(name.replace(':', "-"));
+        let ds = write_gaussian(&dir, &spec("g", 20, Dtype::F32), options).unwrap();
+        let (got, encodings) = vector_column_codec(&ds);
+        assert!(got.starts_with(codec), "{name}: {got}");
+        let has_split = encodings.iter().any(|e| e == "BYTE_STREAM_SPLIT");
+        assert_eq!(has_split, split, "{name}: {encodings:?}");
+        states.push(ds.read_step(&ds.shards()[1], 3).unwrap().x().to_vec());
+    }
+    assert!(states.iter().all(|s| s == &states[0]));
+    for bad in ["lz4", "zstd:0", "zstd:23", "zstd:x", "zstd1", ""] {
+        let err = WriteOptions::default().with_compression(bad).unwrap_err();
+        assert!(err.contains("zstd") && err.contains(bad), "{bad}: {err}");
+    }
 }
 
 #[test]

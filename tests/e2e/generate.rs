@@ -93,6 +93,56 @@ fn f16_and_denoised_columns_round_trip_through_verify() {
     );
 }
 
+/// `--compression none` writes the same states as the default zstd, PLAIN and uncompressed:
+/// every state of one dataset is at distance 0 from its twin in the other, through SQL.
+#[test]
+fn uncompressed_datasets_hold_the_same_states() {
+    let t = dir();
+    t.bdense(gen_args("store/z", &[])).ok();
+    t.bdense(gen_args("store/n", &["--compression", "none"]))
+        .ok();
+    t.bdense(gen_args("store/z9", &["--compression", "zstd:9"]))
+        .ok();
+    for name in ["store/n", "store/z9"] {
+        assert!(
+            t.bdense(["store", "verify", name])
+                .ok()
+                .contains("verify ok")
+        );
+    }
+    let files = |name: &str| file_hashes(&t.join(name)).len();
+    assert_eq!(files("store/n"), files("store/z"));
+    let bytes = |name: &str| {
+        bdense_store::Dataset::open(&t.join(name))
+            .unwrap()
+            .manifest()
+            .bytes()
+    };
+    assert!(
+        bytes("store/n") > bytes("store/z"),
+        "none must not compress"
+    );
+    for twin in ["n", "z9"] {
+        let out = t
+            .bdense([
+                "sql".to_string(),
+                "store".to_string(),
+                format!(
+                    "SELECT count(*) AS pairs, max(l2_dist(a.x, b.x)) AS d FROM z a JOIN {twin} b \
+                     ON a.traj_id = b.traj_id AND a.step = b.step"
+                ),
+                "--format".to_string(),
+                "csv".to_string(),
+            ])
+            .ok();
+        assert!(out.contains("432,0.0"), "{twin}: {out}");
+    }
+    t.bdense(gen_args("store/x", &["--compression", "lz4"]))
+        .fails_with("lz4: expected zstd, zstd:LEVEL or none");
+    t.bdense(gen_args("store/x", &["--compression", "zstd:30"]))
+        .fails_with("the level must be 1 to 22");
+}
+
 #[test]
 fn bad_generate_arguments_are_named() {
     let t = dir();

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::bail;
-use bdense_store::Dataset;
+use bdense_store::{Dataset, WriteOptions};
 use bdense_trainer::method::Method;
 
 use crate::cli::{Command, DemoArgs, EvalArgs, GenerateArgs, ReportArgs, SweepArgs};
@@ -249,6 +249,7 @@ fn ensure_dataset(dataset: &Path, args: &DemoArgs, p: &Preset) -> anyhow::Result
         worker: None,
         dtype: "f32".into(),
         denoised: false,
+        write_options: WriteOptions::default(),
         device: args.device.to_string(),
         fit_limit,
         abort_after_shards: None,

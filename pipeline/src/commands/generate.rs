@@ -6,8 +6,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use bdense_queries::session::{GRID_TABLE, MANIFEST_TABLE};
 use bdense_store::{
-    DatasetSpec, DatasetWriter, Dims, Dtype, Grid, SeedPolicy, ShardData, StoreError, WriteOptions,
-    seeds,
+    DatasetSpec, DatasetWriter, Dims, Dtype, Grid, SeedPolicy, ShardData, StoreError, seeds,
 };
 use bdense_trainer::solvers::Solver;
 
@@ -87,7 +86,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         pd: None,
     };
     check_shard_memory(args, spec.dims.len(), sigmas.len())?;
-    let options = WriteOptions::default();
+    let options = args.write_options.clone();
     let mut writer = if args.resume {
         let w = DatasetWriter::open(&args.dataset, options)?;
         if let Some(why) = spec.mismatch(w.manifest()) {
