@@ -82,6 +82,23 @@ pub enum StoreCommand {
     /// (_bdense/, step=7) in place, without copying data; safe to rerun if interrupted.
     #[command(after_help = "Example: bdense store upgrade runs/store/fmnist")]
     Upgrade(DatasetArgs),
+    /// Copy a dataset into a new one, re-encoded (--compression none reads several times
+    /// faster); continues an interrupted copy when run again.
+    #[command(
+        after_help = "Example: bdense store copy runs/store/fmnist runs/store/fmnist-plain --compression none"
+    )]
+    Copy(CopyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// The dataset to copy, STORE/NAME.
+    pub from: PathBuf,
+    /// The new dataset, STORE/NAME (a local directory or an s3:// URL).
+    pub to: PathBuf,
+    /// zstd (level 1), zstd:LEVEL (1 to 22) or none, as for generate.
+    #[arg(long = "compression", id = "compression", default_value = "zstd", value_parser = compression)]
+    pub write_options: WriteOptions,
 }
 
 #[derive(Debug, Args)]

@@ -31,6 +31,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Store(StoreCommand::Verify(a)) => commands::store::verify(&a),
         Command::Store(StoreCommand::Gc(a)) => commands::store::gc(&a),
         Command::Store(StoreCommand::Upgrade(a)) => commands::store::upgrade(&a),
+        Command::Store(StoreCommand::Copy(a)) => commands::store::copy(&a),
         Command::Generate(a) => commands::generate::run(&a),
         Command::Sql(a) => commands::sql::run(&a),
         Command::Cluster(ClusterCommand::Scheduler(a)) => cluster::scheduler(&a),

@@ -26,6 +26,7 @@
 //! with the manifest before its data are handed out ([`integrity`]).
 
 pub mod backend;
+pub mod copy;
 pub mod decode;
 pub mod error;
 pub mod gc;

@@ -1143,3 +1143,128 @@ fn published_but_uncommitted_files_are_kept_for_live_writers_and_reused() {
     };
     assert_eq!(hashes(&ds), hashes(&other));
 }
+
+/// Every step file of two datasets decodes to the same batch (ids, seeds, sigmas, labels,
+/// states, denoised), shard by shard.
+fn same_contents(a: &Dataset, b: &Dataset) {
+    assert_eq!(a.shards().len(), b.shards().len());
+    for (sa, sb) in a.shards().iter().zip(b.shards()) {
+        assert_eq!(sa.index, sb.index);
+        for step in 0..a.manifest().steps() as u16 {
+            let (x, y) = (
+                a.read_step(sa, step).unwrap(),
+                b.read_step(sb, step).unwrap(),
+            );
+            assert_eq!(x.batch, y.batch, "shard {} step {step}", sa.index);
+        }
+    }
+}
+
+/// `store copy` re-encodes a dataset: f32 and f16, labels and denoised outputs, the same
+/// batches and manifest fields under another codec; a source with shards still missing is
+/// copied as far as it goes, and the rerun after the source grew copies only the new shard.
+#[test]
+fn a_copy_holds_the_same_values_under_another_codec() {
+    use bdense_store::copy::{CopyReport, copy_dataset};
+    let tmp = tempfile::tempdir().unwrap();
+    for dtype in [Dtype::F32, Dtype::F16] {
+        let s = spec("c", 20, dtype);
+        let src_dir = tmp.path().join(format!("src-{dtype}"));
+        let mut w =
+            DatasetWriter::create(&src_dir, s.dataset_spec(), WriteOptions::default()).unwrap();
+        for index in [0, 2] {
+            w.write_shard(&gaussian_shard(&s, index).data()).unwrap();
+        }
+        let plain = WriteOptions::default().with_compression("none").unwrap();
+        let dst = tmp.path().join(format!("plain-{dtype}"));
+        let rows = std::sync::atomic::AtomicU64::new(0);
+        let count = |n| {
+            rows.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        };
+        let src = Dataset::open(&src_dir).unwrap();
+        let first = copy_dataset(&src, &dst, plain.clone(), &count).unwrap();
+        assert_eq!((first.written, first.kept), (2, 0));
+        assert_eq!(rows.load(std::sync::atomic::Ordering::Relaxed), 12);
+        same_contents(&src, &Dataset::open(&dst).unwrap());
+
+        w.write_shard(&gaussian_shard(&s, 1).data()).unwrap();
+        let src = Dataset::open(&src_dir).unwrap();
+        let again = copy_dataset(&src, &dst, plain, &|_| {}).unwrap();
+        let copy = Dataset::open(&dst).unwrap();
+        assert_eq!(
+            again,
+            CopyReport {
+                written: 1,
+                kept: 2,
+                bytes: copy.manifest().bytes()
+            }
+        );
+        same_contents(&src, &copy);
+        let (m, c) = (src.manifest(), copy.manifest());
+        assert_eq!(
+            (c.dims, c.dtype, c.has_denoised),
+            (m.dims, m.dtype, m.has_denoised)
+        );
+        assert_eq!(
+            (&c.grid, &c.teacher, &c.seeds),
+            (&m.grid, &m.teacher, &m.seeds)
+        );
+        assert!(c.bytes() > m.bytes(), "{dtype}: none must not compress");
+        assert!(verify(&copy).unwrap().ok());
+    }
+}
+
+/// A copy into a dataset of other contents is refused by name and leaves it as it was.
+#[test]
+fn a_copy_never_writes_into_another_dataset() {
+    use bdense_store::copy::copy_dataset;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = small(tmp.path());
+    let other = write_gaussian(
+        &tmp.path().join("other"),
+        &spec("other", 12, Dtype::F16),
+        WriteOptions::default(),
+    )
+    .unwrap();
+    let before = snapshot(&other);
+    let err = copy_dataset(&src, other.dir(), WriteOptions::default(), &|_| {}).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&other.dir().display().to_string()) && msg.contains("copy into a new name"),
+        "{msg}"
+    );
+    assert_eq!(snapshot(&other), before);
+}
+
+/// A PD round's dataset (per-row sigmas, three roles per example) copies with its round and
+/// every row's sigmas.
+#[test]
+fn a_pd_round_copies_with_its_per_row_sigmas() {
+    use bdense_store::PdRound;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = spec("pd", 16, Dtype::F32);
+    s.sigmas = vec![2.0, 1.0, 0.5];
+    let mut pd_spec = s.dataset_spec();
+    pd_spec.pd = Some(PdRound {
+        round: 2,
+        // Two Euler steps of the teacher: its grid is the three sigmas.
+        student_steps: 1,
+        images: 100,
+    });
+    let src_dir = tmp.path().join("pd");
+    let mut w = DatasetWriter::create(&src_dir, pd_spec, WriteOptions::default()).unwrap();
+    for index in 0..2 {
+        let shard = gaussian_shard(&s, index);
+        let sigmas: Vec<f32> = (0..3 * 8).map(|i| 0.1 + i as f32 + index as f32).collect();
+        w.write_pd_shard(&shard.data(), &sigmas).unwrap();
+    }
+    let src = Dataset::open(&src_dir).unwrap();
+    let dst = tmp.path().join("pd-plain");
+    let plain = WriteOptions::default().with_compression("none").unwrap();
+    bdense_store::copy::copy_dataset(&src, &dst, plain, &|_| {}).unwrap();
+    let copy = Dataset::open(&dst).unwrap();
+    assert_eq!(copy.manifest().pd, src.manifest().pd);
+    same_contents(&src, &copy);
+    let sigmas = copy.read_step(&copy.shards()[1], 2).unwrap();
+    assert_eq!(sigmas.sigmas()[3], 0.1 + 16.0 + 3.0 + 1.0);
+}

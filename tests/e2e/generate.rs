@@ -94,7 +94,8 @@ fn f16_and_denoised_columns_round_trip_through_verify() {
 }
 
 /// `--compression none` writes the same states as the default zstd, PLAIN and uncompressed:
-/// every state of one dataset is at distance 0 from its twin in the other, through SQL.
+/// every state of one dataset is at distance 0 from its twin in the other, through SQL. So
+/// does `store copy` of the zstd dataset, whose files are then those `generate` wrote.
 #[test]
 fn uncompressed_datasets_hold_the_same_states() {
     let t = dir();
@@ -103,7 +104,21 @@ fn uncompressed_datasets_hold_the_same_states() {
         .ok();
     t.bdense(gen_args("store/z9", &["--compression", "zstd:9"]))
         .ok();
-    for name in ["store/n", "store/z9"] {
+    let out = t
+        .bdense([
+            "store",
+            "copy",
+            "store/z",
+            "store/p",
+            "--compression",
+            "none",
+        ])
+        .ok();
+    assert!(
+        out.contains("copied 3 shards of store/z into store/p"),
+        "{out}"
+    );
+    for name in ["store/n", "store/z9", "store/p"] {
         assert!(
             t.bdense(["store", "verify", name])
                 .ok()
@@ -112,6 +127,10 @@ fn uncompressed_datasets_hold_the_same_states() {
     }
     let files = |name: &str| file_hashes(&t.join(name)).len();
     assert_eq!(files("store/n"), files("store/z"));
+    assert_eq!(
+        file_hashes(&t.join("store/p")),
+        file_hashes(&t.join("store/n"))
+    );
     let bytes = |name: &str| {
         bdense_store::Dataset::open(&t.join(name))
             .unwrap()
@@ -122,7 +141,7 @@ fn uncompressed_datasets_hold_the_same_states() {
         bytes("store/n") > bytes("store/z"),
         "none must not compress"
     );
-    for twin in ["n", "z9"] {
+    for twin in ["n", "z9", "p"] {
         let out = t
             .bdense([
                 "sql".to_string(),

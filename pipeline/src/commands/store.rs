@@ -1,4 +1,4 @@
-//! `bdense store ls | info | verify | gc | upgrade`.
+//! `bdense store ls | info | verify | gc | upgrade | copy`.
 
 use std::process::ExitCode;
 
@@ -7,8 +7,8 @@ use bdense_store::Dataset;
 use bdense_store::gc::{GcOptions, collect_garbage_with};
 use bdense_store::verify::{stat_files, verify as verify_dataset};
 
-use crate::cli::{DatasetArgs, GcArgs, StoreDirArgs};
-use crate::progress::bytes;
+use crate::cli::{CopyArgs, DatasetArgs, GcArgs, StoreDirArgs};
+use crate::progress::{bar, bytes};
 
 pub fn ls(args: &StoreDirArgs) -> anyhow::Result<ExitCode> {
     let names = bdense_store::list_datasets(&args.store)?;
@@ -194,5 +194,27 @@ pub fn upgrade(args: &DatasetArgs) -> anyhow::Result<ExitCode> {
             report.files_moved
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn copy(args: &CopyArgs) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let src = Dataset::open(&args.from)?;
+    let progress = bar(src.manifest().trajectories(), "traj");
+    let report =
+        bdense_store::copy::copy_dataset(&src, &args.to, args.write_options.clone(), &|rows| {
+            progress.inc(rows)
+        })?;
+    progress.finish_and_clear();
+    println!(
+        "copied {} shards of {} into {} ({} kept from an earlier copy) in {:.1}s: {} against {}",
+        report.written,
+        args.from.display(),
+        args.to.display(),
+        report.kept,
+        started.elapsed().as_secs_f64(),
+        bytes(report.bytes),
+        bytes(src.manifest().bytes())
+    );
     Ok(ExitCode::SUCCESS)
 }
