@@ -94,7 +94,7 @@ pub enum StoreCommand {
 pub struct CopyArgs {
     /// The dataset to copy, STORE/NAME.
     pub from: PathBuf,
-    /// The new dataset, STORE/NAME (a local directory or an s3:// URL).
+    /// The new dataset, STORE/NAME (as for generate: with the s3 feature also s3://BUCKET/...).
     pub to: PathBuf,
     /// zstd (level 1), zstd:LEVEL (1 to 22) or none, as for generate.
     #[arg(long = "compression", id = "compression", default_value = "zstd", value_parser = compression)]

@@ -253,6 +253,33 @@ fn sql_over_s3_answers_the_readme_queries_as_over_local_disk() {
     assert_eq!(answered, 5);
 }
 
+/// `store copy` from local disk to S3 as it is, and back re-encoded: each copy's snapshot
+/// (name, files, hashes) is that of the dataset `generate` writes with that compression.
+#[test]
+fn store_copy_moves_a_dataset_to_s3_and_back_re_encoded() {
+    let (t, s3) = (dir(), S3Server::start());
+    let run = |a: Vec<String>| s3.bdense(&t, a);
+    s3.create_bucket("bdense-test");
+    t.bdense(gen_args("one/d", &[])).ok();
+    t.bdense(gen_args("plain/d", &["--compression", "none"]))
+        .ok();
+    let url = "s3://bdense-test/copies/d";
+    s3.bdense(&t, ["store", "copy", "one/d", url]).ok();
+    assert_eq!(
+        snapshot_and_verify(&run, url),
+        snapshot_and_verify(&run, "one/d")
+    );
+    s3.bdense(
+        &t,
+        ["store", "copy", url, "back/d", "--compression", "none"],
+    )
+    .ok();
+    assert_eq!(
+        snapshot_and_verify(&run, "back/d"),
+        snapshot_and_verify(&run, "plain/d")
+    );
+}
+
 fn train_args(dataset: &str, out: &str, extra: &[&str]) -> Vec<String> {
     let mut a: Vec<String> = [
         "train",
