@@ -1182,6 +1182,14 @@ fn a_copy_holds_the_same_values_under_another_codec() {
             rows.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         };
         let src = Dataset::open(&src_dir).unwrap();
+        // Cut short between files of the first shard: nothing is committed, and the rerun
+        // starts over what the cut left staged.
+        let cut = WriteOptions {
+            fail_after_files: Some(3),
+            ..plain.clone()
+        };
+        assert!(copy_dataset(&src, &dst, cut, &count).is_err());
+        assert!(Dataset::open(&dst).unwrap().shards().is_empty());
         let first = copy_dataset(&src, &dst, plain.clone(), &count).unwrap();
         assert_eq!((first.written, first.kept), (2, 0));
         assert_eq!(rows.load(std::sync::atomic::Ordering::Relaxed), 12);
