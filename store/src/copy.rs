@@ -33,6 +33,12 @@ pub fn copy_dataset(
     options: WriteOptions,
     on_rows: &dyn Fn(u64),
 ) -> Result<CopyReport> {
+    if same_place(src.dir(), dst) {
+        return Err(StoreError::invalid(
+            dst,
+            "is the dataset being copied; copy into a new name",
+        ));
+    }
     let spec = spec_of(src.manifest(), dst);
     let mut writer = match DatasetWriter::create(dst, spec.clone(), options.clone()) {
         Err(StoreError::AlreadyExists { .. }) => {
@@ -65,6 +71,14 @@ pub fn copy_dataset(
         kept,
         bytes: writer.manifest().bytes(),
     })
+}
+
+/// Whether two names are one directory (URLs: one string).
+fn same_place(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
 }
 
 /// Everything in `m` a new dataset is made from, named after its directory `dst`.

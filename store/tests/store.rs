@@ -1222,7 +1222,8 @@ fn a_copy_holds_the_same_values_under_another_codec() {
     }
 }
 
-/// A copy into a dataset of other contents is refused by name and leaves it as it was.
+/// A copy into a dataset of other contents, or into its own source, is refused by name and
+/// leaves it as it was.
 #[test]
 fn a_copy_never_writes_into_another_dataset() {
     use bdense_store::copy::copy_dataset;
@@ -1242,6 +1243,12 @@ fn a_copy_never_writes_into_another_dataset() {
         "{msg}"
     );
     assert_eq!(snapshot(&other), before);
+    let again = tmp.path().join("g/../g");
+    let err = copy_dataset(&src, &again, WriteOptions::default(), &|_| {}).unwrap_err();
+    assert!(
+        err.to_string().contains("is the dataset being copied"),
+        "{err}"
+    );
 }
 
 /// A PD round's dataset (per-row sigmas, three roles per example) copies with its round and
