@@ -83,11 +83,8 @@ fn same_place(a: &Path, b: &Path) -> bool {
 
 /// Everything in `m` a new dataset is made from, named after its directory `dst`.
 fn spec_of(m: &Manifest, dst: &Path) -> DatasetSpec {
-    let name = dst
-        .file_name()
-        .map_or_else(|| m.name.clone(), |n| n.to_string_lossy().into_owned());
     DatasetSpec {
-        name,
+        name: crate::dataset_name(dst).unwrap_or_else(|| m.name.clone()),
         dims: m.dims,
         dtype: m.dtype,
         has_denoised: m.has_denoised,

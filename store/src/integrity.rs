@@ -254,8 +254,8 @@ impl VerifiedFiles {
     /// The bytes of `entry`: hashed against the manifest unless this handle hashed the file,
     /// unchanged, before (a training run reads every file once per epoch, and `read_steps`
     /// callers read a shard again and again; hashing each time cost a twentieth of the target
-    /// stream and a seventh of a single-threaded `read_steps`, docs/perf.md). Stamped before reading, so a file
-    /// replaced while it is read is hashed again next time.
+    /// stream and a seventh of a single-threaded `read_steps`, docs/perf.md). Stamped before
+    /// reading, so a file replaced while it is read is hashed again next time.
     pub(crate) fn read(
         &self,
         backend: &dyn Backend,
